@@ -1,0 +1,1 @@
+"""fsm-agent: lifecycles of sandboxed coding agents as explicit, declarative state machines."""

@@ -1,0 +1,465 @@
+"""The sans-I/O engine: a declared machine that takes events and returns effects.
+
+Theory of operation
+-------------------
+``StateMachine.handle(event, now)`` is the whole interface. The caller supplies the time (the
+engine never reads a clock) and gets back a list of typed effects, among them ``ArmTimer`` and
+``CancelTimer`` for the caller's clock. Nothing here opens a socket, starts a process or sleeps, so
+the same object runs under ``fsm-agent serve``, in the simulator and in the exhaustive explorer.
+
+State bookkeeping is delegated to a synchronous ``transitions.Machine`` (the declaration is
+compiled into it once per instance, guards and budgets become its conditions). Around it the
+engine adds what ``transitions`` does not have:
+
+* timers of three kinds, each armed with a fresh generation token; an expiry whose token is not
+  the armed one was cancelled or re-armed since and is dropped, never fired;
+* the initial state's entry effects and timers (``start()``), which ``transitions``' own
+  ``Timeout`` extension misses;
+* budgets (N uses in a window) and backoffs, with their counters in the snapshot;
+* a record of every transition, ignored event and dropped timer, for timelines and logs;
+* faults: a guard or effect that raises becomes the declared fault event, so a bug in a callback
+  moves the machine to ``failed`` visibly instead of killing a task silently.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, Literal
+
+import msgspec
+from transitions import EventData, Machine
+
+from fsm.effects import ArmTimer, CancelTimer, Effect
+from fsm.events import Event, TimerFired
+from fsm.model import MachineDef, Timer, TimerKind, Transition
+from fsm.spec import Ctx, MachineSpec
+from fsm.timers import TimerValues
+from fsm.validate import timer_span
+
+RecordKind = Literal["start", "transition", "internal", "ignored", "timer_dropped", "fault"]
+
+
+class Record(msgspec.Struct, frozen=True):
+    """One line of a machine's history: a transition taken, or an event not taken and why."""
+
+    at: float
+    machine: str
+    machine_id: str
+    kind: RecordKind
+    trigger: str
+    source: str
+    dest: str
+    effects: tuple[str, ...] = ()
+    reason: str = ""
+
+
+class ArmedTimer(msgspec.Struct):
+    name: str
+    deadline: float
+    token: int
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """Everything needed to rebuild a machine elsewhere or later (e.g. from SQLite)."""
+
+    machine: str
+    machine_id: str
+    state: str
+    taken_at: float
+    timers: list[ArmedTimer]
+    budgets: dict[str, list[float]]
+    backoffs: dict[str, int]
+    context: dict[str, Any]
+    next_token: int
+
+
+class _Model:
+    """The object ``transitions`` mutates; holds nothing but ``state``."""
+
+    state: str
+
+
+class StateMachine(Generic[Ctx]):
+    """One running instance of a declared machine."""
+
+    def __init__(
+        self,
+        spec: MachineSpec[Ctx],
+        values: TimerValues | None = None,
+        *,
+        machine_id: str | None = None,
+        context: Ctx | None = None,
+        rng: random.Random | None = None,
+        history_limit: int | None = None,
+        on_record: Callable[[Record], None] | None = None,
+        initial: str | None = None,
+    ) -> None:
+        self.spec = spec
+        self.definition: MachineDef = spec.definition
+        self.values = values if values is not None else spec.table.defaults()
+        self.machine_id = machine_id or spec.name
+        self.context: Ctx = context if context is not None else spec.context()
+        self.rng = rng or random.Random(0)
+        self.history: list[Record] = []
+        self._history_limit = history_limit
+        self._on_record = on_record
+        self.timers: dict[str, ArmedTimer] = {}
+        self.budget_uses: dict[str, list[float]] = {b.name: [] for b in self.definition.budgets}
+        self.backoff_attempts: dict[str, int] = {b.name: 0 for b in self.definition.backoffs}
+        self._next_token = 1
+        self._now = 0.0
+        self._started = False
+        self._event: Event = Event("")
+        self._fired: Transition | None = None
+        self._expired: str | None = None
+        self._timer_decl: dict[str, tuple[str, Timer]] = {
+            t.name: (s.name, t) for s, t in self.definition.timers()
+        }
+        self._model = _Model()
+        self._machine = self._compile(initial or self.definition.initial)
+
+    # -- compilation into transitions.Machine ------------------------------------------------
+
+    def _compile(self, initial: str) -> Machine:
+        d = self.definition
+        machine = Machine(
+            model=self._model,
+            states=list(d.state_names),
+            initial=initial,
+            auto_transitions=False,
+            send_event=True,
+            ignore_invalid_triggers=True,
+        )
+        for t in d.transitions:
+            conditions: list[str | Callable[..., bool | None]] = []
+            if t.guard is not None:
+                conditions.append(self._guard_condition(t.guard))
+            if t.consumes is not None:
+                conditions.append(self._budget_condition(t.consumes))
+            machine.add_transition(
+                t.trigger,
+                list(d.sources(t)),
+                t.dest,
+                conditions=conditions,
+                before=self._mark_fired(t),
+            )
+        return machine
+
+    def _guard_condition(self, name: str) -> Callable[[EventData], bool]:
+        guard = self.spec.guards[name]
+        return lambda _ed: bool(guard(self.context, self._event))
+
+    def _budget_condition(self, name: str) -> Callable[[EventData], bool]:
+        return lambda _ed: self.budget_remaining(name) > 0
+
+    def _mark_fired(self, transition: Transition) -> Callable[[EventData], None]:
+        def mark(_ed: EventData) -> None:
+            self._fired = transition
+
+        return mark
+
+    # -- public surface ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._model.state
+
+    @property
+    def terminal(self) -> bool:
+        return self.definition.state(self.state).terminal
+
+    def start(self, now: float) -> list[Effect]:
+        """Enter the initial state: run its entry effects and arm its timers."""
+        if self._started:
+            raise RuntimeError(f"machine {self.machine_id!r} was already started")
+        self._started = True
+        self._now = now
+        self._event = Event("start")
+        effects: list[Effect] = []
+        names, _ = self._enter(self.state, effects)
+        self._record("start", "start", "", self.state, names)
+        return effects
+
+    def handle(self, event: Event | TimerFired, now: float) -> list[Effect]:
+        """Feed one event; return the effects to execute. Never raises for a bad event."""
+        if not self._started:
+            raise RuntimeError(f"machine {self.machine_id!r} must be start()ed before handle()")
+        self._now = now
+        if isinstance(event, TimerFired):
+            armed = self.timers.get(event.timer)
+            if armed is None or armed.token != event.token:
+                self._record(
+                    "timer_dropped",
+                    event.timer,
+                    self.state,
+                    self.state,
+                    reason=f"timer {event.timer!r} token {event.token} is no longer armed",
+                )
+                return []
+            del self.timers[event.timer]
+            fires = self._timer_decl[event.timer][1].fires
+            self._expired = event.timer
+            try:
+                return self._dispatch(Event(fires, {"timer": event.timer}))
+            finally:
+                self._expired = None
+        return self._dispatch(event)
+
+    def budget_remaining(self, name: str) -> int:
+        budget = self.definition.budget(name)
+        window = self.values[budget.window]
+        uses = [t for t in self.budget_uses[name] if t > self._now - window]
+        self.budget_uses[name] = uses
+        return budget.limit - len(uses)
+
+    def deadlines(self) -> dict[str, float]:
+        return {name: armed.deadline for name, armed in self.timers.items()}
+
+    def can_handle(self, trigger: str) -> bool:
+        """Whether some transition for ``trigger`` leaves the current state (guards aside)."""
+        ev = self._machine.events.get(trigger)
+        return bool(ev and ev.transitions.get(self.state))
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def _dispatch(self, event: Event, *, in_fault: bool = False) -> list[Effect]:
+        source = self.state
+        if self.terminal:
+            self._record("ignored", event.trigger, source, source, reason="machine is terminal")
+            return []
+        if not self.can_handle(event.trigger):
+            self._record(
+                "ignored",
+                event.trigger,
+                source,
+                source,
+                reason=f"no transition for {event.trigger!r} in state {source!r}",
+            )
+            return []
+        self._event = event
+        self._fired = None
+        try:
+            self._machine.events[event.trigger].trigger(self._model, event)
+        except Exception as exc:  # a guard raised: the state has not changed
+            return self._fault(event, source, exc, in_fault)
+        fired = self._fired
+        if fired is None:
+            guards = [
+                t.guard or f"budget {t.consumes}"
+                for t in self.definition.transitions
+                if t.trigger == event.trigger and source in self.definition.sources(t)
+            ]
+            self._record(
+                "ignored",
+                event.trigger,
+                source,
+                source,
+                reason=f"blocked in {source!r} by {', '.join(g for g in guards if g)}",
+            )
+            return []
+        if fired.consumes is not None:
+            self.budget_uses[fired.consumes].append(self._now)
+        effects: list[Effect] = []
+        names: list[str] = []
+        try:
+            for name in fired.effects:
+                names.append(name)
+                self._run_effect(name, effects)
+        except Exception as exc:
+            self._transition_timers(source, fired, event, effects)
+            self._record("transition", event.trigger, source, self.state, tuple(names))
+            return effects + self._fault(event, self.state, exc, in_fault)
+        try:
+            names.extend(self._transition_timers(source, fired, event, effects))
+        except Exception as exc:
+            self._record("transition", event.trigger, source, self.state, tuple(names))
+            return effects + self._fault(event, self.state, exc, in_fault)
+        kind: RecordKind = "internal" if fired.dest is None else "transition"
+        self._record(kind, event.trigger, source, self.state, tuple(names))
+        return effects
+
+    def _run_effect(self, name: str, out: list[Effect]) -> None:
+        produced = self.spec.effects[name](self.context, self._event)
+        if produced is None:
+            return
+        if isinstance(produced, Effect):
+            out.append(produced)
+        else:
+            out.extend(produced)
+
+    def _fault(self, event: Event, state: str, exc: Exception, in_fault: bool) -> list[Effect]:
+        reason = f"{type(exc).__name__}: {exc} (while handling {event.trigger!r} in {state!r})"
+        self._record("fault", event.trigger, state, state, reason=reason)
+        trigger = self.definition.fault_trigger
+        if in_fault or trigger is None:
+            raise RuntimeError(f"machine {self.machine_id!r}: {reason}") from exc
+        return self._dispatch(Event(trigger, {"error": reason}), in_fault=True)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _transition_timers(
+        self, source: str, fired: Transition, event: Event, out: list[Effect]
+    ) -> list[str]:
+        """Cancel, arm and re-arm timers for a transition that has been taken."""
+        dest = self.state
+        entered: list[str] = []
+        fresh: set[str] = set()
+        if fired.dest is not None:
+            for name in list(self.timers):
+                declaring, timer = self._timer_decl[name]
+                if timer.kind is TimerKind.STATE or dest not in timer_span(declaring, timer):
+                    self._cancel(name, out)
+            entered, fresh = self._enter(dest, out)
+        candidates = list(self.timers)
+        if self._expired is not None and self._expired not in self.timers:
+            declaring, timer = self._timer_decl[self._expired]
+            if dest in timer_span(declaring, timer):
+                candidates.append(self._expired)  # a periodic timer re-armed by its own expiry
+        for name in candidates:
+            timer = self._timer_decl[name][1]
+            if event.trigger in timer.rearmed_by and name not in fresh:
+                self._arm(timer, out)
+        return entered
+
+    def _enter(self, dest: str, out: list[Effect]) -> tuple[list[str], set[str]]:
+        """Entry actions of ``dest``: backoff resets, entry effects, its timers."""
+        for backoff in self.definition.backoffs:
+            if dest in backoff.resets_in:
+                self.backoff_attempts[backoff.name] = 0
+        state = self.definition.state(dest)
+        for name in state.on_enter:
+            self._run_effect(name, out)
+        fresh: set[str] = set()
+        for timer in state.timers:
+            if timer.kind is TimerKind.STATE or timer.name not in self.timers:
+                self._arm(timer, out)
+                fresh.add(timer.name)
+        return list(state.on_enter), fresh
+
+    def _arm(self, timer: Timer, out: list[Effect]) -> None:
+        old = self.timers.get(timer.name)
+        if old is not None:
+            out.append(CancelTimer(self.machine_id, timer.name, old.token))
+        delay = self._delay(timer)
+        token = self._next_token
+        self._next_token += 1
+        self.timers[timer.name] = ArmedTimer(timer.name, self._now + delay, token)
+        out.append(ArmTimer(self.machine_id, timer.name, token, self._now + delay, delay))
+
+    def _cancel(self, name: str, out: list[Effect]) -> None:
+        armed = self.timers.pop(name)
+        out.append(CancelTimer(self.machine_id, name, armed.token))
+
+    def _delay(self, timer: Timer) -> float:
+        if timer.after is not None:
+            return self.values[timer.after]
+        assert timer.backoff is not None
+        name = timer.backoff
+        if name in self.backoff_attempts:
+            bo = self.definition.backoff(name)
+            attempt = self.backoff_attempts[name]
+            self.backoff_attempts[name] = attempt + 1
+            base = min(self.values[bo.initial] * bo.factor**attempt, self.values[bo.maximum])
+            return base + (self.rng.uniform(0, bo.jitter * base) if bo.jitter else 0.0)
+        budget = self.definition.budget(name)
+        assert budget.backoff_initial is not None and budget.backoff_maximum is not None
+        attempt = max(0, self.definition.budget(name).limit - self.budget_remaining(name) - 1)
+        return min(
+            self.values[budget.backoff_initial] * budget.backoff_factor**attempt,
+            self.values[budget.backoff_maximum],
+        )
+
+    # -- history -------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        kind: RecordKind,
+        trigger: str,
+        source: str,
+        dest: str,
+        effects: Iterable[str] = (),
+        reason: str = "",
+    ) -> None:
+        rec = Record(
+            at=self._now,
+            machine=self.definition.name,
+            machine_id=self.machine_id,
+            kind=kind,
+            trigger=trigger,
+            source=source,
+            dest=dest,
+            effects=tuple(effects),
+            reason=reason,
+        )
+        self.history.append(rec)
+        if self._history_limit is not None and len(self.history) > self._history_limit:
+            del self.history[: len(self.history) - self._history_limit]
+        if self._on_record is not None:
+            self._on_record(rec)
+
+    # -- snapshot and restore ------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> Snapshot:
+        self._now = now
+        for name in self.budget_uses:
+            self.budget_remaining(name)  # prune uses outside the window
+        return Snapshot(
+            machine=self.definition.name,
+            machine_id=self.machine_id,
+            state=self.state,
+            taken_at=now,
+            timers=[ArmedTimer(t.name, t.deadline, t.token) for t in self.timers.values()],
+            budgets={k: list(v) for k, v in self.budget_uses.items()},
+            backoffs=dict(self.backoff_attempts),
+            context=msgspec.to_builtins(self.context),
+            next_token=self._next_token,
+        )
+
+    @classmethod
+    def restore(
+        cls,
+        spec: MachineSpec[Ctx],
+        snapshot: Snapshot,
+        now: float,
+        values: TimerValues | None = None,
+        *,
+        keep: Literal["remaining", "deadline"] = "remaining",
+        rng: random.Random | None = None,
+        on_record: Callable[[Record], None] | None = None,
+    ) -> tuple[StateMachine[Ctx], list[Effect]]:
+        """Rebuild a machine and return the ``ArmTimer`` effects for its timers.
+
+        ``keep="remaining"`` gives each timer the time it had left when snapshotted (a machine
+        moved or paused). ``keep="deadline"`` keeps absolute deadlines, for a wall-clock host
+        restarted after downtime: a deadline that passed while down fires at once.
+        """
+        if snapshot.machine != spec.name:
+            raise ValueError(f"snapshot of {snapshot.machine!r} cannot restore a {spec.name!r}")
+        context = msgspec.convert(snapshot.context, spec.context)
+        machine = cls(
+            spec,
+            values,
+            machine_id=snapshot.machine_id,
+            context=context,
+            rng=rng,
+            on_record=on_record,
+            initial=snapshot.state,
+        )
+        machine._started = True
+        machine._now = now
+        machine._next_token = snapshot.next_token
+        shift = now - snapshot.taken_at if keep == "remaining" else 0.0
+        machine.budget_uses = {k: [t + shift for t in v] for k, v in snapshot.budgets.items()}
+        machine.backoff_attempts = dict(snapshot.backoffs)
+        effects: list[Effect] = []
+        for armed in snapshot.timers:
+            deadline = armed.deadline + shift
+            machine.timers[armed.name] = ArmedTimer(armed.name, deadline, armed.token)
+            effects.append(
+                ArmTimer(
+                    machine.machine_id, armed.name, armed.token, deadline, max(0.0, deadline - now)
+                )
+            )
+        machine._record("start", "restore", snapshot.state, snapshot.state, reason=f"keep={keep}")
+        return machine, effects

@@ -1,0 +1,1 @@
+"""The lifecycles, one module each (see ``fsm.catalog`` for the list)."""

@@ -1,0 +1,160 @@
+"""Every duration of the system, in one table per side.
+
+The source system's worst timer bug was a production config silently overriding the stale
+threshold (10 min instead of 90 s). Here a duration exists only as a row of one of these tables;
+machines refer to rows by key, overrides are checked against the table (an unknown key is an
+error naming the nearest known one), and the effective values are what the engine runs, what
+``/job/status`` and the metrics show and what ``fsm-agent graph --config`` draws.
+
+Defaults follow ``shared/DESIGN.md``: the source design for the four health layers (15 s silence,
+90 s stale heartbeat, 5 min hung session, 30 min max runtime) and the refined control-plane
+document for the rest (7 min no-progress, 120 min hard cap, budgets and backoffs).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping
+
+import msgspec
+
+from fsm.durations import DurationError, format_duration, parse_duration
+
+
+class TimerSetting(msgspec.Struct, frozen=True):
+    key: str
+    default: float
+    doc: str
+
+
+class TimerConfigError(ValueError):
+    """An override that names no timer or carries an unreadable duration."""
+
+
+class TimerValues(Mapping[str, float]):
+    """Effective durations in seconds for one side: the table's defaults plus overrides."""
+
+    def __init__(self, table: TimerTable, values: Mapping[str, float]) -> None:
+        self.table = table
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> float:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise KeyError(self.table.unknown_key_message(key)) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def overridden(self) -> dict[str, float]:
+        """The values that differ from the defaults, for start-up logs."""
+        return {
+            s.key: self._values[s.key]
+            for s in self.table.settings
+            if self._values[s.key] != s.default
+        }
+
+    def label(self, key: str) -> str:
+        return format_duration(self[key])
+
+
+class TimerTable:
+    """One side's timer table: the only place a default duration is written."""
+
+    def __init__(self, side: str, settings: tuple[TimerSetting, ...]) -> None:
+        self.side = side
+        self.settings = settings
+        self._by_key = {s.key: s for s in settings}
+        if len(self._by_key) != len(settings):
+            raise ValueError(f"timer table {side!r} has duplicate keys")
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
+
+    def keys(self) -> list[str]:
+        return list(self._by_key)
+
+    def setting(self, key: str) -> TimerSetting:
+        try:
+            return self._by_key[key]
+        except KeyError:
+            raise KeyError(self.unknown_key_message(key)) from None
+
+    def unknown_key_message(self, key: str) -> str:
+        near = difflib.get_close_matches(key, self._by_key, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        return f"unknown {self.side} timer {key!r}{hint} (known: {', '.join(self._by_key)})"
+
+    def defaults(self) -> TimerValues:
+        return TimerValues(self, {s.key: s.default for s in self.settings})
+
+    def resolve(self, overrides: Mapping[str, str | int | float] | None = None) -> TimerValues:
+        values = {s.key: s.default for s in self.settings}
+        for key, raw in (overrides or {}).items():
+            if key not in self._by_key:
+                raise TimerConfigError(self.unknown_key_message(key))
+            try:
+                seconds = parse_duration(raw)
+            except DurationError as exc:
+                raise TimerConfigError(f"{self.side} timer {key!r}: {exc}") from None
+            if seconds <= 0:
+                raise TimerConfigError(f"{self.side} timer {key!r} must be positive, got {raw!r}")
+            values[key] = seconds
+        return TimerValues(self, values)
+
+
+def _t(key: str, default: str, doc: str) -> TimerSetting:
+    return TimerSetting(key=key, default=parse_duration(default), doc=doc)
+
+
+WRAPPER_TIMERS = TimerTable(
+    "wrapper",
+    (
+        # wrapper lifecycle
+        _t("agent_startup", "30s", "Kilo spawn to healthy; cold start is ~4 s, up to ~7 s loaded"),
+        _t("agent_restart_window", "10m", "window of the agent restart budget (3 restarts)"),
+        _t("agent_restart_backoff_initial", "1s", "first delay before restarting the agent"),
+        _t("agent_restart_backoff_max", "30s", "largest delay before restarting the agent"),
+        _t("agent_stop_grace", "5s", "SIGTERM to SIGKILL when stopping Kilo"),
+        _t("wrapper_idle", "15m", "idle wrapper exits (orphan backstop; control stops it at 10m)"),
+        # agent_link: the wrapper's event subscription to Kilo
+        _t("stream_silence", "15s", "no Kilo event (not even a heartbeat) before probing health"),
+        _t("health_probe_timeout", "5s", "GET /global/health answer time before Kilo is hung"),
+        _t("first_event_grace", "12s", "a (re)subscribed stream must deliver its first event"),
+        _t("stream_reconnect_delay", "500ms", "pause before resubscribing to Kilo's events"),
+        _t("stream_reconnect_window", "2m", "window of the stream reconnect budget (6)"),
+        # ingest_link: wrapper to control plane
+        _t("ingest_connect_timeout", "10s", "WebSocket connect to the control plane"),
+        _t("ingest_handshake_timeout", "10s", "hello to welcome/shutdown"),
+        _t("ingest_heartbeat", "5s", "heartbeat period while connected"),
+        _t("ingest_backoff_initial", "1s", "first reconnect delay"),
+        _t("ingest_backoff_max", "30s", "largest reconnect delay (reconnects never stop)"),
+        # turn: one prompt
+        _t("turn_no_progress", "7m", "no text/reasoning/tool progress and no running tool"),
+        _t("turn_hard_cap", "120m", "hard cap on one turn"),
+        _t("turn_finalize_grace", "1s", "wait after turn close for the error that explains it"),
+        _t("turn_abort_grace", "10s", "abort sent to Kilo, waiting for its turn close"),
+    ),
+)
+
+CONTROL_TIMERS = TimerTable(
+    "control",
+    (
+        _t("first_connect", "5m", "wrapper start to its first hello"),
+        _t("stale_heartbeat", "90s", "no heartbeat or frame from the wrapper (about 3 missed)"),
+        _t("stale_grace", "15s", "stale wrapper may reconnect before it is replaced"),
+        _t("hung_session", "5m", "a running session with no agent event"),
+        _t("max_runtime", "30m", "a running session's hard cap"),
+        _t("idle_stop", "10m", "idle session stops its wrapper (the agent's session is kept)"),
+        _t("wrapper_restart_window", "10m", "window of the wrapper restart budget (5)"),
+        _t("wrapper_backoff_initial", "1s", "first delay before restarting a wrapper"),
+        _t("wrapper_backoff_max", "30s", "largest delay before restarting a wrapper"),
+        _t("wrapper_stop_grace", "30s", "release/shutdown to wrapper exit"),
+    ),
+)
+
+TABLES = {t.side: t for t in (WRAPPER_TIMERS, CONTROL_TIMERS)}

@@ -1,0 +1,41 @@
+# fsm-agent tasks. `just setup` is idempotent; every other recipe runs it first.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv"
+py := venv + "/bin/python"
+kilo_version := "7.7.9"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install the project (editable), its dev tools, the pinned Kilo server and Graphviz where possible.
+setup:
+    test -x {{py}} || python3 -m venv {{venv}}
+    {{py}} -m pip install -q --disable-pip-version-check -e '.[dev]'
+    # Kilo: pin the platform package (the meta package @kilocode/cli@7.8.1 does not install).
+    test -x .kilo/node_modules/@kilocode/cli-linux-x64/bin/kilo || npm install --silent --no-audit --no-fund --prefix .kilo @kilocode/cli-linux-x64@{{kilo_version}}
+    # Graphviz renders the SVG diagrams; without it `fsm-agent graph` still writes the other formats.
+    command -v dot >/dev/null || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) || echo "note: Graphviz 'dot' not installed; SVG diagrams will be skipped"; }
+
+# The main job, for now: render every machine into diagrams/.
+run: setup
+    {{venv}}/bin/fsm-agent graph
+
+# Lint, types and the whole test suite.
+test: setup lint types
+    {{py}} -m pytest
+
+# ruff over everything.
+lint:
+    {{venv}}/bin/ruff check fsm adapters tests
+    {{venv}}/bin/ruff format --check fsm adapters tests
+
+# mypy --strict over the shipped packages.
+types:
+    {{venv}}/bin/mypy --strict fsm adapters
+
+# Regenerate diagrams/ from the machine declarations.
+graph: setup
+    {{venv}}/bin/fsm-agent graph
