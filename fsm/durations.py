@@ -55,6 +55,13 @@ def format_duration(seconds: float) -> str:
     whole = round(seconds)
     if abs(seconds - whole) > 1e-9:
         return f"{seconds:g}s"
+    # Read as people say them: "90s", "5m", "120m", "3h"; odd values spelled out in full.
+    if whole < 120:
+        return f"{whole}s"
+    if whole % 60 == 0 and whole < 3 * 3600:
+        return f"{whole // 60}m"
+    if whole % 3600 == 0:
+        return f"{whole // 3600}h"
     parts = []
     for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
         if whole >= size:

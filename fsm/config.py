@@ -1,0 +1,67 @@
+"""Configuration files: timer overrides (and, later, the rest of a host's settings).
+
+One TOML file serves both sides::
+
+    [timers]
+    stale_heartbeat = "90s"     # control side
+    stream_silence = "2s"       # wrapper side
+
+Each key must name a row of one side's timer table; an unknown key or an unreadable duration is an
+error that names the file and the key, never a silently ignored line (a production config that
+silently overrode the stale threshold is the bug this design exists to prevent).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fsm.timers import TABLES, TimerConfigError, TimerValues
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the field."""
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def timer_values(
+    path: Path | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, TimerValues]:
+    """Effective timer values per side, from an optional file and optional extra overrides."""
+    raw: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        data = read_toml(path)
+        source = str(path)
+        timers = data.get("timers", {})
+        if not isinstance(timers, dict):
+            raise ConfigError(f"{path}: [timers] must be a table of name = duration")
+        raw.update(timers)
+    raw.update(overrides or {})
+    per_side: dict[str, dict[str, Any]] = {side: {} for side in TABLES}
+    for key, value in raw.items():
+        sides = [side for side, table in TABLES.items() if key in table]
+        if not sides:
+            known = sorted(k for t in TABLES.values() for k in t.keys())
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(
+                f"{source}: timers.{key} is not a timer{hint} (known: {', '.join(known)})"
+            )
+        per_side[sides[0]][key] = value
+    try:
+        return {side: TABLES[side].resolve(per_side[side]) for side in TABLES}
+    except TimerConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
