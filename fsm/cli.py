@@ -103,8 +103,10 @@ def timers_command(config: ConfigOption = None) -> None:
         typer.echo(f"[{side}]")
         for setting in table.settings:
             effective = values[side][setting.key]
-            mark = "" if effective == setting.default else f"  (default {format_duration(setting.default)})"
-            typer.echo(f"  {setting.key:<32} {format_duration(effective):>8}{mark}  {setting.doc}")
+            shown = format_duration(effective)
+            if effective != setting.default:
+                shown += f" (default {format_duration(setting.default)})"
+            typer.echo(f"  {setting.key:<30} {shown:<22} {setting.doc}")
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ def timer_values(
     for key, value in raw.items():
         sides = [side for side, table in TABLES.items() if key in table]
         if not sides:
-            known = sorted(k for t in TABLES.values() for k in t.keys())
+            known = sorted(k for t in TABLES.values() for k in t)
             near = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError(

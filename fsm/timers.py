@@ -75,8 +75,8 @@ class TimerTable:
     def __contains__(self, key: object) -> bool:
         return key in self._by_key
 
-    def keys(self) -> list[str]:
-        return list(self._by_key)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_key)
 
     def setting(self, key: str) -> TimerSetting:
         try:

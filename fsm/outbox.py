@@ -1,0 +1,108 @@
+"""The wrapper's outbound buffer: sequence numbers, acknowledgements and a bounded drop policy.
+
+Every frame that must reach the control plane gets the next ``seq`` and stays here until the
+control plane acknowledges it, across any number of reconnects. The buffer is bounded in frames
+and bytes. When it is over a bound, the *oldest events* go first — outcomes and lifecycle frames
+are never dropped (the source system dropped the newest events and could drop anything). Dropped
+events are replaced in place by one ``events_dropped`` marker per contiguous run, carrying the
+count and seq range, so the control plane sees exactly where and how much was lost, and the order
+of what remains is untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from fsm.protocol import EventFrame, EventsDropped, SeqFrame
+
+_MARKER_BYTES = 80
+
+
+class Outbox:
+    def __init__(self, max_frames: int = 1000, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self._frames: list[tuple[SeqFrame, int]] = []
+        self._bytes = 0
+        self._next_seq = 1
+        self._sent = 0
+        """How many frames at the head of ``_frames`` were sent on the current connection."""
+        self.dropped_total = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    def push(self, build: Callable[[int], SeqFrame]) -> SeqFrame:
+        """Append the frame ``build(seq)``; drops the oldest events if a bound is exceeded."""
+        frame = build(self._next_seq)
+        self._next_seq += 1
+        size = len(msgspec.json.encode(frame))
+        self._frames.append((frame, size))
+        self._bytes += size
+        self._enforce_bounds()
+        return frame
+
+    def ack(self, seq: int) -> int:
+        """Forget every frame up to ``seq`` (cumulative); returns how many were released."""
+        released = 0
+        while self._frames and self._frames[0][0].seq <= seq:
+            _frame, size = self._frames.pop(0)
+            self._bytes -= size
+            released += 1
+        self._sent = max(0, self._sent - released)
+        return released
+
+    def rewind(self) -> None:
+        """A new connection: everything unacknowledged must be sent again."""
+        self._sent = 0
+
+    def take_unsent(self) -> list[SeqFrame]:
+        frames = [f for f, _ in self._frames[self._sent :]]
+        self._sent = len(self._frames)
+        return frames
+
+    def pending(self) -> list[SeqFrame]:
+        return [f for f, _ in self._frames]
+
+    def _over(self) -> bool:
+        return len(self._frames) > self.max_frames or self._bytes > self.max_bytes
+
+    def _enforce_bounds(self) -> None:
+        index = 0
+        while self._over():
+            index = self._oldest_event(index)
+            if index < 0:
+                return  # only outcomes, lifecycle frames and markers left: never dropped
+            self._drop(index)
+
+    def _oldest_event(self, start: int) -> int:
+        for i in range(start, len(self._frames)):
+            if isinstance(self._frames[i][0], EventFrame):
+                return i
+        return -1
+
+    def _drop(self, i: int) -> None:
+        frame, size = self._frames[i]
+        self.dropped_total += 1
+        prev = self._frames[i - 1][0] if i > 0 else None
+        # Merge into an adjacent marker unless that marker already went out on this connection
+        # (then the control plane has it, and a fresh marker keeps the seq ranges honest).
+        if isinstance(prev, EventsDropped) and i - 1 >= self._sent:
+            merged = EventsDropped(seq=prev.seq, count=prev.count + 1, last_seq=frame.seq)
+            self._frames[i - 1] = (merged, _MARKER_BYTES)
+            del self._frames[i]
+            self._bytes -= size
+        else:
+            marker = EventsDropped(seq=frame.seq, count=1, last_seq=frame.seq)
+            self._frames[i] = (marker, _MARKER_BYTES)
+            self._bytes += _MARKER_BYTES - size
