@@ -1,0 +1,404 @@
+"""The wrapper's brain without its body: machines composed, events routed, frames buffered.
+
+Theory of operation
+-------------------
+``fsm-agent serve`` and the simulator's fake container run *this* object; only the body differs
+(real Kilo, a real WebSocket and the real clock, or fakes on a virtual clock). It owns the
+``wrapper``, ``agent_link`` (one per Kilo instance), ``ingest_link`` and ``turn`` (one per prompt)
+machines in one ``MachineGroup`` and does four jobs nothing else does:
+
+* routes world events to machines: Kilo events to the agent link (liveness) and to unfinished
+  turns (progress, questions, closes, errors, via ``fsm.kilo_events``); socket events and control
+  frames to the ingest link; the agent's process events to the wrapper machine;
+* turns machine effects that concern siblings into events (``NotifyTurns``, ``OpenAgentLink``,
+  outcomes ending turns on the wrapper);
+* buffers every frame for the control plane in the ``Outbox`` (seq, ack, resend, bounded) and
+  hands whatever may be sent now to the host as one ``Transmit`` action;
+* hands every other effect — spawn Kilo, subscribe, probe, prompt, abort, open a socket, exit — to
+  the host's ``on_action`` to be executed through adapters, whose results come back as calls
+  to the methods below.
+
+Nothing here blocks, sleeps or does I/O; timers run on the injected clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from fsm.clock import Clock
+from fsm.effects import (
+    Effect,
+    EmitOutcome,
+    NotifyTurns,
+    OpenAgentLink,
+    ReportState,
+    ResendUnacked,
+    SendHeartbeat,
+    SendHello,
+    SubmitPrompt,
+    Subscribe,
+)
+from fsm.engine import Record, StateMachine
+from fsm.events import Event
+from fsm.kilo_events import TurnTranslator
+from fsm.machines import agent_link, ingest_link, turn, wrapper
+from fsm.outbox import Outbox
+from fsm.protocol import (
+    PROTOCOL_VERSION,
+    WRAPPER_VERSION,
+    AbortCommand,
+    Ack,
+    ControlFrame,
+    EventFrame,
+    Frame,
+    Heartbeat,
+    Hello,
+    LifecycleFrame,
+    OutcomeFrame,
+    PermissionCommand,
+    PromptCommand,
+    QuestionCommand,
+    ReleaseCommand,
+    Shutdown,
+    Welcome,
+)
+from fsm.runner import MachineGroup
+from fsm.timers import TimerValues
+
+
+class Identity(msgspec.Struct, frozen=True):
+    wrapper_id: str
+    agent_session: str
+    user_id: str
+    session_id: str
+    version: str = WRAPPER_VERSION
+
+
+# -- actions the core asks of its host (beyond the machines' own effects) --------------------
+
+
+class Transmit(Effect, frozen=True):
+    """Send these frames on the ingest socket, in order, now."""
+
+    frames: list[Frame]
+
+
+class PromptAgent(Effect, frozen=True):
+    """``prompt_async`` on Kilo (the machines' ``SubmitPrompt`` with the prompt's content)."""
+
+    command: PromptCommand
+    resubmission: bool = False
+
+
+class AgentCall(Effect, frozen=True):
+    """A pass-through request to Kilo: permission reply, question reply or reject."""
+
+    method: str
+    args: dict[str, Any]
+
+
+class Unavailable(Exception):
+    """The wrapper cannot take work (its agent restart budget is spent, or it is stopping)."""
+
+
+class UnknownMessage(KeyError):
+    pass
+
+
+Action = Callable[[Effect], None]
+
+
+class WrapperCore:
+    def __init__(
+        self,
+        clock: Clock,
+        values: TimerValues,
+        identity: Identity,
+        on_action: Action,
+        *,
+        rng: random.Random | None = None,
+        outbox: Outbox | None = None,
+        on_record: Callable[[Record], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.values = values
+        self.identity = identity
+        self.on_action = on_action
+        self.rng = rng or random.Random(0)
+        self.outbox = outbox or Outbox()
+        self.on_record = on_record
+        self.group = MachineGroup(clock, self._on_effect)
+        self.translator = TurnTranslator()
+        self.generation = 0
+        self.prompts: dict[str, PromptCommand] = {}
+        self.outcomes: dict[str, EmitOutcome] = {}
+        self.dropped_stale_events = 0
+        self.wrapper = self._machine(wrapper.SPEC, "wrapper")
+        self.ingest = self._machine(ingest_link.SPEC, "ingest_link")
+        self.link: StateMachine[Any] | None = None
+
+    def _machine(self, spec: Any, machine_id: str, context: Any = None) -> StateMachine[Any]:
+        return StateMachine(
+            spec,
+            self.values,
+            machine_id=machine_id,
+            context=context,
+            rng=self.rng,
+            on_record=self.on_record,
+        )
+
+    def start(self) -> None:
+        """Spawn the agent and connect to the control plane (both machines start at once)."""
+        self.group.add(self.wrapper)
+        self.group.add(self.ingest)
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def turns(self) -> list[StateMachine[Any]]:
+        return [m for mid, m in self.group.machines.items() if mid.startswith("turn:")]
+
+    def active_turns(self) -> list[StateMachine[Any]]:
+        return [m for m in self.turns() if not m.terminal]
+
+    def turn(self, message_id: str) -> StateMachine[Any]:
+        machine = self.group.machines.get(f"turn:{message_id}")
+        if machine is None:
+            raise UnknownMessage(message_id)
+        return machine
+
+    @property
+    def degraded(self) -> bool:
+        link_ok = self.link is not None and self.link.state == "streaming"
+        return self.wrapper.state not in ("ready", "running", "idle") or not link_ok
+
+    def status(self) -> dict[str, Any]:
+        machines = {mid: m for mid, m in self.group.machines.items()}
+        return {
+            "wrapper": self.wrapper.state,
+            "agent_link": self.link.state if self.link else None,
+            "ingest_link": self.ingest.state,
+            "generation": self.generation,
+            "degraded": self.degraded,
+            "turns": {
+                m.context.message_id: {"state": m.state, **self._outcome_of(m)}
+                for m in self.turns()
+            },
+            "timers": {
+                mid: {name: round(deadline, 3) for name, deadline in m.deadlines().items()}
+                for mid, m in machines.items()
+                if m.timers
+            },
+            "outbox": {"frames": len(self.outbox), "bytes": self.outbox.size_bytes},
+            "restart_budget_left": self.wrapper.budget_remaining("agent_restarts"),
+        }
+
+    def _outcome_of(self, machine: StateMachine[Any]) -> dict[str, str]:
+        outcome = self.outcomes.get(machine.context.message_id)
+        if outcome is None:
+            return {}
+        return {"status": outcome.status, "reason": outcome.reason, "error": outcome.error}
+
+    # -- the job API (also reached by control-plane commands) ---------------------------------
+
+    def prompt(self, command: PromptCommand) -> str:
+        """Accept a prompt; it goes to Kilo at once if Kilo is up, else when it is."""
+        if self.wrapper.terminal or self.wrapper.state == "stopping":
+            raise Unavailable(f"wrapper is {self.wrapper.state}")
+        mid = command.message_id
+        if f"turn:{mid}" in self.group.machines:
+            return mid  # idempotent: a resent command must not start a second turn
+        self.prompts[mid] = command
+        machine = self._machine(turn.SPEC, f"turn:{mid}", turn.TurnContext(message_id=mid))
+        self.group.add(machine)
+        self.group.send("wrapper", Event("turn_started", {"message_id": mid}))
+        if self.wrapper.state in ("ready", "running", "idle", "stale"):
+            self.group.send(machine.machine_id, Event("dispatch"))
+        return mid
+
+    def abort(self, message_id: str | None = None) -> list[str]:
+        targets = [self.turn(message_id)] if message_id else self.active_turns()
+        for machine in targets:
+            self.group.send(machine.machine_id, Event("cancel"))
+        return [m.context.message_id for m in targets]
+
+    def reply_permission(self, command: PermissionCommand) -> None:
+        args = {"request_id": command.request_id, "reply": command.reply}
+        if command.message is not None:
+            args["message"] = command.message
+        self.on_action(AgentCall("reply_permission", args))
+
+    def reply_question(self, command: QuestionCommand) -> None:
+        if command.answers is None:
+            self.on_action(AgentCall("reject_question", {"request_id": command.request_id}))
+        else:
+            args = {"request_id": command.request_id, "answers": command.answers}
+            self.on_action(AgentCall("reply_question", args))
+
+    def stop(self) -> None:
+        self.group.send("wrapper", Event("stop"))
+
+    def recycle_ingest(self) -> None:
+        self.group.send("ingest_link", Event("recycle"))
+
+    # -- the agent's process and its event stream ---------------------------------------------
+
+    def agent_ready(self, kilo_session_id: str | None = None) -> None:
+        if kilo_session_id is not None:
+            self.translator.session_id = kilo_session_id
+        self.group.send("wrapper", Event("agent_ready"))
+
+    def agent_exited(self, code: int | None) -> None:
+        self.group.send("wrapper", Event("agent_exited", {"code": code}))
+
+    def kilo_event(self, generation: int, payload: dict[str, Any]) -> None:
+        if generation != self.generation or self.link is None:
+            self.dropped_stale_events += 1
+            return
+        kind = payload.get("type", "")
+        trigger = "connected" if kind == "server.connected" else "event"
+        self.group.send("agent_link", Event(trigger, {"generation": generation}))
+        self.outbox.push(lambda seq: EventFrame(seq=seq, generation=generation, event=payload))
+        for name, data in self.translator.triggers(payload):
+            for machine in self.active_turns():
+                self.group.send(machine.machine_id, Event(name, data))
+        self._flush()
+
+    def stream_ended(self, generation: int) -> None:
+        self.group.send("agent_link", Event("stream_ended", {"generation": generation}))
+
+    def probe_result(self, generation: int, healthy: bool) -> None:
+        if generation == self.generation:
+            self.group.send("agent_link", Event("probe_ok" if healthy else "probe_failed"))
+
+    def reconciled(self, generation: int, busy: bool, close_reason: str, error: str = "") -> None:
+        """Result of re-reading Kilo after a resubscription: a turn that closed while the stream
+        was down still gets its outcome."""
+        if generation != self.generation or busy:
+            return
+        for machine in self.active_turns():
+            if machine.state in ("accepted", "running", "waiting_user"):
+                if error:
+                    self.group.send(machine.machine_id, Event("error_reported", {"error": error}))
+                self.group.send(machine.machine_id, Event("turn_closed", {"reason": close_reason}))
+
+    # -- the ingest socket --------------------------------------------------------------------
+
+    def socket_open(self) -> None:
+        self.group.send("ingest_link", Event("socket_open"))
+
+    def socket_failed(self) -> None:
+        self.group.send("ingest_link", Event("socket_failed"))
+
+    def socket_closed(self) -> None:
+        self.group.send("ingest_link", Event("socket_closed"))
+
+    def control_frame(self, frame: ControlFrame) -> None:
+        if isinstance(frame, Welcome):
+            self.outbox.ack(frame.acked)
+            self.group.send("ingest_link", Event("welcome"))
+        elif isinstance(frame, Shutdown):
+            self.group.send("ingest_link", Event("shutdown", {"reason": frame.reason}))
+        elif isinstance(frame, Ack):
+            self.outbox.ack(frame.seq)
+        elif isinstance(frame, PromptCommand):
+            try:
+                self.prompt(frame)
+            except Unavailable:
+                self._emit_outcome(EmitOutcome(frame.message_id, "failed", "agent_unavailable"))
+        elif isinstance(frame, AbortCommand):
+            # Nothing to abort when the turn already ended or never existed here.
+            with contextlib.suppress(UnknownMessage):
+                self.abort(frame.message_id)
+        elif isinstance(frame, PermissionCommand):
+            self.reply_permission(frame)
+        elif isinstance(frame, QuestionCommand):
+            self.reply_question(frame)
+        elif isinstance(frame, ReleaseCommand):
+            self.stop()
+
+    # -- effects --------------------------------------------------------------------------------
+
+    def _on_effect(self, machine_id: str, effect: Effect) -> None:
+        if isinstance(effect, OpenAgentLink):
+            self._open_agent_link()
+        elif isinstance(effect, NotifyTurns):
+            for machine in self.active_turns():
+                self.group.send(machine.machine_id, Event(effect.trigger))
+        elif isinstance(effect, EmitOutcome):
+            self._emit_outcome(effect)
+            self.group.send("wrapper", Event("turn_ended", {"message_id": effect.message_id}))
+        elif isinstance(effect, ReportState):
+            reason = effect.reason
+            self.outbox.push(
+                lambda seq: LifecycleFrame(
+                    seq=seq, machine=machine_id, state=effect.state, reason=reason
+                )
+            )
+            if effect.state == "ready":
+                for machine in self.active_turns():
+                    if machine.state == "queued":
+                        self.group.send(machine.machine_id, Event("dispatch"))
+            self._flush()
+        elif isinstance(effect, SendHello):
+            ident = self.identity
+            hello = Hello(
+                wrapper_id=ident.wrapper_id,
+                version=ident.version,
+                protocol=PROTOCOL_VERSION,
+                agent_session=ident.agent_session,
+                user_id=ident.user_id,
+                session_id=ident.session_id,
+            )
+            self.on_action(Transmit([hello]))
+        elif isinstance(effect, SendHeartbeat):
+            beat = Heartbeat(
+                state=self.wrapper.state,
+                active=bool(self.active_turns()),
+                degraded=self.degraded,
+            )
+            self.on_action(Transmit([beat]))
+        elif isinstance(effect, ResendUnacked):
+            self.outbox.rewind()
+            self._flush()
+        elif isinstance(effect, SubmitPrompt):
+            command = self.prompts[effect.message_id]
+            self.on_action(PromptAgent(command, effect.resubmission))
+        elif isinstance(effect, Subscribe):
+            self.generation = effect.generation
+            self.on_action(effect)
+        else:
+            self.on_action(effect)
+
+    def _open_agent_link(self) -> None:
+        if self.link is not None:
+            self.group.remove(self.link.machine_id)
+        context = agent_link.AgentLinkContext(generation=self.generation)
+        self.link = self._machine(agent_link.SPEC, "agent_link", context)
+        self.group.add(self.link)
+
+    def _emit_outcome(self, outcome: EmitOutcome) -> None:
+        if outcome.message_id in self.outcomes:
+            return
+        self.outcomes[outcome.message_id] = outcome
+        self.outbox.push(
+            lambda seq: OutcomeFrame(
+                seq=seq,
+                message_id=outcome.message_id,
+                status=outcome.status,
+                reason=outcome.reason,
+                error=outcome.error,
+            )
+        )
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.ingest.state != "connected":
+            return
+        frames = self.outbox.take_unsent()
+        if frames:
+            self.on_action(Transmit(list(frames)))
