@@ -138,6 +138,9 @@ class WrapperCore:
         self.prompts: dict[str, PromptCommand] = {}
         self.outcomes: dict[str, EmitOutcome] = {}
         self.dropped_stale_events = 0
+        self.pending_requests: dict[str, str] = {}
+        """Open permission/question ids → kind; Kilo leaves stale ones after an abort, so a
+        turn close clears them (its README §7.8)."""
         self.wrapper = self._machine(wrapper.SPEC, "wrapper")
         self.ingest = self._machine(ingest_link.SPEC, "ingest_link")
         self.link: StateMachine[Any] | None = None
@@ -227,12 +230,14 @@ class WrapperCore:
         return [m.context.message_id for m in targets]
 
     def reply_permission(self, command: PermissionCommand) -> None:
+        self.pending_requests.pop(command.request_id, None)
         args = {"request_id": command.request_id, "reply": command.reply}
         if command.message is not None:
             args["message"] = command.message
         self.on_action(AgentCall("reply_permission", args))
 
     def reply_question(self, command: QuestionCommand) -> None:
+        self.pending_requests.pop(command.request_id, None)
         if command.answers is None:
             self.on_action(AgentCall("reject_question", {"request_id": command.request_id}))
         else:
@@ -263,10 +268,25 @@ class WrapperCore:
         trigger = "connected" if kind == "server.connected" else "event"
         self.group.send("agent_link", Event(trigger, {"generation": generation}))
         self.outbox.push(lambda seq: EventFrame(seq=seq, generation=generation, event=payload))
+        self._track_requests(kind, payload.get("properties") or {})
         for name, data in self.translator.triggers(payload):
             for machine in self.active_turns():
                 self.group.send(machine.machine_id, Event(name, data))
         self._flush()
+
+    def _track_requests(self, kind: str, props: dict[str, Any]) -> None:
+        if kind in ("permission.asked", "question.asked") and isinstance(props.get("id"), str):
+            self.pending_requests[props["id"]] = kind.split(".")[0]
+        elif kind in ("permission.replied", "question.replied", "question.rejected"):
+            self.pending_requests.pop(str(props.get("requestID", "")), None)
+        elif kind == "session.turn.close":
+            self.pending_requests.clear()
+
+    def prompt_failed(self, message_id: str, error: str) -> None:
+        """Kilo refused the prompt itself (HTTP error): the turn fails with Kilo's reason."""
+        machine_id = f"turn:{message_id}"
+        self.group.send(machine_id, Event("error_reported", {"error": error}))
+        self.group.send(machine_id, Event("turn_closed", {"reason": "error"}))
 
     def stream_ended(self, generation: int) -> None:
         self.group.send("agent_link", Event("stream_ended", {"generation": generation}))

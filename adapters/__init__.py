@@ -1,0 +1,1 @@
+"""Adapters: bindings of the machines' effects to the world (processes, sockets, storage)."""

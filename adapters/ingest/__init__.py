@@ -1,0 +1,1 @@
+"""The ingest channel between wrapper and control plane (WebSocket)."""

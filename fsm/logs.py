@@ -1,0 +1,61 @@
+"""One JSON object per line on stderr: what hosts log, machine transitions included.
+
+Records of the engine become lines with ``machine``, ``transition`` and ``trigger`` so a timeline
+can be rebuilt from a log with ``jq``. Secrets never reach here: hosts pass what to log
+explicitly, and nothing logs settings wholesale.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+import msgspec
+
+from fsm.engine import Record
+
+_encoder = msgspec.json.Encoder()
+
+
+class JsonLog:
+    def __init__(self, stream: TextIO | None = None, *, debug: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.debug_enabled = debug
+
+    def emit(self, level: str, message: str, **fields: Any) -> None:
+        line = {"time": round(time.time(), 3), "level": level, "message": message, **fields}
+        try:
+            self.stream.write(_encoder.encode(line).decode() + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed stderr must never take the wrapper down
+
+    def info(self, message: str, **fields: Any) -> None:
+        self.emit("info", message, **fields)
+
+    def warning(self, message: str, **fields: Any) -> None:
+        self.emit("warning", message, **fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        self.emit("error", message, **fields)
+
+    def record(self, rec: Record) -> None:
+        if rec.kind == "internal" and not self.debug_enabled:
+            return
+        level = "warning" if rec.kind in ("fault", "timer_dropped") else "info"
+        if rec.kind == "ignored":
+            level = "debug"
+            if not self.debug_enabled:
+                return
+        self.emit(
+            level,
+            rec.kind,
+            machine=rec.machine,
+            id=rec.machine_id,
+            transition=f"{rec.source} -> {rec.dest}",
+            trigger=rec.trigger,
+            effects=list(rec.effects),
+            at=round(rec.at, 3),
+            **({"reason": rec.reason} if rec.reason else {}),
+        )

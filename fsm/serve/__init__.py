@@ -1,0 +1,1 @@
+"""``fsm-agent serve``: the wrapper host, WrapperCore given a body (Kilo, a socket, real time)."""
