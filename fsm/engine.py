@@ -52,6 +52,8 @@ class Record(msgspec.Struct, frozen=True):
     dest: str
     effects: tuple[str, ...] = ()
     reason: str = ""
+    timer: str = ""
+    """The timer whose expiry caused this record, if any."""
 
 
 class ArmedTimer(msgspec.Struct):
@@ -382,6 +384,7 @@ class StateMachine(Generic[Ctx]):
         reason: str = "",
     ) -> None:
         rec = Record(
+            timer=self._expired or "",
             at=self._now,
             machine=self.definition.name,
             machine_id=self.machine_id,

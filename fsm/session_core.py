@@ -32,7 +32,7 @@ import msgspec
 
 from fsm.clock import Clock
 from fsm.effects import Effect, FailMessages, SendCommand, SendShutdown
-from fsm.engine import Record, StateMachine
+from fsm.engine import Record, Snapshot, StateMachine
 from fsm.events import Event
 from fsm.machines import session
 from fsm.protocol import (
@@ -125,6 +125,35 @@ class SessionCore:
     def start(self) -> None:
         self.group.add(self.machine)
 
+    def restore(
+        self,
+        snapshot: Snapshot,
+        messages: list[Message],
+        wrapper_id: str | None,
+        last_seq: int,
+    ) -> None:
+        """Instead of ``start()``: rebuild from the store after a control-plane restart.
+
+        Deadlines are kept as stored (the host's clock is wall time), so a timer that expired
+        while the control plane was down fires at once.
+        """
+        machine, effects = StateMachine.restore(
+            session.SPEC,
+            snapshot,
+            self.clock.now(),
+            self.machine.values,
+            keep="deadline",
+            on_record=self._on_record,
+        )
+        self.machine = machine
+        self.messages = {m.id: m for m in messages}
+        self.wrapper_id = wrapper_id
+        self.last_seq = last_seq
+        self.group.adopt(machine, effects)
+
+    def snapshot(self) -> Snapshot:
+        return self.machine.snapshot(self.clock.now())
+
     @property
     def state(self) -> str:
         return self.machine.state
@@ -189,7 +218,7 @@ class SessionCore:
     def send_message(self, prompt: str, message_id: str | None = None, **options: Any) -> Message:
         if self.machine.terminal:
             raise RuntimeError(f"session {self.session_id} has failed; create a new session")
-        mid = message_id or f"msg_{self.session_id}_{next(self._message_ids):04d}"
+        mid = message_id or self._new_message_id()
         if mid in self.messages:
             return self.messages[mid]
         message = Message(mid, prompt, created_at=self.clock.now(), options=dict(options))
@@ -199,6 +228,12 @@ class SessionCore:
             self.group.send(self.machine.machine_id, Event("resume"))
         self._send_queued()
         return message
+
+    def _new_message_id(self) -> str:
+        while True:  # skips ids restored from the store
+            mid = f"msg_{self.session_id}_{next(self._message_ids):04d}"
+            if mid not in self.messages:
+                return mid
 
     def abort(self, message_id: str | None = None) -> None:
         self.on_action(Transmit([AbortCommand(message_id)]))

@@ -37,9 +37,12 @@ class ServeSettings(msgspec.Struct, kw_only=True):
 
 
 class FileSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """One file serves both sides: the control plane passes its own to the wrappers it starts."""
+
     timers: dict[str, Any] = {}
     outbox: dict[str, int] = {}
     kilo: dict[str, Any] = {}
+    control: dict[str, Any] = {}
 
 
 def load_file(path: Path | None) -> tuple[FileSettings, TimerValues]:

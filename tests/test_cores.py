@@ -1,0 +1,200 @@
+"""WrapperCore and SessionCore wired back to back on the virtual clock: the composed behaviour.
+
+A tiny scripted stand-in plays Kilo (the simulator in fsm/sim has the full fake); the frames
+really go through the protocol's encoder and decoders, so the two cores talk as in production.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fsm.clock import VirtualClock
+from fsm.effects import Effect, SpawnAgent, StartWrapper, StopAgent
+from fsm.protocol import (
+    PROTOCOL_VERSION,
+    Hello,
+    OutcomeFrame,
+    decode_from_control,
+    decode_from_wrapper,
+    encode,
+)
+from fsm.session_core import LogEntry, SessionCore
+from fsm.timers import CONTROL_TIMERS, WRAPPER_TIMERS
+from fsm.wrapper_core import Identity, PromptAgent, Transmit, WrapperCore
+
+KS = "ses_kilo"
+
+
+class Pair:
+    """One session and its wrapper, connected by a lossless in-memory link."""
+
+    def __init__(self, wrapper_version: str | None = None) -> None:
+        self.clock = VirtualClock()
+        self.log: list[LogEntry] = []
+        self.actions: list[Effect] = []
+        self.link_up = True
+        self.prompts: list[PromptAgent] = []
+        self.session = SessionCore(
+            self.clock,
+            CONTROL_TIMERS.defaults(),
+            "s1",
+            self._session_action,
+            on_log=self.log.append,
+        )
+        ident = Identity(
+            "w1", "agent", "u", "s1", **({"version": wrapper_version} if wrapper_version else {})
+        )
+        self.wrapper = WrapperCore(
+            self.clock, WRAPPER_TIMERS.defaults(), ident, self._wrapper_action
+        )
+
+    def _session_action(self, effect: Effect) -> None:
+        if isinstance(effect, Transmit):
+            if self.link_up:
+                for frame in effect.frames:
+                    self.wrapper.control_frame(decode_from_control(encode(frame)))
+        elif not isinstance(effect, StartWrapper):
+            self.actions.append(effect)
+
+    def _wrapper_action(self, effect: Effect) -> None:
+        self.actions.append(effect)
+        if isinstance(effect, Transmit):
+            if self.link_up:
+                for frame in effect.frames:
+                    self.session.frame(decode_from_wrapper(encode(frame)))
+        elif isinstance(effect, PromptAgent):
+            self.prompts.append(effect)
+        elif isinstance(effect, StopAgent):
+            self.wrapper.agent_exited(0)
+
+    def boot(self) -> None:
+        self.session.start()
+        self.wrapper.start()
+        self.wrapper.socket_open()
+        self.clock.advance(4)
+        self.wrapper.agent_ready(KS)
+        self.kilo("server.connected")
+
+    def kilo(self, kind: str, **props: Any) -> None:
+        self.wrapper.kilo_event(
+            self.wrapper.generation, {"type": kind, "properties": {"sessionID": KS, **props}}
+        )
+
+    def text(self) -> None:
+        self.kilo("message.part.delta", messageID="msg_a", delta="hi")
+
+    def close_turn(self, reason: str = "completed") -> None:
+        self.kilo("session.turn.close", reason=reason)
+
+
+def test_a_prompt_completes_on_both_sides_with_one_outcome() -> None:
+    p = Pair()
+    p.boot()
+    m = p.session.send_message("hello")
+    assert p.prompts and p.prompts[0].command.prompt == "hello"
+    p.kilo("session.turn.open")
+    p.text()
+    p.close_turn()
+    p.clock.advance_by(2)
+    assert m.state == "completed"
+    outcomes = [e for e in p.log if e.kind == "outcome"]
+    assert len(outcomes) == 1
+    assert p.session.state == "idle" and p.wrapper.wrapper.state == "idle"
+    ids = [e.id for e in p.log]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_kilo_killed_after_progress_fails_agent_restarted_and_restarts_kilo() -> None:
+    p = Pair()
+    p.boot()
+    m = p.session.send_message("work")
+    p.kilo("session.turn.open")
+    p.text()
+    p.wrapper.agent_exited(-9)
+    assert m.state == "failed" and m.reason == "agent_restarted"
+    assert p.wrapper.wrapper.state == "restarting"
+    p.clock.advance_by(1.5)  # the first backoff is 1 s
+    assert p.wrapper.wrapper.state == "starting"
+    assert sum(isinstance(a, SpawnAgent) for a in p.actions) == 2
+
+
+def test_hang_before_first_token_resubmits_once_then_fails() -> None:
+    p = Pair()
+    p.boot()
+    m = p.session.send_message("work")
+    p.kilo("session.turn.open")
+    # Kilo hangs: no events at all. Silence 15 s, probe 5 s unanswered -> agent hung.
+    p.clock.advance_by(19.9)
+    assert p.wrapper.wrapper.state == "stale"  # silent 15 s, the probe is out
+    p.clock.advance_by(0.2)
+    assert p.wrapper.wrapper.state == "restarting"  # the probe got no answer in 5 s
+    assert m.state == "accepted"  # no progress yet: kept for a resubmission
+    p.clock.advance_by(1)
+    assert p.wrapper.wrapper.state == "starting"
+    p.wrapper.agent_ready(KS)
+    p.kilo("server.connected")
+    assert [a.resubmission for a in p.prompts] == [False, True]
+    p.clock.advance_by(21)  # hangs again in the same turn
+    assert m.state == "failed" and m.reason == "agent_restarted"
+
+
+def test_ingest_drop_resends_unacked_frames_and_delivers_each_once() -> None:
+    p = Pair()
+    p.boot()
+    m = p.session.send_message("work")
+    p.link_up = False
+    p.kilo("session.turn.open")
+    p.text()
+    p.close_turn()
+    p.clock.advance_by(2)
+    assert m.state == "accepted"  # the outcome is buffered in the wrapper's outbox
+    p.link_up = True
+    p.wrapper.socket_closed()
+    p.clock.advance_by(3)  # backoff (1 s + jitter), reconnect
+    p.wrapper.socket_open()
+    assert m.state == "completed"
+    assert len([e for e in p.log if e.kind == "outcome"]) == 1
+    assert len(p.wrapper.outbox) == 0
+
+
+def test_version_mismatch_gets_shutdown_and_a_restart() -> None:
+    p = Pair(wrapper_version="0.0.1")
+    p.session.start()
+    p.wrapper.start()
+    p.wrapper.socket_open()
+    assert p.wrapper.ingest.state == "closed"
+    assert p.session.state == "restarting"
+    assert any(getattr(a, "code", None) == 0 for a in p.actions)  # ExitProcess(0)
+
+
+def test_duplicate_and_late_outcomes_are_ignored() -> None:
+    p = Pair()
+    p.boot()
+    m = p.session.send_message("work")
+    p.kilo("session.turn.open")
+    p.close_turn()
+    p.clock.advance_by(2)
+    assert m.state == "completed"
+    before = len(p.log)
+    dup = OutcomeFrame(seq=p.session.last_seq, message_id=m.id, status="failed")
+    p.session.frame(dup)
+    assert p.session.duplicates == 1 and len(p.log) == before
+    late = OutcomeFrame(seq=p.session.last_seq + 1, message_id=m.id, status="failed")
+    p.session.frame(late)
+    assert m.state == "completed" and p.session.ignored_outcomes == [m.id]
+
+
+def test_new_wrapper_id_fails_accepted_messages_and_restored_session_keeps_deadlines() -> None:
+    p = Pair()
+    p.boot()
+    m = p.session.send_message("work")
+    p.session.hello(Hello("w2", "0.1.0", PROTOCOL_VERSION, "agent", "u", "s1"))
+    assert m.state == "failed" and m.reason == "agent_restarted"
+    snap = p.session.snapshot()
+    stale_deadline = snap.timers[0].deadline
+    clock = VirtualClock(start=p.clock.now() + 1000)  # the host was down past every deadline
+    restored = SessionCore(clock, CONTROL_TIMERS.defaults(), "s1", lambda e: None)
+    restored.restore(snap, list(p.session.messages.values()), "w2", p.session.last_seq)
+    assert restored.machine.deadlines()[snap.timers[0].name] == stale_deadline
+    clock.advance_by(0)  # overdue timers fire at once
+    assert restored.state == "stale"
