@@ -58,9 +58,14 @@ class OutcomeFrame(SeqFrame, frozen=True, tag="outcome"):
 
 
 class LifecycleFrame(SeqFrame, frozen=True, tag="lifecycle"):
+    """A transition of one of the wrapper's machines (the control plane's timelines show them)."""
+
     machine: str
     state: str
     reason: str = ""
+    source: str = ""
+    trigger: str = ""
+    at: float = 0.0
 
 
 class EventsDropped(SeqFrame, frozen=True, tag="events_dropped"):

@@ -131,7 +131,7 @@ class WrapperCore:
         self.on_action = on_action
         self.rng = rng or random.Random(0)
         self.outbox = outbox or Outbox()
-        self.on_record = on_record
+        self._user_on_record = on_record
         self.group = MachineGroup(clock, self._on_effect)
         self.translator = TurnTranslator()
         self.generation = 0
@@ -152,8 +152,25 @@ class WrapperCore:
             machine_id=machine_id,
             context=context,
             rng=self.rng,
-            on_record=self.on_record,
+            on_record=self._on_record,
         )
+
+    def _on_record(self, record: Record) -> None:
+        """Every transition of the wrapper, agent link and turns goes to the control plane."""
+        if record.kind in ("start", "transition") and record.machine != "ingest_link":
+            self.outbox.push(
+                lambda seq: LifecycleFrame(
+                    seq=seq,
+                    machine=record.machine_id,
+                    state=record.dest,
+                    source=record.source,
+                    trigger=record.trigger,
+                    at=record.at,
+                )
+            )
+            self._flush()
+        if self._user_on_record is not None:
+            self._user_on_record(record)
 
     def start(self) -> None:
         """Spawn the agent and connect to the control plane (both machines start at once)."""
@@ -353,12 +370,6 @@ class WrapperCore:
             self._emit_outcome(effect)
             self.group.send("wrapper", Event("turn_ended", {"message_id": effect.message_id}))
         elif isinstance(effect, ReportState):
-            reason = effect.reason
-            self.outbox.push(
-                lambda seq: LifecycleFrame(
-                    seq=seq, machine=machine_id, state=effect.state, reason=reason
-                )
-            )
             if effect.state == "ready":
                 for machine in self.active_turns():
                     if machine.state == "queued":

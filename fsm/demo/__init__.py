@@ -1,0 +1,1 @@
+"""``fsm-agent demo``: the whole loop on one machine, with a scripted model when no credentials."""

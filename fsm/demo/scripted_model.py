@@ -1,0 +1,108 @@
+"""A scripted OpenAI-compatible model on loopback, so the demo runs with no credentials.
+
+Kilo talks to it through its ``@ai-sdk/openai-compatible`` provider exactly as it would to a
+real endpoint: ``POST /v1/chat/completions`` with ``stream: true``, answered with SSE chunks and
+``[DONE]``. The reply is a short fixed text streamed in small pieces (so the demo shows progress
+events); requests for titles get a title. Nothing here is used by production code paths.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+REPLY = (
+    "Hello from the scripted model. fsm-agent started a wrapper, the wrapper started Kilo, "
+    "and this reply is streaming back through both state machines."
+)
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    body = {
+        "id": "chatcmpl-demo",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def build_app(reply: str = REPLY, delay: float = 0.05) -> Starlette:
+    requests: list[dict[str, Any]] = []
+
+    async def completions(request: Request) -> Response:
+        body: dict[str, Any] = await request.json()
+        requests.append(body)
+        model = str(body.get("model", "scripted"))
+        messages = body.get("messages") or []
+        system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+        text = "fsm-agent demo" if "title" in system.lower() else reply
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield _chunk(model, {"role": "assistant", "content": ""})
+            words = text.split(" ")
+            for i in range(0, len(words), 3):
+                await anyio.sleep(delay)
+                yield _chunk(model, {"content": " ".join(words[i : i + 3]) + " "})
+            yield _chunk(model, {}, "stop")
+            yield b"data: [DONE]\n\n"
+
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": "chatcmpl-demo",
+                    "object": "chat.completion",
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": text},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def models(_request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+        ]
+    )
+    app.state.requests = requests
+    return app
+
+
+def kilo_provider_config(base_url: str) -> dict[str, Any]:
+    """``KILO_CONFIG_CONTENT`` pointing Kilo at this model (timeouts so nothing waits forever)."""
+    return {
+        "model": "scripted/scripted",
+        "small_model": "scripted/scripted",
+        "provider": {
+            "scripted": {
+                "npm": "@ai-sdk/openai-compatible",
+                "name": "Scripted demo model",
+                "options": {
+                    "baseURL": base_url,
+                    "apiKey": "demo",
+                    "timeout": 30000,
+                    "chunkTimeout": 15000,
+                },
+                "models": {"scripted": {"name": "scripted"}},
+            }
+        },
+    }
