@@ -1,0 +1,109 @@
+"""The runtime port: how the control plane starts, stops and watches one wrapper per session.
+
+The session machine only says *start the wrapper* or *stop it* and learns *the wrapper exited*;
+where the wrapper runs (a local process group, a bubblewrap or Docker sandbox, a pod) is the
+runtime's business. A new runtime implements ``RuntimePort`` and nothing above it changes.
+
+Exits are reported through one callback, ``on_exit(session_id, code)``, given when the runtime is
+built — for every exit, asked for or not. The session machine needs ``wrapper_exited`` in both
+cases: after a crash to restart, after a release to finish stopping. ``code`` is the exit status;
+negative means killed by that signal (the ``subprocess`` convention); None means the runtime could
+not learn it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+__all__ = [
+    "TOKEN_ENV",
+    "OnExit",
+    "RuntimePort",
+    "RuntimePortError",
+    "WrapperAlreadyRunningError",
+    "WrapperSpec",
+    "WrapperStartError",
+    "restart",
+]
+
+TOKEN_ENV = "FSM_AGENT_TOKEN"
+"""Carries the wrapper's token: the environment, never argv, which any local user can read."""
+
+OnExit = Callable[[str, int | None], None]
+"""``on_exit(session_id, code)``: called once per started wrapper when it has exited."""
+
+
+class WrapperSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a runtime needs to start the wrapper of one session."""
+
+    session_id: str
+    agent_session: str
+    user_id: str
+    ingest_url: str
+    token: str
+    workdir: Path
+    config: Path | None = None
+    kilo_bin: str | None = None
+    version: str | None = None
+    """Version the wrapper announces in ``hello`` instead of its own (tests of version pinning)."""
+    extra_env: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Specs end up in logs and tracebacks; the token must not.
+        return (
+            f"WrapperSpec(session_id={self.session_id!r}, agent_session={self.agent_session!r}, "
+            f"user_id={self.user_id!r}, ingest_url={self.ingest_url!r}, token='***', "
+            f"workdir={str(self.workdir)!r}, config={self.config and str(self.config)!r}, "
+            f"kilo_bin={self.kilo_bin!r}, version={self.version!r}, "
+            f"extra_env={sorted(self.extra_env)!r})"
+        )
+
+
+class RuntimePortError(Exception):
+    """A runtime could not do what it was asked; the message names the session."""
+
+
+class WrapperAlreadyRunningError(RuntimePortError):
+    """``start`` for a session whose wrapper is still running: stop it first (or ``restart``)."""
+
+
+class WrapperStartError(RuntimePortError):
+    """The wrapper could not be started at all (bad command, unusable directory, bad spec)."""
+
+
+class RuntimePort(Protocol):
+    """Start, stop and watch wrappers; exits are reported through the ``on_exit`` callback."""
+
+    async def start(self, spec: WrapperSpec) -> None:
+        """Start the session's wrapper; returns once it is launched (not once it connected).
+
+        Raises ``WrapperAlreadyRunningError`` if it is running, ``WrapperStartError`` if it cannot
+        be launched.
+        """
+        ...
+
+    async def stop(self, session_id: str, grace: float) -> int | None:
+        """Ask the wrapper to exit, force it after ``grace`` seconds, return its exit code.
+
+        ``on_exit`` has been called by the time this returns. None if it was not running (and
+        then ``on_exit`` is not called: nothing exited).
+        """
+        ...
+
+    def running(self, session_id: str) -> bool:
+        """True from a successful ``start`` until the exit is reported."""
+        ...
+
+
+async def restart(runtime: RuntimePort, spec: WrapperSpec, grace: float) -> int | None:
+    """Stop the session's wrapper if it runs, then start it again; the old exit code.
+
+    ``on_exit`` still reports the stop: the session machine sees every exit.
+    """
+    code = await runtime.stop(spec.session_id, grace)
+    await runtime.start(spec)
+    return code

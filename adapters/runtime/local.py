@@ -1,0 +1,350 @@
+"""The embedded runtime: each session's wrapper is a local child process group.
+
+Theory of operation
+-------------------
+``start`` launches ``fsm-agent serve`` (by default ``python -m fsm serve``) in a new session, so
+the wrapper and everything it spawns form one process group that can be signalled as a unit. The
+token goes through the environment (``FSM_AGENT_TOKEN``) because argv is world-readable in
+``/proc``; the control plane's own API key is removed from the environment the child inherits, so
+a wrapper (and the agent it runs) never holds the key that drives every session.
+
+Every child has one watcher task in the runtime's task group. The watcher is the only place an
+exit is observed: it reaps the child, kills whatever is left of its group (a wrapper's group does
+not outlive the wrapper), appends a footer to the log and calls ``on_exit(session_id, code)`` —
+exactly once per child, whether the exit was a crash or asked for by ``stop``. ``stop`` therefore
+only sends signals (SIGTERM to the group, SIGKILL after ``grace``) and waits for the watcher.
+
+The runtime is an async context manager because it owns tasks and processes: leaving it stops
+every child (SIGTERM, then SIGKILL after ``exit_grace``), and if the owner is cancelled outright the
+watchers kill their children at once. Nothing outlives the ``async with`` block.
+
+Each wrapper's stdout and stderr are appended to ``log_dir/<session_id>.log``, between header and
+footer lines written by the runtime, so one file tells the story of every start and exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+from anyio.abc import Process, TaskGroup
+
+from adapters.runtime.base import (
+    TOKEN_ENV,
+    OnExit,
+    RuntimePortError,
+    WrapperAlreadyRunningError,
+    WrapperSpec,
+    WrapperStartError,
+)
+
+__all__ = ["API_KEY_ENV", "DEFAULT_COMMAND", "LocalRuntime"]
+
+log = logging.getLogger("fsm_agent.runtime")
+
+DEFAULT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "fsm", "serve")
+API_KEY_ENV = "FSM_AGENT_API_KEY"
+"""The control plane's client API key: never handed down to a wrapper."""
+
+
+@dataclass(eq=False)
+class _Child:
+    session_id: str
+    process: Process
+    log_path: Path
+    exited: anyio.Event
+    code: int | None = None
+
+
+def _check_session_id(session_id: str) -> None:
+    # The id names a directory and a log file: it must not climb out of base_dir or log_dir.
+    if not session_id or session_id in (".", "..") or "/" in session_id or "\0" in session_id:
+        raise WrapperStartError(
+            f"session id {session_id!r} cannot name a directory; use letters, digits, '_' or '-'"
+        )
+
+
+def _stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class LocalRuntime:
+    """``RuntimePort`` for wrappers running as local child process groups."""
+
+    def __init__(
+        self,
+        base_dir: Path,
+        on_exit: OnExit,
+        *,
+        command: list[str] | None = None,
+        log_dir: Path | None = None,
+        exit_grace: float = 10.0,
+    ) -> None:
+        """``command`` replaces ``python -m fsm serve`` (tests use stand-ins); the session's
+        arguments are appended to it. ``exit_grace`` is the SIGTERM→SIGKILL delay used when the
+        context manager exits.
+        """
+        self.base_dir = Path(base_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else self.base_dir / "logs"
+        self.command = list(command) if command is not None else list(DEFAULT_COMMAND)
+        self.exit_grace = exit_grace
+        self._on_exit = on_exit
+        self._children: dict[str, _Child] = {}
+        self._starting: set[str] = set()
+        self._tg: TaskGroup | None = None
+        self._closing = False
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> LocalRuntime:
+        if self._tg is not None or self._closing:
+            raise RuntimePortError("a LocalRuntime can be entered only once")
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._closing = True
+        assert self._tg is not None
+        # Shielded: the stop must finish even if the owner is cancelled meanwhile (a cancelled
+        # owner has already made the watchers SIGKILL their children; see _watch).
+        with anyio.CancelScope(shield=True):
+            async with anyio.create_task_group() as stoppers:
+                for session_id in list(self._children):
+                    stoppers.start_soon(self.stop, session_id, self.exit_grace)
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    # -- the port ---------------------------------------------------------------------------------
+
+    def running(self, session_id: str) -> bool:
+        return session_id in self._children or session_id in self._starting
+
+    def pid(self, session_id: str) -> int | None:
+        """The wrapper's process id (also its process group id), None if it is not running."""
+        child = self._children.get(session_id)
+        return child.process.pid if child is not None else None
+
+    def argv(self, spec: WrapperSpec, workdir: Path) -> list[str]:
+        """The wrapper's command line. ``--opt=value`` so a value starting with '-' stays a value;
+        paths absolute because the child runs in ``workdir``, not in our directory."""
+        args = [
+            f"--agent-session={spec.agent_session}",
+            f"--user-id={spec.user_id}",
+            f"--session-id={spec.session_id}",
+            f"--ingest-url={spec.ingest_url}",
+            f"--workdir={workdir}",
+        ]
+        if spec.config is not None:
+            args.append(f"--config={spec.config.resolve()}")
+        if spec.kilo_bin is not None:
+            kilo = spec.kilo_bin
+            if os.sep in kilo and not os.path.isabs(kilo):
+                kilo = os.path.abspath(kilo)
+            args.append(f"--kilo-bin={kilo}")
+        if spec.version is not None:
+            args.append(f"--version={spec.version}")
+        return [*self.command, *args]
+
+    async def start(self, spec: WrapperSpec) -> None:
+        """Launch the session's wrapper in its own process group and watch it."""
+        sid = spec.session_id
+        if self._tg is None or self._closing:
+            raise RuntimePortError(
+                f"cannot start the wrapper of session {sid!r}: the runtime is not running "
+                "(use `async with LocalRuntime(...)`, and not after it exits)"
+            )
+        _check_session_id(sid)
+        if self.running(sid):
+            pid = self.pid(sid)
+            raise WrapperAlreadyRunningError(
+                f"the wrapper of session {sid!r} is already running"
+                + (f" (pid {pid})" if pid is not None else " (starting)")
+                + "; stop it first, or use restart()"
+            )
+        if TOKEN_ENV in spec.extra_env:
+            raise WrapperStartError(
+                f"session {sid!r}: extra_env must not set {TOKEN_ENV}; the token comes from "
+                "spec.token"
+            )
+        if not spec.token:
+            raise WrapperStartError(f"session {sid!r}: the wrapper token is empty")
+        self._starting.add(sid)
+        try:
+            child = await self._spawn(spec)
+        finally:
+            self._starting.discard(sid)
+        self._children[sid] = child
+        self._tg.start_soon(self._watch, child, name=f"wrapper watcher {sid}")
+        if self._closing:
+            # The runtime began closing while this wrapper was being launched; its stoppers did
+            # not see it, so stop it here or it would outlive the runtime.
+            with anyio.CancelScope(shield=True):
+                await self.stop(sid, self.exit_grace)
+            raise RuntimePortError(
+                f"the runtime closed while the wrapper of session {sid!r} was starting; stopped it"
+            )
+        log.info(
+            "wrapper of session %s started: pid %d, log %s",
+            sid,
+            child.process.pid,
+            child.log_path,
+            extra={"session": sid, "pid": child.process.pid, "log": str(child.log_path)},
+        )
+
+    async def stop(self, session_id: str, grace: float) -> int | None:
+        """SIGTERM the wrapper's group, SIGKILL it after ``grace`` seconds; its exit code.
+
+        Returns None (and reports nothing) if the session has no running wrapper.
+        """
+        child = self._children.get(session_id)
+        if child is None:
+            return None
+        if not child.exited.is_set():
+            self._signal(child, signal.SIGTERM)
+            with anyio.move_on_after(max(grace, 0.0)):
+                await child.exited.wait()
+        if not child.exited.is_set():
+            log.warning(
+                "wrapper of session %s still running %.1f s after SIGTERM; killing its group",
+                session_id,
+                grace,
+                extra={"session": session_id, "pid": child.process.pid, "grace": grace},
+            )
+            self._signal(child, signal.SIGKILL)
+            await child.exited.wait()
+        return child.code
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _workdir(self, spec: WrapperSpec) -> Path:
+        workdir = spec.workdir
+        if not workdir.exists():
+            # A session without a workspace still gets a private directory of its own, never the
+            # control plane's current directory.
+            workdir = self.base_dir / spec.session_id
+            log.warning(
+                "session %s: workdir %s does not exist; using %s",
+                spec.session_id,
+                spec.workdir,
+                workdir,
+                extra={"session": spec.session_id, "workdir": str(spec.workdir)},
+            )
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WrapperStartError(
+                f"session {spec.session_id!r}: cannot use {workdir} as the working directory: {exc}"
+            ) from exc
+        return workdir.resolve()
+
+    def _environment(self, spec: WrapperSpec) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop(API_KEY_ENV, None)
+        env.update(spec.extra_env)
+        env[TOKEN_ENV] = spec.token
+        # Output goes to a file: unbuffered, so a crash does not swallow the last lines.
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    async def _spawn(self, spec: WrapperSpec) -> _Child:
+        sid = spec.session_id
+        workdir = self._workdir(spec)
+        argv = self.argv(spec, workdir)
+        log_path = self.log_dir / f"{sid}.log"
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_file = log_path.open("ab")
+        except OSError as exc:
+            raise WrapperStartError(
+                f"session {sid!r}: cannot open the log {log_path}: {exc}"
+            ) from exc
+        with log_file:
+            log_file.write(f"--- {_stamp()} starting: {shlex.join(argv)}\n".encode())
+            log_file.flush()
+            try:
+                # Shielded: a cancellation after the fork must not leave an unwatched child.
+                with anyio.CancelScope(shield=True):
+                    process = await anyio.open_process(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        cwd=workdir,
+                        env=self._environment(spec),
+                        start_new_session=True,
+                    )
+            except OSError as exc:
+                raise WrapperStartError(
+                    f"cannot start the wrapper of session {sid!r} with {argv[0]!r}: {exc}"
+                ) from exc
+        return _Child(sid, process, log_path, anyio.Event())
+
+    def _signal(self, child: _Child, signum: signal.Signals) -> None:
+        try:
+            os.killpg(child.process.pid, signum)
+        except ProcessLookupError:
+            pass  # the whole group is already gone
+        except PermissionError as exc:  # pragma: no cover - only if the pid was reused
+            log.error("cannot signal process group %d: %s", child.process.pid, exc)
+
+    async def _watch(self, child: _Child) -> None:
+        try:
+            code = await child.process.wait()
+        except anyio.get_cancelled_exc_class():
+            # The owner is gone without stopping us: take the child with us, and still report it.
+            with anyio.CancelScope(shield=True):
+                self._signal(child, signal.SIGKILL)
+                code = await child.process.wait()
+                self._reaped(child, code)
+            raise
+        self._reaped(child, code)
+
+    def _reaped(self, child: _Child, code: int) -> None:
+        sid = child.session_id
+        # The group dies with its leader: grandchildren the wrapper left behind have no owner.
+        self._signal(child, signal.SIGKILL)
+        if self._children.get(sid) is child:
+            del self._children[sid]
+        child.code = code
+        try:
+            with child.log_path.open("a+b") as log_file:
+                # Start the footer on its own line even if the wrapper's last line was cut short.
+                log_file.seek(0, os.SEEK_END)
+                if log_file.tell() > 0:
+                    log_file.seek(-1, os.SEEK_END)
+                    if log_file.read(1) != b"\n":
+                        log_file.write(b"\n")
+                log_file.write(
+                    f"--- {_stamp()} pid {child.process.pid} exited with code {code}\n".encode()
+                )
+        except OSError:
+            pass  # the log is a convenience; losing its footer must not lose the exit
+        log.info(
+            "wrapper of session %s exited with code %s",
+            sid,
+            code,
+            extra={"session": sid, "pid": child.process.pid, "code": code},
+        )
+        try:
+            self._on_exit(sid, code)
+        except Exception:
+            # One session's handler failing must not take every other session's wrapper down
+            # with the task group.
+            log.exception("on_exit handler failed for session %s (code %s)", sid, code)
+        finally:
+            child.exited.set()
