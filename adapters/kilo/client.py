@@ -1,0 +1,252 @@
+"""A typed async client for exactly the part of Kilo's HTTP API the wrapper uses.
+
+Responses are decoded with msgspec into the few fields we read (unknown fields are ignored, so
+Kilo adding fields never breaks us; a field we rely on changing type fails loudly at decode).
+Events stay plain dicts: they are forwarded verbatim to the control plane, and only the turn
+translator looks inside them.
+
+Why the event subscription looks the way it does (``shared/kilo/README.md`` §6, §8):
+
+* ``GET /event`` carries the events of the directory Kilo was started in (the wrapper's
+  workdir), each as one ``data: <json>`` line; there are no ids, no ``event:`` fields, no replay.
+* A SIGKILLed Kilo ends the stream with a bare FIN (httpx raises ``RemoteProtocolError``); a
+  SIGTERMed one ends it cleanly. Both end the async iterator; the caller decides what it means.
+* There is no read timeout on the stream: silence is detected by the agent_link machine's
+  silence window, not by a socket timeout that would fire on a healthy but quiet stream.
+* Leaving the ``subscribe_events`` context closes the HTTP connection at once, so an old
+  generation's stream cannot keep delivering after its unsubscription.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import msgspec
+
+from fsm.kilo_events import error_text
+
+USERNAME = "kilo"
+
+
+class KiloError(Exception):
+    """Kilo answered with an HTTP error; ``status`` and Kilo's own message are kept."""
+
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        super().__init__(f"{method} {path} -> {status}: {body[:300]}")
+        self.status = status
+        self.body = body
+
+
+class Session(msgspec.Struct):
+    id: str
+    directory: str = ""
+    title: str = ""
+    version: str = ""
+
+
+class SessionStatus(msgspec.Struct):
+    type: str
+    """idle | busy | retry | offline"""
+    message: str | None = None
+    attempt: int | None = None
+
+
+class MessageInfo(msgspec.Struct):
+    id: str
+    role: str
+    sessionID: str = ""
+    finish: str | None = None
+    error: dict[str, Any] | None = None
+    time: dict[str, Any] = {}
+
+    def error_text(self) -> str:
+        return error_text(self.error) if self.error is not None else ""
+
+    @property
+    def completed(self) -> bool:
+        return "completed" in self.time
+
+
+class Message(msgspec.Struct):
+    info: MessageInfo
+    parts: list[dict[str, Any]] = []
+
+
+class Health(msgspec.Struct):
+    healthy: bool
+    version: str = ""
+
+
+def split_model(model: str) -> dict[str, str]:
+    """``"provider/model"`` (the form users type) into Kilo's ``{providerID, modelID}``."""
+    provider, sep, model_id = model.partition("/")
+    if not sep or not provider or not model_id:
+        raise ValueError(f"model: expected 'provider/model', got {model!r}")
+    return {"providerID": provider, "modelID": model_id}
+
+
+class KiloClient:
+    def __init__(
+        self,
+        url: str,
+        password: str | None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = url
+        self._auth = (USERNAME, password) if password else None
+        self._timeout = timeout
+        self._transport = transport
+        self._http = self._new_client()
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, auth=self._auth, timeout=self._timeout, transport=self._transport
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(
+        self, method: str, path: str, *, json: Any = None, timeout: float | None = None
+    ) -> bytes:
+        response = await self._http.request(
+            method, path, json=json, timeout=self._timeout if timeout is None else timeout
+        )
+        if response.status_code >= 400:
+            raise KiloError(method, path, response.status_code, response.text)
+        return response.content
+
+    # -- health and events ----------------------------------------------------------------------
+
+    async def health(self, timeout: float = 5.0) -> bool:
+        """True when Kilo answers healthy within ``timeout``; a SIGSTOPped Kilo never answers."""
+        try:
+            body = await self._call("GET", "/global/health", timeout=timeout)
+        except (httpx.HTTPError, KiloError):
+            return False
+        return msgspec.json.decode(body, type=Health).healthy
+
+    @asynccontextmanager
+    async def subscribe_events(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        # A client of its own: closing it tears the stream down without touching other calls.
+        async with (
+            self._new_client() as http,
+            http.stream("GET", "/event", timeout=httpx.Timeout(10.0, read=None)) as response,
+        ):
+            if response.status_code >= 400:
+                body = (await response.aread()).decode(errors="replace")
+                raise KiloError("GET", "/event", response.status_code, body)
+            yield parse_sse(response.aiter_lines())
+
+    # -- sessions and prompts -------------------------------------------------------------------
+
+    async def create_session(self, title: str | None = None) -> Session:
+        body: dict[str, Any] = {} if title is None else {"title": title}
+        return msgspec.json.decode(await self._call("POST", "/session", json=body), type=Session)
+
+    async def get_session(self, session_id: str) -> Session:
+        return msgspec.json.decode(await self._call("GET", f"/session/{session_id}"), type=Session)
+
+    async def session_status(self) -> dict[str, SessionStatus]:
+        """Only non-idle sessions are listed: absence means idle."""
+        raw = await self._call("GET", "/session/status")
+        return msgspec.json.decode(raw, type=dict[str, SessionStatus])
+
+    async def session_messages(self, session_id: str, limit: int = 10) -> list[Message]:
+        raw = await self._call("GET", f"/session/{session_id}/message?limit={limit}")
+        return msgspec.json.decode(raw, type=list[Message])
+
+    async def prompt_async(
+        self,
+        session_id: str,
+        text: str,
+        *,
+        model: str | None = None,
+        agent: str | None = None,
+        variant: str | None = None,
+    ) -> None:
+        """Queue a prompt (204 at once); the turn's end arrives as ``session.turn.close``."""
+        body: dict[str, Any] = {"parts": [{"type": "text", "text": text}]}
+        if model:
+            body["model"] = split_model(model)
+        if agent:
+            body["agent"] = agent
+        if variant:
+            body["variant"] = variant
+        await self._call("POST", f"/session/{session_id}/prompt_async", json=body)
+
+    async def abort(self, session_id: str) -> bool:
+        raw = await self._call("POST", f"/session/{session_id}/abort")
+        return bool(msgspec.json.decode(raw))
+
+    async def command(
+        self, session_id: str, command: str, arguments: str = "", *, model: str | None = None
+    ) -> Message:
+        """Run a slash command (synchronous in Kilo: returns when its turn is done)."""
+        body: dict[str, Any] = {"command": command, "arguments": arguments}
+        if model:
+            body["model"] = model
+        raw = await self._call("POST", f"/session/{session_id}/command", json=body, timeout=None)
+        return msgspec.json.decode(raw, type=Message)
+
+    async def summarize(self, session_id: str, model: str) -> bool:
+        raw = await self._call(
+            "POST", f"/session/{session_id}/summarize", json=split_model(model), timeout=None
+        )
+        return bool(msgspec.json.decode(raw))
+
+    async def commit_message(self, path: str, files: list[str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"path": path}
+        if files:
+            body["selectedFiles"] = files
+        raw = await self._call("POST", "/commit-message", json=body, timeout=None)
+        result: dict[str, Any] = msgspec.json.decode(raw)
+        return result
+
+    # -- interactive requests -------------------------------------------------------------------
+
+    async def reply_permission(
+        self, request_id: str, reply: str, message: str | None = None
+    ) -> bool:
+        body: dict[str, Any] = {"reply": reply}
+        if message is not None:
+            body["message"] = message
+        raw = await self._call("POST", f"/permission/{request_id}/reply", json=body)
+        return bool(msgspec.json.decode(raw))
+
+    async def reply_question(self, request_id: str, answers: list[list[str]]) -> bool:
+        raw = await self._call("POST", f"/question/{request_id}/reply", json={"answers": answers})
+        return bool(msgspec.json.decode(raw))
+
+    async def reject_question(self, request_id: str) -> bool:
+        raw = await self._call("POST", f"/question/{request_id}/reject")
+        return bool(msgspec.json.decode(raw))
+
+
+async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """Server-sent events to JSON payloads. Kilo sends one ``data:`` line per event, but the
+    parser follows the SSE rules anyway (multi-line data joined, comments and other fields
+    skipped) so a proxy that re-chunks the stream cannot break it."""
+    data: list[str] = []
+    async for line in lines:
+        if line == "":
+            if data:
+                payload = "\n".join(data)
+                data = []
+                try:
+                    event = msgspec.json.decode(payload)
+                except msgspec.DecodeError:
+                    continue
+                if isinstance(event, dict):
+                    yield event
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value[1:] if value.startswith(" ") else value)

@@ -1,0 +1,289 @@
+"""Owning one ``kilo serve`` process: random port, password, health wait, pidfile, stop.
+
+Why it is done this way (all measured on Kilo 7.7.9, ``shared/kilo/README.md`` §1-§2, §8):
+
+* ``--port 0`` is not random (it prefers 4096), so the port is drawn from 10000-60000 here; a
+  taken port makes Kilo exit 1 with ``ServeError`` and never print its "listening" line, so that
+  case draws again (5 tries). The URL is still read from the stdout line, never assumed.
+* Cold start is about 4 s (6.5 s on a first-ever start), so the caller's start-up timeout comes
+  from the timer table, not the SDK's 5 s; "listening" is not "healthy", so the start ends only
+  when ``GET /global/health`` says so.
+* A random ``KILO_SERVER_PASSWORD`` means nothing else in the container can drive this Kilo;
+  ``KILO_PARENT_PID`` makes Kilo exit by itself if the wrapper dies without stopping it.
+* Kilo runs in its own process group (tool commands are its children) and the group is what
+  gets signalled. A pidfile (pid + kernel start time, which survives pid reuse checks) lets the
+  next wrapper kill a group left behind by a wrapper that was SIGKILLed.
+* stdout/stderr go to files in the state directory: nobody has to keep draining a pipe, and the
+  files are there for a post-mortem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from anyio.abc import Process
+
+from adapters.kilo.binary import find_kilo
+
+PORT_RANGE = (10000, 60000)
+PORT_TRIES = 5
+LISTENING = re.compile(rb"kilo server listening on (https?://\S+)")
+QUIET_ENV = {
+    # Measured: start-up 0.5 s faster and SIGTERM exit in 0.5 s instead of 2.6 s (offline the
+    # telemetry flush times out). Nothing here is needed by a headless wrapper.
+    "KILO_DISABLE_MODELS_FETCH": "1",
+    "KILO_DISABLE_AUTOUPDATE": "1",
+    "KILO_TELEMETRY_LEVEL": "off",
+}
+USERNAME = "kilo"
+
+
+class KiloStartError(Exception):
+    """Kilo did not become healthy; the message carries the reason and the tail of its output."""
+
+
+class PortTaken(KiloStartError):
+    pass
+
+
+@dataclass
+class KiloServer:
+    url: str
+    port: int
+    pid: int
+    password: str
+    process: Process
+    pidfile: Path
+    started_at: float
+    healthy_after: float
+    """Seconds from spawn to the first healthy answer (the cold start, for logs and benches)."""
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (USERNAME, self.password)
+
+    async def wait(self) -> int:
+        code = await self.process.wait()
+        self._cleanup()
+        return code
+
+    async def stop(self, grace: float) -> int:
+        """SIGTERM the group, SIGKILL it after ``grace`` seconds; returns the exit code."""
+        self._stopped = True
+        if self.process.returncode is None:
+            _signal_group(self.pid, signal.SIGTERM)
+            with anyio.move_on_after(grace):
+                await self.process.wait()
+            if self.process.returncode is None:
+                _signal_group(self.pid, signal.SIGKILL)
+        code = await self.process.wait()
+        self._cleanup()
+        return code
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole group (fault injection in tests, last resort elsewhere)."""
+        _signal_group(self.pid, sig)
+
+    def _cleanup(self) -> None:
+        # Tool commands Kilo started may outlive it in the group; nothing of it may remain.
+        _signal_group(self.pid, signal.SIGKILL)
+        _remove_pidfile(self.pidfile, self.pid)
+
+
+def build_env(
+    base: Mapping[str, str], state_dir: Path, password: str, config: Mapping[str, Any]
+) -> dict[str, str]:
+    env = dict(base)
+    env.update(QUIET_ENV)
+    env["KILO_SERVER_PASSWORD"] = password
+    env["KILO_SERVER_USERNAME"] = USERNAME
+    env["KILO_PARENT_PID"] = str(os.getpid())
+    env["KILO_CONFIG_CONTENT"] = json.dumps(dict(config))
+    for name in ("DATA", "CONFIG", "CACHE", "STATE"):
+        path = state_dir / "xdg" / name.lower()
+        path.mkdir(parents=True, exist_ok=True)
+        env[f"XDG_{name}_HOME"] = str(path)
+    return env
+
+
+async def start_kilo(
+    *,
+    workdir: Path,
+    state_dir: Path,
+    config: Mapping[str, Any],
+    kilo_bin: str | None,
+    startup_timeout: float,
+    rng: random.Random | None = None,
+    env: Mapping[str, str] | None = None,
+) -> KiloServer:
+    """Start Kilo in ``workdir`` and return once it answers healthy, or raise ``KiloStartError``."""
+    binary = find_kilo(kilo_bin)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pidfile = state_dir / "kilo.pid"
+    kill_stale_group(pidfile)
+    draw = rng or random.SystemRandom()
+    started = time.monotonic()
+    deadline = started + startup_timeout
+    last: KiloStartError | None = None
+    for attempt in range(1, PORT_TRIES + 1):
+        port = draw.randint(*PORT_RANGE)
+        try:
+            return await _start_once(
+                binary, workdir, state_dir, pidfile, config, port, attempt, started, deadline, env
+            )
+        except PortTaken as exc:
+            last = exc
+    raise KiloStartError(f"no free port after {PORT_TRIES} tries: {last}")
+
+
+async def _start_once(
+    binary: Path,
+    workdir: Path,
+    state_dir: Path,
+    pidfile: Path,
+    config: Mapping[str, Any],
+    port: int,
+    attempt: int,
+    started: float,
+    deadline: float,
+    env: Mapping[str, str] | None,
+) -> KiloServer:
+    password = secrets.token_urlsafe(24)
+    logs = state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    out_path = logs / f"kilo-{stamp}-{os.getpid()}-{attempt}.out"
+    err_path = logs / f"kilo-{stamp}-{os.getpid()}-{attempt}.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        process = await anyio.open_process(
+            [str(binary), "serve", "--port", str(port), "--hostname", "127.0.0.1"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=workdir,
+            env=build_env(os.environ if env is None else env, state_dir, password, config),
+            start_new_session=True,
+        )
+    write_pidfile(pidfile, process.pid)
+    try:
+        url = await _wait_listening(process, out_path, err_path, deadline)
+        await _wait_healthy(process, url, password, deadline, err_path)
+    except BaseException:
+        _signal_group(process.pid, signal.SIGKILL)
+        with anyio.CancelScope(shield=True):
+            await process.wait()
+        _remove_pidfile(pidfile, process.pid)
+        raise
+    return KiloServer(
+        url=url,
+        port=port,
+        pid=process.pid,
+        password=password,
+        process=process,
+        pidfile=pidfile,
+        started_at=started,
+        healthy_after=time.monotonic() - started,
+    )
+
+
+async def _wait_listening(process: Process, out: Path, err: Path, deadline: float) -> str:
+    while True:
+        match = LISTENING.search(out.read_bytes())
+        if match:
+            return match.group(1).decode()
+        if process.returncode is not None:
+            tail = _tail(err)
+            if b"ServeError" in err.read_bytes():
+                raise PortTaken(f"exit {process.returncode}: {tail}")
+            raise KiloStartError(f"kilo exited {process.returncode} before listening: {tail}")
+        if time.monotonic() > deadline:
+            raise KiloStartError(
+                f"kilo printed no 'listening' line in time; stderr: {_tail(err) or '(empty)'}"
+            )
+        await anyio.sleep(0.05)
+
+
+async def _wait_healthy(
+    process: Process, url: str, password: str, deadline: float, err: Path
+) -> None:
+    async with httpx.AsyncClient(base_url=url, auth=(USERNAME, password)) as client:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise KiloStartError(f"kilo at {url} was not healthy in time")
+            if process.returncode is not None:
+                raise KiloStartError(f"kilo exited {process.returncode}: {_tail(err)}")
+            try:
+                response = await client.get("/global/health", timeout=min(2.0, remaining))
+                if response.status_code == 200 and response.json().get("healthy") is True:
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            await anyio.sleep(0.05)
+
+
+def _tail(path: Path, limit: int = 400) -> str:
+    try:
+        return path.read_bytes()[-limit:].decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+# -- process groups and pidfiles ------------------------------------------------------------------
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), to tell reuse from survival."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[19])
+
+
+def write_pidfile(path: Path, pid: int) -> None:
+    path.write_text(json.dumps({"pid": pid, "start_time": process_start_time(pid)}))
+
+
+def _remove_pidfile(path: Path, pid: int) -> None:
+    try:
+        if json.loads(path.read_text()).get("pid") == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def kill_stale_group(pidfile: Path) -> bool:
+    """Kill the group a previous wrapper left behind, if its pidfile still names a live process."""
+    try:
+        data = json.loads(pidfile.read_text())
+        pid, start = int(data["pid"]), data.get("start_time")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    alive = start is not None and process_start_time(pid) == start
+    if alive:
+        _signal_group(pid, signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)
+    return alive
