@@ -109,5 +109,153 @@ def timers_command(config: ConfigOption = None) -> None:
             typer.echo(f"  {setting.key:<30} {shown:<22} {setting.doc}")
 
 
+@app.command("serve")
+def serve_command(
+    agent_session: Annotated[
+        str, typer.Option(help="The agent's (Kilo's) session id to resume or a name for a new one.")
+    ],
+    user_id: Annotated[str, typer.Option(help="The user this wrapper works for (fixed).")],
+    session_id: Annotated[str, typer.Option(help="The control plane's session id (fixed).")],
+    ingest_url: Annotated[
+        str, typer.Option(help="ws:// or wss:// URL of the control plane's ingest endpoint.")
+    ],
+    token: Annotated[
+        str,
+        typer.Option(
+            envvar="FSM_AGENT_TOKEN",
+            help="Bearer token for the job API and ingest (never logged).",
+            show_default=False,
+        ),
+    ],
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT of the job API (port 0 picks a free one).")
+    ] = "127.0.0.1:0",
+    workdir: Annotated[
+        Path, typer.Option(help="The agent's project directory.", file_okay=False)
+    ] = Path("."),
+    config: ConfigOption = None,
+    kilo_bin: Annotated[
+        str | None,
+        typer.Option(
+            help="Path of the kilo binary (else $FSM_AGENT_KILO_BIN, the project's install, PATH)."
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where Kilo keeps its state (default WORKDIR/.fsm-agent/kilo-state).",
+            file_okay=False,
+        ),
+    ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(help="Version to announce in hello (testing version pinning).", hidden=True),
+    ] = None,
+) -> None:
+    """Run the wrapper: own a Kilo server, relay its events to the control plane, serve jobs."""
+    from fsm.serve.main import run_serve
+
+    code = run_serve(
+        agent_session=agent_session,
+        user_id=user_id,
+        session_id=session_id,
+        ingest_url=ingest_url,
+        token=token,
+        listen=listen,
+        workdir=workdir,
+        config=config,
+        kilo_bin=kilo_bin,
+        state_dir=state_dir,
+        version=version,
+    )
+    raise typer.Exit(code)
+
+
+@app.command("control")
+def control_command(
+    api_key: Annotated[
+        str,
+        typer.Option(
+            envvar="FSM_AGENT_API_KEY", help="Bearer key clients must present.", show_default=False
+        ),
+    ],
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT for the API and ingest.")
+    ] = "127.0.0.1:8700",
+    db: Annotated[
+        Path, typer.Option(help="SQLite file (created if missing).", dir_okay=False)
+    ] = Path(".fsm-agent/control.db"),
+    config: ConfigOption = None,
+    base_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where sessions' workspaces and wrapper logs live (default: beside --db).",
+            file_okay=False,
+        ),
+    ] = None,
+    kilo_bin: Annotated[str | None, typer.Option(help="Kilo binary handed to wrappers.")] = None,
+) -> None:
+    """Run the control plane: sessions, their wrappers (local runtime), SQLite, REST/SSE API."""
+    from fsm.control.main import run_control
+
+    raise typer.Exit(
+        run_control(
+            listen=listen,
+            db=db,
+            api_key=api_key,
+            config=config,
+            base_dir=base_dir,
+            kilo_bin=kilo_bin,
+        )
+    )
+
+
+@app.command("demo")
+def demo_command(
+    prompt: Annotated[str, typer.Option(help="The prompt to send.")] = (
+        "Say hello and tell me what this workspace contains."
+    ),
+    model_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FSM_AGENT_MODEL_URL",
+            help="OpenAI-compatible base URL of a real model (else a scripted one).",
+        ),
+    ] = None,
+    model_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FSM_AGENT_MODEL_KEY", help="API key for --model-url.", show_default=False
+        ),
+    ] = None,
+    model_name: Annotated[str, typer.Option(help="Model id at --model-url.")] = "gpt-4o-mini",
+    kilo_bin: Annotated[str | None, typer.Option(help="Path of the kilo binary.")] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the temporary folder (logs, database).")] = False,
+    color: Annotated[bool, typer.Option(help="Color the timeline.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 90.0,
+) -> None:
+    """Bring the whole loop up locally (control plane, wrapper, Kilo, model) and run one prompt."""
+    import anyio
+
+    from fsm.demo.run import run_demo
+
+    if bool(model_url) != bool(model_key):
+        typer.echo("error: give both --model-url and --model-key, or neither", err=True)
+        raise typer.Exit(2)
+    code = anyio.run(
+        lambda: run_demo(
+            prompt=prompt,
+            model_url=model_url,
+            model_key=model_key,
+            model_name=model_name,
+            kilo_bin=kilo_bin,
+            keep=keep,
+            color=color,
+            timeout=timeout,
+        )
+    )
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()

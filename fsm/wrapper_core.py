@@ -198,6 +198,7 @@ class WrapperCore:
 
     def status(self) -> dict[str, Any]:
         machines = {mid: m for mid, m in self.group.machines.items()}
+        now = self.clock.now()
         return {
             "wrapper": self.wrapper.state,
             "agent_link": self.link.state if self.link else None,
@@ -209,7 +210,10 @@ class WrapperCore:
                 for m in self.turns()
             },
             "timers": {
-                mid: {name: round(deadline, 3) for name, deadline in m.deadlines().items()}
+                mid: {
+                    name: {"deadline": round(deadline, 3), "remaining": round(deadline - now, 3)}
+                    for name, deadline in m.deadlines().items()
+                }
                 for mid, m in machines.items()
                 if m.timers
             },

@@ -25,7 +25,7 @@ REPLY = (
 )
 
 
-def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+def chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
     body = {
         "id": "chatcmpl-demo",
         "object": "chat.completion.chunk",
@@ -48,12 +48,12 @@ def build_app(reply: str = REPLY, delay: float = 0.05) -> Starlette:
         text = "fsm-agent demo" if "title" in system.lower() else reply
 
         async def stream() -> AsyncIterator[bytes]:
-            yield _chunk(model, {"role": "assistant", "content": ""})
+            yield chunk(model, {"role": "assistant", "content": ""})
             words = text.split(" ")
             for i in range(0, len(words), 3):
                 await anyio.sleep(delay)
-                yield _chunk(model, {"content": " ".join(words[i : i + 3]) + " "})
-            yield _chunk(model, {}, "stop")
+                yield chunk(model, {"content": " ".join(words[i : i + 3]) + " "})
+            yield chunk(model, {}, "stop")
             yield b"data: [DONE]\n\n"
 
         if not body.get("stream"):

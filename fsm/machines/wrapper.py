@@ -88,10 +88,11 @@ DECLARATION = MachineDef(
         ),
         State(
             "stopping",
-            on_enter=("stop_agent", "close_links"),
+            on_enter=("stop_agent", "close_agent_link"),
+            doc="Kilo is being stopped; the ingest link stays open to carry the final frames",
             timers=(state_timer("stop_grace", "agent_stop_grace", "stop_timeout"),),
         ),
-        State("stopped", terminal=True, on_enter=("exit_ok",)),
+        State("stopped", terminal=True, on_enter=("close_ingest", "exit_ok")),
         State("failed", terminal=True, on_enter=("agent_unavailable", "report_failed")),
     ),
     transitions=(
@@ -147,10 +148,7 @@ SPEC = MachineSpec(
         "stop_agent": emit(StopAgent(keep_session=True)),
         "open_agent_link": emit(OpenAgentLink()),
         "close_agent_link": emit(Signal("agent_link", "close")),
-        "close_links": lambda _c, _e: [
-            Signal("agent_link", "close"),
-            Signal("ingest_link", "close"),
-        ],
+        "close_ingest": emit(Signal("ingest_link", "close")),
         "agent_lost": emit(NotifyTurns("agent_lost", "agent_restarted")),
         "agent_unavailable": emit(NotifyTurns("agent_unavailable", "agent_unavailable")),
         "report_ready": emit(ReportState("ready")),

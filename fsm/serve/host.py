@@ -1,0 +1,385 @@
+"""The wrapper host: runs ``WrapperCore`` on the real clock with the Kilo and ingest adapters.
+
+Theory of operation
+-------------------
+All decisions are the machines'; this module only executes actions and reports results back.
+Each long-lived thing has one task and one owner, all inside one task group whose lifetime is the
+process: the clock's scheduler, the job API server, the signal handler, the Kilo process watcher,
+one task per event subscription (cancelled through its own scope on ``Unsubscribe``), one per
+ingest connection. An exception in an action is logged and turned into the event the machine
+expects when the thing fails (an agent that could not start *exited*; a probe that raised
+*failed*), so no task ever dies silently and no machine waits for an answer that cannot come.
+
+Signals: SIGTERM/SIGINT stop gracefully (Kilo stopped, outbox flushed within a bound, exit 0);
+SIGUSR1 recycles the ingest connection (a fault-injection hook for tests and operators).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import uvicorn
+from anyio.abc import TaskGroup
+
+from adapters.ingest.websocket_client import IngestConnection
+from adapters.kilo.client import KiloClient
+from adapters.kilo.process import KiloServer, start_kilo
+from fsm.clock import RealClock
+from fsm.effects import (
+    AbortAgentTurn,
+    CloseSocket,
+    Effect,
+    ExitProcess,
+    OpenSocket,
+    ProbeHealth,
+    Reconcile,
+    SpawnAgent,
+    StopAgent,
+    Subscribe,
+    Unsubscribe,
+)
+from fsm.engine import Record
+from fsm.logs import JsonLog
+from fsm.outbox import Outbox
+from fsm.protocol import WRAPPER_VERSION
+from fsm.serve.job_api import build_app
+from fsm.serve.settings import ServeSettings
+from fsm.timers import TimerValues
+from fsm.wrapper_core import AgentCall, Identity, PromptAgent, Transmit, WrapperCore
+
+
+class WrapperHost:
+    def __init__(self, settings: ServeSettings, values: TimerValues, log: JsonLog) -> None:
+        self.settings = settings
+        self.values = values
+        self.log = log
+        self.clock = RealClock()
+        identity = Identity(
+            wrapper_id=settings.wrapper_id or f"wrp_{uuid.uuid4().hex[:16]}",
+            agent_session=settings.agent_session,
+            user_id=settings.user_id,
+            session_id=settings.session_id,
+            version=settings.version or WRAPPER_VERSION,
+        )
+        self.core = WrapperCore(
+            self.clock,
+            values,
+            identity,
+            self._on_action,
+            outbox=Outbox(settings.outbox_frames, settings.outbox_bytes),
+            on_record=self._on_record,
+        )
+        self.kilo: KiloServer | None = None
+        self.client: KiloClient | None = None
+        self.kilo_session: str | None = None
+        self.spawn_scope: anyio.CancelScope | None = None
+        self.subscriptions: dict[int, anyio.CancelScope] = {}
+        self.ingest: IngestConnection | None = None
+        self.exit_code: int | None = None
+        self.done = anyio.Event()
+        self.api_port: int | None = None
+        self._tg: TaskGroup | None = None
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.log.info(
+            "starting",
+            wrapper_id=self.core.identity.wrapper_id,
+            version=self.core.identity.version,
+            session_id=self.settings.session_id,
+            timers={k: self.values[k] for k in self.values},
+            overridden=self.values.overridden(),
+        )
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in self.settings.listen_host else socket.AF_INET
+        )
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.settings.listen_host, self.settings.listen_port))
+        sock.listen(128)  # connections queue from now on: the port we log is already usable
+        self.api_port = sock.getsockname()[1]
+        app = build_app(self.core, self.settings.token, self._agent_info)
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        )
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self.clock.run)
+            tg.start_soon(self._guard, "job API", lambda: server.serve(sockets=[sock]))
+            tg.start_soon(self._signals)
+            self.log.info(
+                "job API listening",
+                url=f"http://{self.settings.listen_host}:{self.api_port}",
+                port=self.api_port,
+            )
+            self.core.start()
+            await self.done.wait()
+            server.should_exit = True
+            with anyio.move_on_after(2):
+                while server.started and not server.should_exit:
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        code = self.exit_code if self.exit_code is not None else 0
+        self.log.info("exiting", code=code)
+        return code
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+            async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    self.log.info("SIGUSR1: recycling the ingest connection")
+                    self.core.recycle_ingest()
+                else:
+                    self.log.info("stopping on signal", signal=signal.Signals(signum).name)
+                    if self.exit_code is None:
+                        self.exit_code = 0
+                    self.core.stop()
+                    if self.core.wrapper.terminal:
+                        self.done.set()
+
+    async def _guard(self, what: str, work: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``work``; log any exception instead of letting it tear the wrapper down."""
+        try:
+            await work()
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            self.log.error(f"{what} failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _start(self, what: str, work: Callable[[], Awaitable[Any]]) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(self._guard, what, work)
+
+    def _on_record(self, record: Record) -> None:
+        self.log.record(record)
+
+    def _agent_info(self) -> dict[str, Any]:
+        kilo = self.kilo
+        return {
+            "port": kilo.port if kilo else None,
+            "pid": kilo.pid if kilo else None,
+            "url": kilo.url if kilo else None,
+            "session": self.kilo_session,
+            "healthy": self.core.wrapper.state in ("ready", "running", "idle"),
+        }
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def _on_action(self, effect: Effect) -> None:
+        if isinstance(effect, Transmit):
+            if self.ingest is not None:
+                self.ingest.send(effect.frames)
+        elif isinstance(effect, SpawnAgent):
+            self._start("spawning Kilo", self._spawn)
+        elif isinstance(effect, StopAgent):
+            self._start("stopping Kilo", self._stop_agent)
+        elif isinstance(effect, Subscribe):
+            self._start("event subscription", lambda: self._subscribe(effect.generation))
+        elif isinstance(effect, Unsubscribe):
+            scope = self.subscriptions.pop(effect.generation, None)
+            if scope is not None:
+                scope.cancel()
+        elif isinstance(effect, ProbeHealth):
+            self._start("health probe", lambda: self._probe(effect.generation))
+        elif isinstance(effect, Reconcile):
+            self._start("reconcile", lambda: self._reconcile(effect.generation))
+        elif isinstance(effect, PromptAgent):
+            self._start("prompt", lambda: self._prompt(effect))
+        elif isinstance(effect, AbortAgentTurn):
+            self._start("abort", self._abort)
+        elif isinstance(effect, AgentCall):
+            self._start(effect.method, lambda: self._agent_call(effect))
+        elif isinstance(effect, OpenSocket):
+            self._open_socket()
+        elif isinstance(effect, CloseSocket):
+            self._start("closing ingest", self._close_socket)
+        elif isinstance(effect, ExitProcess):
+            self._exit(effect)
+        else:
+            self.log.warning("unhandled action", action=type(effect).__name__)
+
+    async def _spawn(self) -> None:
+        s = self.settings
+        with anyio.CancelScope() as scope:
+            self.spawn_scope = scope
+            try:
+                server = await start_kilo(
+                    workdir=s.workdir,
+                    state_dir=s.state_dir,
+                    config=s.kilo_config,
+                    kilo_bin=s.kilo_bin,
+                    startup_timeout=self.values["agent_startup"],
+                )
+            except Exception as exc:
+                self.log.error("Kilo did not start", error=f"{type(exc).__name__}: {exc}")
+                self.core.agent_exited(None)
+                return
+            finally:
+                self.spawn_scope = None
+        if scope.cancel_called:
+            return
+        self.kilo = server
+        self.client = KiloClient(server.url, server.password)
+        self.log.info("Kilo is healthy", port=server.port, pid=server.pid)
+        try:
+            self.kilo_session = await self._ensure_session(self.client)
+        except Exception as exc:
+            self.log.error("cannot open the agent session", error=f"{type(exc).__name__}: {exc}")
+            await server.stop(self.values["agent_stop_grace"])
+            self.kilo = None
+            self.core.agent_exited(None)
+            return
+        self.core.agent_ready(self.kilo_session)
+        code = await server.wait()
+        if self.kilo is server:  # an exit nobody asked for
+            self.log.warning("Kilo exited", code=code)
+            self.kilo = None
+            self.core.agent_exited(code)
+
+    async def _ensure_session(self, client: KiloClient) -> str:
+        """Resume the agent's own session when it exists (idle cleanup keeps it), else create."""
+        wanted = self.kilo_session or self.settings.agent_session
+        if wanted.startswith("ses"):
+            with contextlib.suppress(Exception):
+                return (await client.get_session(wanted)).id
+        return (await client.create_session()).id
+
+    async def _stop_agent(self) -> None:
+        if self.spawn_scope is not None:
+            self.spawn_scope.cancel()
+        server, self.kilo = self.kilo, None
+        code: int | None = None
+        if server is not None:
+            code = await server.stop(self.values["agent_stop_grace"])
+        self.core.agent_exited(code)
+
+    async def _subscribe(self, generation: int) -> None:
+        client = self.client
+        if client is None:
+            self.core.stream_ended(generation)
+            return
+        with anyio.CancelScope() as scope:
+            self.subscriptions[generation] = scope
+            try:
+                async with client.subscribe_events() as events:
+                    async for event in events:
+                        self.core.kilo_event(generation, event)
+            except Exception as exc:
+                self.log.info(
+                    "event stream ended",
+                    generation=generation,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            finally:
+                self.subscriptions.pop(generation, None)
+        if not scope.cancel_called:
+            self.core.stream_ended(generation)
+
+    async def _probe(self, generation: int) -> None:
+        client = self.client
+        timeout = self.values["health_probe_timeout"]
+        healthy = False
+        if client is not None:
+            with anyio.move_on_after(timeout + 1):
+                try:
+                    healthy = await client.health(timeout=timeout)
+                except Exception:
+                    healthy = False
+                self.core.probe_result(generation, healthy)
+                return
+        # No answer at all: the machine's own probe timer decides; nothing to report.
+
+    async def _reconcile(self, generation: int) -> None:
+        client, session = self.client, self.kilo_session
+        if client is None or session is None:
+            return
+        status = await client.session_status()
+        busy = session in status
+        reason, error = "completed", ""
+        if not busy:
+            messages = await client.session_messages(session, limit=1)
+            if messages:
+                info = messages[-1].info
+                if info.error is not None:
+                    reason, error = "error", info.error_text()
+        self.core.reconciled(generation, busy, reason, error)
+
+    async def _prompt(self, action: PromptAgent) -> None:
+        client, session = self.client, self.kilo_session
+        command = action.command
+        if client is None or session is None:
+            return  # the agent is gone; the machines already handle that turn
+        try:
+            await client.prompt_async(
+                session,
+                command.prompt,
+                # Kilo makes a session's last model sticky: always name one (README §4).
+                model=command.model or self.settings.kilo_config.get("model"),
+                agent=command.agent,
+                variant=command.variant,
+            )
+        except Exception as exc:
+            self.core.prompt_failed(command.message_id, f"{type(exc).__name__}: {exc}")
+
+    async def _abort(self) -> None:
+        if self.client is not None and self.kilo_session is not None:
+            await self.client.abort(self.kilo_session)
+
+    async def _agent_call(self, call: AgentCall) -> None:
+        if self.client is None:
+            return
+        method = getattr(self.client, call.method)
+        await method(**call.args)
+
+    def _open_socket(self) -> None:
+        conn = IngestConnection(
+            self.settings.ingest_url,
+            self.settings.token,
+            on_open=self.core.socket_open,
+            on_failed=self._socket_failed,
+            on_closed=self._socket_closed,
+            on_frame=self.core.control_frame,
+            connect_timeout=self.values["ingest_connect_timeout"],
+        )
+        self.ingest = conn
+        self._start("ingest connection", conn.run)
+
+    def _socket_failed(self, reason: str) -> None:
+        self.log.info("ingest connect failed", reason=reason)
+        self.core.socket_failed()
+
+    def _socket_closed(self, reason: str) -> None:
+        self.log.info("ingest connection closed", reason=reason)
+        self.core.socket_closed()
+
+    async def _close_socket(self) -> None:
+        conn = self.ingest
+        if conn is None:
+            return
+        if self.core.wrapper.state in ("stopping", "stopped"):
+            # Stopping: give the control plane a bounded chance to acknowledge what is left.
+            with anyio.move_on_after(self.settings.flush_bound):
+                while len(self.core.outbox):
+                    await anyio.sleep(0.05)
+        conn.close()
+
+    def _exit(self, effect: ExitProcess) -> None:
+        self.log.info("exit requested", code=effect.code, reason=effect.reason)
+        if self.exit_code is None:
+            self.exit_code = effect.code
+        if self.core.wrapper.terminal:
+            self._start("final flush", self._final_flush)
+        else:
+            self.core.stop()
+
+    async def _final_flush(self) -> None:
+        with anyio.move_on_after(self.settings.flush_bound):
+            while len(self.core.outbox):
+                await anyio.sleep(0.05)
+        self.done.set()
