@@ -7,6 +7,7 @@ explicitly, and nothing logs settings wholesale.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any, TextIO
@@ -59,3 +60,33 @@ class JsonLog:
             at=round(rec.at, 3),
             **({"reason": rec.reason} if rec.reason else {}),
         )
+
+
+_STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+}
+
+
+class _ToJson(logging.Handler):
+    """Routes the adapters' stdlib ``logging`` into the same JSON lines, ``extra`` as fields."""
+
+    def __init__(self, log: JsonLog) -> None:
+        super().__init__()
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS}
+        if record.exc_info and record.exc_info[1] is not None:
+            fields["error"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        self.log.emit(record.levelname.lower(), record.getMessage(), logger=record.name, **fields)
+
+
+def capture_stdlib(log: JsonLog, name: str = "fsm_agent", level: int = logging.INFO) -> None:
+    """Adapters log through ``logging.getLogger("fsm_agent....")`` to stay host-agnostic; a host
+    calls this once so their lines join its own."""
+    logger = logging.getLogger(name)
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, _ToJson)]
+    logger.addHandler(_ToJson(log))
+    logger.setLevel(level)
+    logger.propagate = False

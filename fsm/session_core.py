@@ -198,7 +198,10 @@ class SessionCore:
         self.last_seq = frame.seq
         if isinstance(frame, EventFrame):
             self._log("event", {"generation": frame.generation, "event": frame.event})
-            self.group.send(self.machine.machine_id, Event("frame"))
+            # Kilo's own heartbeats prove the wrapper alive, not the session busy: they must not
+            # hold off the hung-session timer (Kilo sends one every 10 s, even mid-hang).
+            alive_only = str(frame.event.get("type", "")).startswith("server.")
+            self.group.send(self.machine.machine_id, Event("heartbeat" if alive_only else "frame"))
         elif isinstance(frame, OutcomeFrame):
             self._outcome(frame)
         elif isinstance(frame, LifecycleFrame):

@@ -45,7 +45,7 @@ from fsm.effects import (
     Unsubscribe,
 )
 from fsm.engine import Record
-from fsm.logs import JsonLog
+from fsm.logs import JsonLog, capture_stdlib
 from fsm.outbox import Outbox
 from fsm.protocol import WRAPPER_VERSION
 from fsm.serve.job_api import build_app
@@ -59,6 +59,7 @@ class WrapperHost:
         self.settings = settings
         self.values = values
         self.log = log
+        capture_stdlib(log)
         self.clock = RealClock()
         identity = Identity(
             wrapper_id=settings.wrapper_id or f"wrp_{uuid.uuid4().hex[:16]}",

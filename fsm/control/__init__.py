@@ -1,0 +1,1 @@
+"""``fsm-agent control``: the session side (one SessionCore per session, SQLite, local runtime)."""

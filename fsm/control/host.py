@@ -1,0 +1,485 @@
+"""The control-plane host: one ``SessionCore`` per session on the real clock, persisted in SQLite.
+
+Theory of operation
+-------------------
+Decisions are the session machines'; this host executes them and keeps promises about data:
+
+* **Nothing acknowledged is lost.** Frames from wrappers are applied in memory at once, but the
+  acknowledgements (and the ``welcome`` that tells a reconnecting wrapper what is already held)
+  are released only after the flush loop has written the log entries, messages and machine
+  snapshot to SQLite. A crash in between makes the wrapper resend, and duplicates are dropped by
+  sequence number.
+* **Restarts resume.** On start every stored session is rebuilt from its snapshot; timers keep
+  their stored wall-clock deadlines, so one that expired while the host was down fires at once.
+  Heartbeat re-arms are written at most every 30 s (as the source design debounced them).
+* **Streams are exact.** Live subscribers get entries only after they are stored, so a client
+  resuming with ``Last-Event-ID`` reads the store and then the live tail, each id exactly once.
+* **Commands are not dropped** when a wrapper is momentarily disconnected: they wait for its next
+  ``welcome`` (prompts are idempotent on the wrapper by message id).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import uvicorn
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from adapters.runtime.base import WrapperSpec
+from adapters.runtime.local import LocalRuntime
+from adapters.store.sqlite import EventRow, MessageRow, SessionRow, SqliteStore
+from fsm.clock import RealClock
+from fsm.control.metrics import Metrics
+from fsm.effects import Effect, StartWrapper, StopWrapper
+from fsm.engine import Record, Snapshot
+from fsm.logs import JsonLog, capture_stdlib
+from fsm.protocol import Ack, Frame, Shutdown, Welcome
+from fsm.session_core import LogEntry, Message, SessionCore
+from fsm.timers import TimerValues
+from fsm.wrapper_core import Transmit
+
+SNAPSHOT_DEBOUNCE = 30.0
+FLUSH_PERIOD = 0.05
+
+
+@dataclass
+class ControlSettings:
+    db: Path
+    api_key: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    base_dir: Path = Path(".fsm-agent/sessions")
+    config: Path | None = None
+    kilo_bin: str | None = None
+    wrapper_command: list[str] | None = None
+
+
+@dataclass
+class SessionEntry:
+    core: SessionCore
+    row: SessionRow
+    outq: MemoryObjectSendStream[Frame] | None = None
+    commands: list[Frame] = field(default_factory=list)
+    held: list[Frame] = field(default_factory=list)
+    events: list[LogEntry] = field(default_factory=list)
+    dirty_messages: set[str] = field(default_factory=set)
+    snapshot_due: bool = True
+    last_snapshot: float = 0.0
+    subscribers: set[MemoryObjectSendStream[LogEntry]] = field(default_factory=set)
+    first_version: str | None = None
+    starts_requested: int = 0
+    """Wrappers asked for (StartWrapper effects), and wrapper exits accounted for: the runtime
+    runs one wrapper per session at a time and reports each exit once, so an exit is the current
+    wrapper's only when every earlier one is accounted for. An old wrapper's exit that lands
+    after its replacement was requested must not be taken for the new one dying."""
+    exits_seen: int = 0
+    deleting: bool = False
+
+
+class ControlHost:
+    def __init__(self, settings: ControlSettings, values: TimerValues, log: JsonLog) -> None:
+        self.settings = settings
+        self.values = values
+        self.log = log
+        capture_stdlib(log)
+        self.clock = RealClock(timebase="wall")
+        self.metrics = Metrics()
+        self.sessions: dict[str, SessionEntry] = {}
+        self.store: SqliteStore | None = None
+        self.runtime: LocalRuntime | None = None
+        self.port: int | None = None
+        self.ready = anyio.Event()
+        self.stop_requested = anyio.Event()
+        self._tg: TaskGroup | None = None
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    @property
+    def ingest_base(self) -> str:
+        return f"ws://{self.settings.listen_host}:{self.port}/ingest"
+
+    async def run(self) -> None:
+        from fsm.control.api import build_app
+
+        s = self.settings
+        s.base_dir.mkdir(parents=True, exist_ok=True)
+        sock = socket.socket(socket.AF_INET6 if ":" in s.listen_host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.listen_host, s.listen_port))
+        sock.listen(128)  # connections queue from now on: the port we log is already usable
+        self.port = sock.getsockname()[1]
+        self.store = SqliteStore(s.db)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_app(self),
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                ws="websockets-sansio",
+            )
+        )
+        try:
+            async with (
+                LocalRuntime(
+                    s.base_dir,
+                    self._on_wrapper_exit,
+                    command=s.wrapper_command,
+                    log_dir=s.base_dir / "logs",
+                ) as runtime,
+                anyio.create_task_group() as tg,
+            ):
+                self.runtime = runtime
+                self._tg = tg
+                tg.start_soon(self.clock.run)
+                tg.start_soon(self._flush_loop)
+                tg.start_soon(self._guard, "API server", lambda: server.serve(sockets=[sock]))
+                self._load_sessions()
+                self.log.info(
+                    "control plane listening",
+                    url=f"http://{s.listen_host}:{self.port}",
+                    port=self.port,
+                    db=str(s.db),
+                    sessions=len(self.sessions),
+                    timers={k: self.values[k] for k in self.values},
+                    overridden=self.values.overridden(),
+                )
+                self.ready.set()
+                await self.stop_requested.wait()
+                self._flush()
+                server.should_exit = True
+                tg.cancel_scope.cancel()
+        finally:
+            self._flush()
+            self.store.close()
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    async def _guard(self, what: str, work: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            await work()
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            self.log.error(f"{what} failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _start(self, what: str, work: Callable[[], Awaitable[Any]]) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(self._guard, what, work)
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def _new_core(self, session_id: str, log_start: int = 0) -> SessionCore:
+        return SessionCore(
+            self.clock,
+            self.values,
+            session_id,
+            lambda effect: self._on_action(session_id, effect),
+            on_record=self._on_record_for(session_id),
+            on_log=lambda entry: self._on_log(session_id, entry),
+            log_start=log_start,
+        )
+
+    def create_session(
+        self,
+        *,
+        agent_session: str | None = None,
+        user_id: str = "user",
+        workdir: str | None = None,
+        wrapper_version: str | None = None,
+    ) -> SessionEntry:
+        assert self.store is not None
+        sid = f"s_{uuid.uuid4().hex[:12]}"
+        path = Path(workdir) if workdir else self.settings.base_dir / sid / "workspace"
+        path.mkdir(parents=True, exist_ok=True)
+        now = self.clock.now()
+        row = SessionRow(
+            id=sid,
+            token=secrets.token_urlsafe(32),
+            agent_session=agent_session or f"agent_{sid}",
+            user_id=user_id,
+            workdir=str(path),
+            state="starting",
+            snapshot=b"",
+            wrapper_id=None,
+            last_seq=0,
+            created_at=now,
+            updated_at=now,
+        )
+        self.store.create_session(row)
+        entry = SessionEntry(self._new_core(sid), row, first_version=wrapper_version)
+        self.sessions[sid] = entry
+        entry.core.start()
+        return entry
+
+    def _load_sessions(self) -> None:
+        assert self.store is not None
+        for row in self.store.list_sessions():
+            if not row.snapshot:
+                continue
+            entry = SessionEntry(self._new_core(row.id, self.store.last_event_id(row.id)), row)
+            self.sessions[row.id] = entry
+            messages = [
+                Message(
+                    m.id,
+                    m.prompt,
+                    m.state,
+                    m.reason,
+                    m.error,
+                    m.created_at,
+                    m.finished_at,
+                    msgspec.json.decode(m.options) if m.options else {},
+                )
+                for m in self.store.messages(row.id)
+            ]
+            snapshot = msgspec.json.decode(row.snapshot, type=Snapshot)
+            entry.core.restore(snapshot, messages, row.wrapper_id, row.last_seq)
+            self.log.info("session restored", session=row.id, state=entry.core.state)
+
+    def delete_session(self, session_id: str) -> None:
+        entry = self.sessions[session_id]
+        entry.deleting = True
+        entry.core.stop()
+        if entry.core.state in ("stopped", "failed"):
+            self._forget(session_id)
+
+    def _forget(self, session_id: str) -> None:
+        entry = self.sessions.pop(session_id, None)
+        if entry is None:
+            return
+        self._flush_entry(session_id, entry)
+        entry.core.group.remove(entry.core.machine.machine_id)
+        assert self.store is not None
+        self.store.delete_session(session_id)
+        for sub in entry.subscribers:
+            sub.close()
+
+    def check_wrapper_token(self, session_id: str, given: str) -> SessionEntry | None:
+        entry = self.sessions.get(session_id)
+        expected = entry.row.token if entry is not None else secrets.token_urlsafe(32)
+        ok = hmac.compare_digest(given.encode(), expected.encode())
+        return entry if ok and entry is not None else None
+
+    # -- effects and records --------------------------------------------------------------------
+
+    def _on_action(self, session_id: str, effect: Effect) -> None:
+        entry = self.sessions.get(session_id)
+        if entry is None:
+            return
+        if isinstance(effect, Transmit):
+            for frame in effect.frames:
+                if isinstance(frame, Ack | Welcome):
+                    entry.held.append(frame)  # released after the flush that stores the data
+                elif isinstance(frame, Shutdown) or (
+                    entry.outq is not None and not any(isinstance(h, Welcome) for h in entry.held)
+                ):
+                    self._send(entry, frame)
+                else:
+                    entry.commands.append(frame)
+        elif isinstance(effect, StartWrapper):
+            version = entry.first_version if effect.attempt == 1 else None
+            entry.starts_requested += 1
+            self._start("starting a wrapper", lambda: self._start_wrapper(entry, version))
+        elif isinstance(effect, StopWrapper):
+            self._start("stopping a wrapper", lambda: self._stop_wrapper(session_id))
+        else:
+            self.log.warning("unhandled action", action=type(effect).__name__)
+
+    def _send(self, entry: SessionEntry, frame: Frame) -> None:
+        if entry.outq is None:
+            return
+        try:
+            entry.outq.send_nowait(frame)
+            self.metrics.frames_out[type(frame).__name__.lower()] += 1
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.log.warning("wrapper send queue unavailable", session=entry.row.id)
+
+    async def _start_wrapper(self, entry: SessionEntry, version: str | None) -> None:
+        assert self.runtime is not None
+        row = entry.row
+        if self.runtime.running(row.id):
+            await self.runtime.stop(row.id, self.values["wrapper_stop_grace"])
+        if entry.core.state != "starting" or row.id not in self.sessions:
+            # The machine moved on (failed, stopping) while the old wrapper was being stopped:
+            # this start is void, and accounted for as if its wrapper had come and gone.
+            entry.exits_seen += 1
+            self.log.info("wrapper start skipped", session=row.id, state=entry.core.state)
+            return
+        spec = WrapperSpec(
+            session_id=row.id,
+            agent_session=row.agent_session,
+            user_id=row.user_id,
+            ingest_url=f"{self.ingest_base}/{row.id}",
+            token=row.token,
+            workdir=Path(row.workdir),
+            config=self.settings.config,
+            kilo_bin=self.settings.kilo_bin,
+            version=version,
+            extra_env={},
+        )
+        try:
+            await self.runtime.start(spec)
+        except Exception as exc:
+            # No process means no exit will ever be reported: report this one, so the machine
+            # spends its restart budget instead of waiting out first_connect.
+            self.log.error("wrapper failed to start", session=row.id, error=str(exc))
+            self._on_wrapper_exit(row.id, None)
+
+    async def _stop_wrapper(self, session_id: str) -> None:
+        assert self.runtime is not None
+        if self.runtime.running(session_id):
+            await self.runtime.stop(session_id, self.values["wrapper_stop_grace"])
+            return
+        entry = self.sessions.get(session_id)
+        if entry is not None and entry.core.state == "stopping":
+            # Nothing of ours runs (e.g. a wrapper left by a previous control plane that is not
+            # connected): the stop is complete as far as this host can tell.
+            entry.core.wrapper_exited(None)
+
+    def _on_wrapper_exit(self, session_id: str, code: int | None) -> None:
+        entry = self.sessions.get(session_id)
+        if entry is None:
+            return
+        entry.exits_seen += 1
+        if entry.exits_seen < entry.starts_requested:
+            self.log.info("a replaced wrapper exited", session=session_id, code=code)
+            return
+        entry.exits_seen = entry.starts_requested
+        self.log.info("wrapper exited", session=session_id, code=code)
+        entry.core.wrapper_exited(code)
+        if entry.deleting and entry.core.state in ("stopped", "failed"):
+            self._forget(session_id)
+
+    def _on_record_for(self, session_id: str) -> Callable[[Record], None]:
+        def on_record(record: Record) -> None:
+            self.metrics.record(record)
+            self.log.record(record)
+            entry = self.sessions.get(session_id)
+            if entry is None:
+                return
+            # Heartbeat re-arms are written at most every 30 s, and at least three times per
+            # stale window, so a restored stale timer is never much earlier than the real one.
+            debounce = min(SNAPSHOT_DEBOUNCE, self.values["stale_heartbeat"] / 3)
+            debounced = self.clock.now() - entry.last_snapshot <= debounce
+            if record.kind != "internal" or not debounced:
+                entry.snapshot_due = True
+
+        return on_record
+
+    def _on_log(self, session_id: str, entry_: LogEntry) -> None:
+        entry = self.sessions.get(session_id)
+        if entry is None:
+            return
+        entry.events.append(entry_)
+        if entry_.kind == "message":
+            entry.dirty_messages.add(str(entry_.data["id"]))
+        elif entry_.kind == "events_dropped":
+            self.metrics.events_dropped += int(entry_.data.get("count", 0))
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await anyio.sleep(FLUSH_PERIOD)
+            self._flush()
+
+    def flush_session(self, session_id: str) -> None:
+        """Store what is pending now, so a reader of the log sees what the API already shows."""
+        entry = self.sessions.get(session_id)
+        if entry is not None:
+            self._flush_entry(session_id, entry)
+
+    def _flush(self) -> None:
+        for sid, entry in list(self.sessions.items()):
+            self._flush_entry(sid, entry)
+
+    def _flush_entry(self, sid: str, entry: SessionEntry) -> None:
+        store = self.store
+        if store is None:
+            return
+        core = entry.core
+        if not (entry.events or entry.dirty_messages or entry.snapshot_due or entry.held):
+            return
+        events, entry.events = entry.events, []
+        if events:
+            store.append_events(
+                sid,
+                [EventRow(e.id, e.at, e.kind, msgspec.json.encode(e.data)) for e in events],
+            )
+        for mid in sorted(entry.dirty_messages):
+            m = core.messages[mid]
+            store.save_message(
+                sid,
+                MessageRow(
+                    id=m.id,
+                    prompt=m.prompt,
+                    state=m.state,
+                    reason=m.reason,
+                    error=m.error,
+                    created_at=m.created_at,
+                    finished_at=m.finished_at,
+                    options=msgspec.json.encode(m.options),
+                ),
+            )
+        entry.dirty_messages.clear()
+        if entry.snapshot_due or events:
+            now = self.clock.now()
+            store.save_session(
+                sid,
+                state=core.state,
+                snapshot=msgspec.json.encode(core.snapshot()),
+                wrapper_id=core.wrapper_id,
+                last_seq=core.last_seq,
+                updated_at=now,
+            )
+            entry.row.state = core.state
+            entry.snapshot_due = False
+            entry.last_snapshot = now
+        for held in entry.held:
+            self._send(entry, held)
+            if isinstance(held, Welcome):
+                for command in entry.commands:
+                    self._send(entry, command)
+                entry.commands.clear()
+        entry.held.clear()
+        for log_entry in events:
+            for sub in list(entry.subscribers):
+                try:
+                    sub.send_nowait(log_entry)
+                except anyio.WouldBlock:
+                    sub.close()  # a subscriber that cannot keep up reconnects with Last-Event-ID
+                    entry.subscribers.discard(sub)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    entry.subscribers.discard(sub)
+
+    # -- views for the API ----------------------------------------------------------------------
+
+    def session_view(self, entry: SessionEntry, *, detail: bool = False) -> dict[str, Any]:
+        core = entry.core
+        view: dict[str, Any] = {
+            "id": entry.row.id,
+            "state": core.state,
+            "agent_session": entry.row.agent_session,
+            "user_id": entry.row.user_id,
+            "workdir": entry.row.workdir,
+            "wrapper_id": core.wrapper_id,
+            "connected": entry.outq is not None,
+            "created_at": entry.row.created_at,
+        }
+        if detail:
+            view["messages"] = [msgspec.to_builtins(m) for m in core.messages.values()]
+            view["timers"] = {k: round(v, 3) for k, v in core.machine.deadlines().items()}
+            view["restart_budget_left"] = core.machine.budget_remaining("wrapper_restarts")
+            view["now"] = round(time.time(), 3)
+        return view

@@ -1,0 +1,284 @@
+"""``fsm-agent demo``: a control plane, a wrapper, a real Kilo and a model, one prompt, end to end.
+
+It drives the product through its public surfaces only — the control plane's REST API and its
+Server-Sent Events stream — and prints what a user of the API sees: every state transition of the
+session, wrapper, agent link and turn machines, Kilo's events, the message's states, then a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import uvicorn
+
+from fsm.config import timer_values
+from fsm.control.host import ControlHost, ControlSettings
+from fsm.demo.scripted_model import build_app, kilo_provider_config
+from fsm.logs import JsonLog
+
+COLORS = {
+    "transition": "\033[36m",
+    "lifecycle": "\033[35m",
+    "event": "\033[2m",
+    "message": "\033[32m",
+    "outcome": "\033[1;32m",
+    "events_dropped": "\033[33m",
+    "ignored": "\033[33m",
+}
+RESET = "\033[0m"
+SHOWN_EVENTS = frozenset(
+    {
+        "server.connected",
+        "session.turn.open",
+        "session.turn.close",
+        "session.error",
+        "session.idle",
+        "message.part.delta",
+        "permission.asked",
+        "question.asked",
+        "session.network.asked",
+    }
+)
+"""Kilo event types worth a line in the timeline; the rest (plugin lists, diffs, status
+snapshots, heartbeats) are only counted, so the prompt's story stays readable."""
+
+
+class Printer:
+    def __init__(self, color: bool) -> None:
+        self.color = color
+        self.start = time.monotonic()
+        self.counts: dict[str, int] = {}
+
+    def line(self, kind: str, text: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        stamp = f"{time.monotonic() - self.start:7.2f}s"
+        if self.color:
+            print(f"{stamp} {COLORS.get(kind, '')}{text}{RESET}", flush=True)
+        else:
+            print(f"{stamp} {text}", flush=True)
+
+    def entry(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "transition":
+            self.line(
+                kind,
+                f"session     {data['from'] or '(new)':>12} -> {data['to']:<12} "
+                f"on {data['trigger']}",
+            )
+        elif kind == "lifecycle":
+            machine = str(data.get("machine", ""))
+            self.line(
+                kind,
+                f"{machine:<11} {data.get('source') or '(new)':>12} -> "
+                f"{data.get('state'):<12} on {data.get('trigger', '')}",
+            )
+        elif kind == "event":
+            event = data.get("event", {})
+            kind_ = event.get("type", "?")
+            if kind_ not in SHOWN_EVENTS:
+                self.counts["event"] = self.counts.get("event", 0) + 1
+                return
+            props = event.get("properties", {})
+            detail = props.get("delta") or props.get("reason") or ""
+            self.line(
+                kind,
+                f"kilo event  {kind_} {str(detail)[:60]!r}" if detail else f"kilo event  {kind_}",
+            )
+        elif kind == "message":
+            extra = f" ({data.get('reason')})" if data.get("reason") else ""
+            self.line(kind, f"message     {data['id']} is {data['state']}{extra}")
+        elif kind == "outcome":
+            self.line(
+                kind,
+                f"outcome     {data.get('message_id')}: {data.get('status')} "
+                f"{data.get('error') or ''}",
+            )
+        else:
+            self.line(kind, f"{kind:<11} {json.dumps(data)[:100]}")
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def _workspace(root: Path) -> Path:
+    ws = root / "workspace"
+    ws.mkdir(parents=True)
+    (ws / "README.md").write_text("# demo workspace\n")
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "demo",
+        "GIT_AUTHOR_EMAIL": "demo@localhost",
+        "GIT_COMMITTER_NAME": "demo",
+        "GIT_COMMITTER_EMAIL": "demo@localhost",
+    }
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "demo workspace"]):
+        subprocess.run(["git", *args], cwd=ws, check=True, env=env)
+    return ws
+
+
+async def run_demo(
+    *,
+    prompt: str,
+    model_url: str | None,
+    model_key: str | None,
+    model_name: str,
+    kilo_bin: str | None,
+    keep: bool,
+    color: bool,
+    timeout: float,
+) -> int:
+    root = Path(tempfile.mkdtemp(prefix="fsm-agent-demo-"))
+    out = Printer(color)
+    print(f"fsm-agent demo in {root}", flush=True)
+    try:
+        return await _demo(root, out, prompt, model_url, model_key, model_name, kilo_bin, timeout)
+    finally:
+        if keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+async def _demo(
+    root: Path,
+    out: Printer,
+    prompt: str,
+    model_url: str | None,
+    model_key: str | None,
+    model_name: str,
+    kilo_bin: str | None,
+    timeout: float,
+) -> int:
+    workspace = _workspace(root)
+    async with anyio.create_task_group() as tg:
+        if model_url and model_key:
+            kilo_config: dict[str, Any] = {
+                "model": f"demo/{model_name}",
+                "small_model": f"demo/{model_name}",
+                "provider": {
+                    "demo": {
+                        "npm": "@ai-sdk/openai-compatible",
+                        "name": "demo provider",
+                        "options": {
+                            "baseURL": model_url,
+                            "apiKey": model_key,
+                            "chunkTimeout": 60000,
+                        },
+                        "models": {model_name: {"name": model_name}},
+                    }
+                },
+            }
+            print(f"using the model {model_name} at {model_url}", flush=True)
+        else:
+            sock = _free_socket()
+            model_server = uvicorn.Server(
+                uvicorn.Config(build_app(), log_level="warning", lifespan="off", access_log=False)
+            )
+            tg.start_soon(lambda: model_server.serve(sockets=[sock]))
+            base = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+            kilo_config = kilo_provider_config(base)
+            print(
+                "no model credentials given (--model-url/--model-key or FSM_AGENT_MODEL_URL/"
+                "FSM_AGENT_MODEL_KEY): serving Kilo a built-in scripted model on "
+                f"{base}",
+                flush=True,
+            )
+        (root / "kilo.json").write_text(json.dumps(kilo_config))
+        config = root / "fsm-agent.toml"
+        config.write_text('[kilo]\nconfig_file = "kilo.json"\n')
+        api_key = secrets.token_urlsafe(16)
+        host = ControlHost(
+            ControlSettings(
+                db=root / "control.db",
+                api_key=api_key,
+                base_dir=root / "sessions",
+                config=config,
+                kilo_bin=kilo_bin,
+            ),
+            timer_values(config)["control"],
+            JsonLog(open(root / "control.log", "a")),  # noqa: SIM115 - lives as long as the demo
+        )
+        tg.start_soon(host.run)
+        await host.ready.wait()
+        code = await _drive(host, api_key, workspace, prompt, out, timeout)
+        host.request_stop()
+        if not (model_url and model_key):
+            model_server.should_exit = True
+    return code
+
+
+async def _drive(
+    host: ControlHost, api_key: str, workspace: Path, prompt: str, out: Printer, timeout: float
+) -> int:
+    base = f"http://127.0.0.1:{host.port}"
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+        created = (await client.post("/sessions", json={"workdir": str(workspace)})).json()
+        sid = created["id"]
+        out.line("message", f"created session {sid} (control plane on {base})")
+        final: dict[str, Any] = {}
+        done = anyio.Event()
+        message_id = ""
+
+        async def follow() -> None:
+            nonlocal message_id
+            async with client.stream(
+                "GET", f"/sessions/{sid}/events", timeout=httpx.Timeout(None)
+            ) as stream:
+                kind = ""
+                async for line in stream.aiter_lines():
+                    if line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: "):
+                        data = json.loads(line[6:])
+                        out.entry(kind, data)
+                        if (
+                            kind == "message"
+                            and data.get("id") == message_id
+                            and data.get("state") in ("completed", "failed", "cancelled")
+                        ):
+                            final.update(data)
+                            done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(follow)
+            sent = (await client.post(f"/sessions/{sid}/messages", json={"prompt": prompt})).json()
+            message_id = sent["id"]
+            with anyio.move_on_after(timeout):
+                await done.wait()
+            await client.delete(f"/sessions/{sid}")
+            with anyio.move_on_after(15):
+                while sid in host.sessions:
+                    await anyio.sleep(0.1)
+            tg.cancel_scope.cancel()
+    state = final.get("state", "no outcome")
+    print("\nsummary", flush=True)
+    print(f"  message   {message_id}: {state} {final.get('reason', '')}")
+    print(
+        f"  timeline  {sum(out.counts.values())} entries: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(out.counts.items()))
+    )
+    print(f"  wall time {time.monotonic() - out.start:.1f}s")
+    if state != "completed":
+        print(
+            "the prompt did not complete; see control.log and sessions/logs in the demo folder "
+            "(rerun with --keep)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
