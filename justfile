@@ -19,9 +19,13 @@ setup:
     # Graphviz renders the SVG diagrams; without it `fsm-agent graph` still writes the other formats.
     command -v dot >/dev/null || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) || echo "note: Graphviz 'dot' not installed; SVG diagrams will be skipped"; }
 
-# The main job, for now: render every machine into diagrams/.
+# The main job: the demo (control plane + wrapper + real Kilo + a scripted model, one prompt).
 run: setup
-    {{venv}}/bin/fsm-agent graph
+    {{venv}}/bin/fsm-agent demo
+
+# Only the demo, without re-running setup.
+demo:
+    {{venv}}/bin/fsm-agent demo
 
 # Lint, types and the whole test suite.
 test: setup lint types

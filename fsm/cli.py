@@ -6,6 +6,7 @@ do); a failed ``--check`` exits 1 with the diff.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -231,7 +232,9 @@ def demo_command(
     model_name: Annotated[str, typer.Option(help="Model id at --model-url.")] = "gpt-4o-mini",
     kilo_bin: Annotated[str | None, typer.Option(help="Path of the kilo binary.")] = None,
     keep: Annotated[bool, typer.Option(help="Keep the temporary folder (logs, database).")] = False,
-    color: Annotated[bool, typer.Option(help="Color the timeline.")] = True,
+    color: Annotated[
+        bool | None, typer.Option(help="Color the timeline (default: when stdout is a terminal).")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 90.0,
 ) -> None:
     """Bring the whole loop up locally (control plane, wrapper, Kilo, model) and run one prompt."""
@@ -250,7 +253,7 @@ def demo_command(
             model_name=model_name,
             kilo_bin=kilo_bin,
             keep=keep,
-            color=color,
+            color=sys.stdout.isatty() if color is None else color,
             timeout=timeout,
         )
     )
