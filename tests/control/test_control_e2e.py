@@ -66,6 +66,11 @@ def test_a_message_goes_queued_accepted_completed_with_kilos_events_in_order(
         outcomes = [e for e in events if e.kind == "outcome"]
         assert [(o.data["message_id"], o.data["status"]) for o in outcomes] == [(mid, "completed")]
         wait_for("the store to hold the stream", lambda: _stored_event_ids(control, sid) == ids)
+        metrics = control.http.get("/metrics").text
+        assert 'fsm_agent_frames_in_total{type="hello"} 1\n' in metrics
+        assert 'fsm_agent_transitions_total{machine="session",trigger="message_accepted"} 1' in (
+            metrics
+        )
         # A client resuming from the middle gets exactly the rest.
         middle = ids[len(ids) // 2]
         assert [e.id for e in control.events(sid, after=middle)] == [i for i in ids if i > middle]
@@ -212,6 +217,9 @@ def test_max_runtime_fails_execution_limit(tmp_path: Path, fake_llm: FakeLLM) ->
         assert time.monotonic() - started < 30  # the slow turn alone takes ~10 s + Kilo start
         late = [e for e in control.events(sid) if e.kind == "message" and e.data["id"] == mid]
         assert [e.data["state"] for e in late][-1] == "failed"  # a later cancel did not win
+        metrics = control.http.get("/metrics").text
+        assert 'fsm_agent_timer_expiries_total{machine="session",timer="max_runtime"} 1' in metrics
+        assert 'fsm_agent_timer_seconds{timer="max_runtime"} 4\n' in metrics
 
 
 def test_bad_input_is_refused_and_writes_nothing(tmp_path: Path, fake_llm: FakeLLM) -> None:
@@ -251,3 +259,4 @@ def test_bad_input_is_refused_and_writes_nothing(tmp_path: Path, fake_llm: FakeL
         assert any(
             line.get("message", "").startswith("wrapper refused") for line in control.log_lines()
         )
+        assert "fsm_agent_refused_connections_total 1\n" in control.http.get("/metrics").text
