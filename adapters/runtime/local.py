@@ -20,6 +20,12 @@ watchers kill their children at once. Nothing outlives the ``async with`` block.
 
 Each wrapper's stdout and stderr are appended to ``log_dir/<session_id>.log``, between header and
 footer lines written by the runtime, so one file tells the story of every start and exit.
+
+Wrappers outlive a control plane that crashes (they are in their own sessions, and they reconnect
+to its successor). Each start writes ``base_dir/pids/<session_id>.json`` (pid + kernel start
+time); the successor ``adopt``s a session's live wrapper from it, so it can still be stopped and
+its exit is still reported (by polling, since it is not our child), and ``start`` kills a live
+leftover no one adopted rather than run two wrappers for one session.
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ from types import TracebackType
 import anyio
 from anyio.abc import Process, TaskGroup
 
+from adapters.pidfile import (
+    kill_stale_group,
+    live_pid,
+    process_start_time,
+    remove_pidfile,
+    signal_group,
+    write_pidfile,
+)
 from adapters.runtime.base import (
     TOKEN_ENV,
     OnExit,
@@ -63,6 +77,20 @@ class _Child:
     log_path: Path
     exited: anyio.Event
     code: int | None = None
+
+
+@dataclass(eq=False)
+class _Orphan:
+    """A wrapper started by a previous control plane, adopted through its pidfile."""
+
+    session_id: str
+    pid: int
+    start_time: int
+    exited: anyio.Event
+
+
+ORPHAN_POLL = 0.2
+"""How often an adopted wrapper (not our child: no wait() possible) is checked for exit."""
 
 
 def _check_session_id(session_id: str) -> None:
@@ -99,6 +127,8 @@ class LocalRuntime:
         self.exit_grace = exit_grace
         self._on_exit = on_exit
         self._children: dict[str, _Child] = {}
+        self._orphans: dict[str, _Orphan] = {}
+        self.pid_dir = self.base_dir / "pids"
         self._starting: set[str] = set()
         self._tg: TaskGroup | None = None
         self._closing = False
@@ -125,19 +155,52 @@ class LocalRuntime:
         # owner has already made the watchers SIGKILL their children; see _watch).
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as stoppers:
-                for session_id in list(self._children):
+                for session_id in [*self._children, *self._orphans]:
                     stoppers.start_soon(self.stop, session_id, self.exit_grace)
         return await self._tg.__aexit__(exc_type, exc, tb)
 
     # -- the port ---------------------------------------------------------------------------------
 
     def running(self, session_id: str) -> bool:
-        return session_id in self._children or session_id in self._starting
+        return (
+            session_id in self._children
+            or session_id in self._starting
+            or session_id in self._orphans
+        )
 
     def pid(self, session_id: str) -> int | None:
         """The wrapper's process id (also its process group id), None if it is not running."""
         child = self._children.get(session_id)
-        return child.process.pid if child is not None else None
+        if child is not None:
+            return child.process.pid
+        orphan = self._orphans.get(session_id)
+        return orphan.pid if orphan is not None else None
+
+    def adopt(self, session_id: str) -> int | None:
+        """Take charge of the session's wrapper left running by a previous owner; its pid.
+
+        None if there is none (no pidfile, or its process is gone or is another process now).
+        """
+        _check_session_id(session_id)
+        if self._tg is None or self._closing or self.running(session_id):
+            return None
+        found = live_pid(self._pidfile(session_id))
+        if found is None:
+            self._pidfile(session_id).unlink(missing_ok=True)
+            return None
+        orphan = _Orphan(session_id, found[0], found[1], anyio.Event())
+        self._orphans[session_id] = orphan
+        self._tg.start_soon(self._watch_orphan, orphan, name=f"adopted wrapper {session_id}")
+        log.info(
+            "adopted the running wrapper of session %s: pid %d",
+            session_id,
+            orphan.pid,
+            extra={"session": session_id, "pid": orphan.pid, "adopted": True},
+        )
+        return orphan.pid
+
+    def _pidfile(self, session_id: str) -> Path:
+        return self.pid_dir / f"{session_id}.json"
 
     def argv(self, spec: WrapperSpec, workdir: Path) -> list[str]:
         """The wrapper's command line. ``--opt=value`` so a value starting with '-' stays a value;
@@ -185,10 +248,20 @@ class LocalRuntime:
             raise WrapperStartError(f"session {sid!r}: the wrapper token is empty")
         self._starting.add(sid)
         try:
+            if kill_stale_group(self._pidfile(sid)):
+                log.warning(
+                    "killed a leftover wrapper of session %s nobody adopted",
+                    sid,
+                    extra={"session": sid},
+                )
             child = await self._spawn(spec)
         finally:
             self._starting.discard(sid)
         self._children[sid] = child
+        try:
+            write_pidfile(self._pidfile(sid), child.process.pid)
+        except OSError as exc:  # adoption after a crash is lost, the wrapper is not
+            log.warning("cannot write the pidfile of session %s: %s", sid, exc)
         self._tg.start_soon(self._watch, child, name=f"wrapper watcher {sid}")
         if self._closing:
             # The runtime began closing while this wrapper was being launched; its stoppers did
@@ -211,6 +284,10 @@ class LocalRuntime:
 
         Returns None (and reports nothing) if the session has no running wrapper.
         """
+        orphan = self._orphans.get(session_id)
+        if orphan is not None:
+            await self._stop_orphan(orphan, grace)
+            return None
         child = self._children.get(session_id)
         if child is None:
             return None
@@ -314,10 +391,43 @@ class LocalRuntime:
             raise
         self._reaped(child, code)
 
+    async def _stop_orphan(self, orphan: _Orphan, grace: float) -> None:
+        if not orphan.exited.is_set():
+            signal_group(orphan.pid, signal.SIGTERM)
+            with anyio.move_on_after(max(grace, 0.0)):
+                await orphan.exited.wait()
+        if not orphan.exited.is_set():
+            signal_group(orphan.pid, signal.SIGKILL)
+            await orphan.exited.wait()
+
+    async def _watch_orphan(self, orphan: _Orphan) -> None:
+        try:
+            while process_start_time(orphan.pid) == orphan.start_time:
+                await anyio.sleep(ORPHAN_POLL)
+        finally:
+            with anyio.CancelScope(shield=True):
+                sid = orphan.session_id
+                signal_group(orphan.pid, signal.SIGKILL)
+                if self._orphans.get(sid) is orphan:
+                    del self._orphans[sid]
+                remove_pidfile(self._pidfile(sid), orphan.pid)
+                log.info(
+                    "adopted wrapper of session %s exited",
+                    sid,
+                    extra={"session": sid, "pid": orphan.pid, "code": None},
+                )
+                try:
+                    self._on_exit(sid, None)  # not our child: its exit code is not ours to read
+                except Exception:
+                    log.exception("on_exit handler failed for session %s", sid)
+                finally:
+                    orphan.exited.set()
+
     def _reaped(self, child: _Child, code: int) -> None:
         sid = child.session_id
         # The group dies with its leader: grandchildren the wrapper left behind have no owner.
         self._signal(child, signal.SIGKILL)
+        remove_pidfile(self._pidfile(sid), child.process.pid)
         if self._children.get(sid) is child:
             del self._children[sid]
         child.code = code

@@ -20,6 +20,7 @@ Decisions are the session machines'; this host executes them and keeps promises 
 
 from __future__ import annotations
 
+import functools
 import hmac
 import secrets
 import socket
@@ -245,7 +246,15 @@ class ControlHost:
             ]
             snapshot = msgspec.json.decode(row.snapshot, type=Snapshot)
             entry.core.restore(snapshot, messages, row.wrapper_id, row.last_seq)
-            self.log.info("session restored", session=row.id, state=entry.core.state)
+            assert self.runtime is not None
+            pid = self.runtime.adopt(row.id)
+            if pid is not None:
+                entry.starts_requested = 1  # its exit is the current wrapper's
+                if entry.core.state in ("stopped", "failed"):
+                    self._start("stopping a wrapper", functools.partial(self._stop_wrapper, row.id))
+            self.log.info(
+                "session restored", session=row.id, state=entry.core.state, wrapper_pid=pid
+            )
 
     def delete_session(self, session_id: str) -> None:
         entry = self.sessions[session_id]

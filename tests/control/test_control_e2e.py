@@ -33,6 +33,14 @@ WRAPPER_FAST = {
 }
 
 
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _kilo_types(events: list[SseEvent]) -> list[str]:
     return [str(e.data["event"].get("type")) for e in events if e.kind == "event"]
 
@@ -191,6 +199,21 @@ def test_a_control_plane_restarted_mid_turn_resumes_and_streams_every_event_once
             line for line in control.log_lines() if line.get("message") == "session restored"
         ]
         assert [line["session"] for line in restored] == [sid]
+        # The successor adopted the wrapper the crashed one left: deleting the session stops it.
+        adopted = [line for line in control.log_lines() if line.get("adopted")]
+        assert [line["pid"] for line in adopted] == [control.wrapper_pids()[sid]]
+        assert restored[0]["wrapper_pid"] == adopted[0]["pid"]
+        assert control.http.delete(f"/sessions/{sid}").status_code == 202
+        wait_for(
+            "the adopted wrapper to be stopped",
+            lambda: not _alive(adopted[0]["pid"]),
+            tail=control.tail,
+        )
+        wait_for(
+            "the session to be gone",
+            lambda: control.http.get(f"/sessions/{sid}").status_code == 404,
+            tail=control.tail,
+        )
 
 
 def test_a_hung_session_fails_no_progress(tmp_path: Path, fake_llm: FakeLLM) -> None:
