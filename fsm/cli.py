@@ -195,8 +195,18 @@ def control_command(
         ),
     ] = None,
     kilo_bin: Annotated[str | None, typer.Option(help="Kilo binary handed to wrappers.")] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="Who starts wrappers: 'local' (child process groups) or 'external' (someone "
+            "else, with the ingest URL and token returned when a session is created)."
+        ),
+    ] = "local",
 ) -> None:
     """Run the control plane: sessions, their wrappers (local runtime), SQLite, REST/SSE API."""
+    if runtime not in ("local", "external"):
+        typer.echo(f"error: --runtime must be 'local' or 'external', not {runtime!r}", err=True)
+        raise typer.Exit(2)
     from fsm.control.main import run_control
 
     raise typer.Exit(
@@ -207,6 +217,7 @@ def control_command(
             config=config,
             base_dir=base_dir,
             kilo_bin=kilo_bin,
+            runtime=runtime,
         )
     )
 

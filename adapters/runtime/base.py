@@ -98,6 +98,14 @@ class RuntimePort(Protocol):
         """True from a successful ``start`` until the exit is reported."""
         ...
 
+    def adopt(self, session_id: str) -> int | None:
+        """Take charge of the session's wrapper a previous control plane left running.
+
+        Returns an identifier of it (a pid for local processes), or None if there is none; an
+        adopted wrapper is ``running`` and its exit is reported like any other.
+        """
+        ...
+
 
 async def restart(runtime: RuntimePort, spec: WrapperSpec, grace: float) -> int | None:
     """Stop the session's wrapper if it runs, then start it again; the old exit code.

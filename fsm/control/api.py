@@ -272,5 +272,6 @@ async def _ingest(host: ControlHost, ws: WebSocket) -> None:
     finally:
         if entry.outq is send:
             entry.outq = None
+            host.wrapper_disconnected(sid)
         send.close()
         host.log.info("wrapper disconnected", session=sid)

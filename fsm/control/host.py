@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -37,7 +37,8 @@ import uvicorn
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from adapters.runtime.base import WrapperSpec
+from adapters.runtime.base import RuntimePort, WrapperSpec
+from adapters.runtime.external import ExternalRuntime
 from adapters.runtime.local import LocalRuntime
 from adapters.store.sqlite import EventRow, MessageRow, SessionRow, SqliteStore
 from fsm.clock import RealClock
@@ -64,6 +65,7 @@ class ControlSettings:
     config: Path | None = None
     kilo_bin: str | None = None
     wrapper_command: list[str] | None = None
+    runtime: Literal["local", "external"] = "local"
 
 
 @dataclass
@@ -98,7 +100,7 @@ class ControlHost:
         self.metrics = Metrics()
         self.sessions: dict[str, SessionEntry] = {}
         self.store: SqliteStore | None = None
-        self.runtime: LocalRuntime | None = None
+        self.runtime: RuntimePort | None = None
         self.port: int | None = None
         self.ready = anyio.Event()
         self.stop_requested = anyio.Event()
@@ -131,15 +133,17 @@ class ControlHost:
             )
         )
         try:
-            async with (
-                LocalRuntime(
+            runtime_cm: LocalRuntime | ExternalRuntime = (
+                ExternalRuntime(self._on_wrapper_exit)
+                if s.runtime == "external"
+                else LocalRuntime(
                     s.base_dir,
                     self._on_wrapper_exit,
                     command=s.wrapper_command,
                     log_dir=s.base_dir / "logs",
-                ) as runtime,
-                anyio.create_task_group() as tg,
-            ):
+                )
+            )
+            async with runtime_cm as runtime, anyio.create_task_group() as tg:
                 self.runtime = runtime
                 self._tg = tg
                 tg.start_soon(self.clock.run)
@@ -263,6 +267,9 @@ class ControlHost:
         if entry.core.state in ("stopped", "failed"):
             self._forget(session_id)
 
+    async def _forget_soon(self, session_id: str) -> None:
+        self._forget(session_id)
+
     def _forget(self, session_id: str) -> None:
         entry = self.sessions.pop(session_id, None)
         if entry is None:
@@ -367,8 +374,17 @@ class ControlHost:
         entry.exits_seen = entry.starts_requested
         self.log.info("wrapper exited", session=session_id, code=code)
         entry.core.wrapper_exited(code)
-        if entry.deleting and entry.core.state in ("stopped", "failed"):
-            self._forget(session_id)
+
+    def wrapper_disconnected(self, session_id: str) -> None:
+        """With an external runtime the socket is all there is: a released wrapper that hangs
+        up has exited as far as this side can know."""
+        entry = self.sessions.get(session_id)
+        if (
+            entry is not None
+            and self.settings.runtime == "external"
+            and entry.core.state == "stopping"
+        ):
+            entry.core.wrapper_exited(None)
 
     def _on_record_for(self, session_id: str) -> Callable[[Record], None]:
         def on_record(record: Record) -> None:
@@ -377,6 +393,16 @@ class ControlHost:
             entry = self.sessions.get(session_id)
             if entry is None:
                 return
+            if (
+                entry.deleting
+                and record.kind == "transition"
+                and record.dest in ("stopped", "failed")
+            ):
+                # However the stop ended (exit seen, grace expired), a deleted session goes now;
+                # after this transition has been handled, not in the middle of it.
+                self._start(
+                    "forgetting a session", functools.partial(self._forget_soon, session_id)
+                )
             # Heartbeat re-arms are written at most every 30 s, and at least three times per
             # stale window, so a restored stale timer is never much earlier than the real one.
             debounce = min(SNAPSHOT_DEBOUNCE, self.values["stale_heartbeat"] / 3)
@@ -486,6 +512,12 @@ class ControlHost:
             "connected": entry.outq is not None,
             "created_at": entry.row.created_at,
         }
+        if detail and self.settings.runtime == "external":
+            # Nobody else will start this session's wrapper: its starter needs these.
+            view["wrapper"] = {
+                "ingest_url": f"{self.ingest_base}/{entry.row.id}",
+                "token": entry.row.token,
+            }
         if detail:
             view["messages"] = [msgspec.to_builtins(m) for m in core.messages.values()]
             view["timers"] = {k: round(v, 3) for k, v in core.machine.deadlines().items()}

@@ -22,6 +22,7 @@ def run_control(
     config: Path | None,
     base_dir: Path | None,
     kilo_bin: str | None,
+    runtime: str = "local",
 ) -> int:
     if not api_key:
         print("error: --api-key (or FSM_AGENT_API_KEY) must not be empty", file=sys.stderr)
@@ -43,6 +44,7 @@ def run_control(
         base_dir=(base_dir or db.parent / "sessions").resolve(),
         config=config.resolve() if config else None,
         kilo_bin=kilo_bin,
+        runtime="external" if runtime == "external" else "local",
     )
     control = ControlHost(settings, values, JsonLog())
 

@@ -56,8 +56,11 @@ class SseEvent:
 
 
 class Control:
-    def __init__(self, tmp: Path, config: Path, port: int) -> None:
+    def __init__(
+        self, tmp: Path, config: Path, port: int, extra_args: list[str] | None = None
+    ) -> None:
         self.tmp = tmp
+        self.extra_args = extra_args or []
         self.config = config
         self.port = port
         self.db = tmp / "control.db"
@@ -83,6 +86,7 @@ class Control:
             str(self.db),
             "--config",
             str(self.config),
+            *self.extra_args,
         ]
         env = {**os.environ, "FSM_AGENT_API_KEY": API_KEY}
         with self.log_path.open("ab") as err:
@@ -220,10 +224,14 @@ def parse_sse(text: str) -> list[SseEvent]:
 
 @contextmanager
 def running_control(
-    tmp: Path, kilo_config: dict[str, Any], timers: dict[str, str] | None = None
+    tmp: Path,
+    kilo_config: dict[str, Any],
+    timers: dict[str, str] | None = None,
+    *,
+    extra_args: list[str] | None = None,
 ) -> Iterator[Control]:
     config = write_config(tmp / "fsm-agent.toml", timers or {}, kilo_config)
-    control = Control(tmp, config, free_port())
+    control = Control(tmp, config, free_port(), extra_args)
     control.start()
     try:
         yield control
