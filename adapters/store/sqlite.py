@@ -259,6 +259,8 @@ class SqliteStore:
         """
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
+        self._batch_depth = 0
+        self._savepoints = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -320,9 +322,35 @@ class SqliteStore:
         return self._db
 
     @contextmanager
+    def batch(self, what: str = "write a batch") -> Iterator[None]:
+        """Run several writes in one transaction (one commit, one WAL sync).
+
+        Each write inside keeps its own atomicity (a savepoint): one that fails is rolled back
+        alone and raises, the others still commit when the batch ends. A host that flushes many
+        sessions at once pays for one commit instead of one per session.
+        """
+        if self._batch_depth:
+            self._batch_depth += 1
+            try:
+                yield
+            finally:
+                self._batch_depth -= 1
+            return
+        with self._transaction(what):
+            self._batch_depth = 1
+            try:
+                yield
+            finally:
+                self._batch_depth = 0
+
+    @contextmanager
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
         """One write transaction; any failure rolls all of it back and names ``what`` failed."""
         db = self._connection()
+        if self._batch_depth:
+            with self._savepoint(db, what):
+                yield db
+            return
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -332,6 +360,22 @@ class SqliteStore:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not {what} in {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _savepoint(self, db: sqlite3.Connection, what: str) -> Iterator[None]:
+        self._savepoints += 1
+        name = f"w{self._savepoints}"
+        try:
+            db.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                db.execute(f"ROLLBACK TO {name}")
+                db.execute(f"RELEASE {name}")
+                raise
+            db.execute(f"RELEASE {name}")
         except sqlite3.Error as exc:
             raise StoreError(f"could not {what} in {self.path}: {exc}") from exc
 

@@ -40,7 +40,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from adapters.runtime.base import RuntimePort, WrapperSpec
 from adapters.runtime.external import ExternalRuntime
 from adapters.runtime.local import LocalRuntime
-from adapters.store.sqlite import EventRow, MessageRow, SessionRow, SqliteStore
+from adapters.store.sqlite import EventRow, MessageRow, SessionRow, SqliteStore, StoreError
 from fsm.clock import RealClock
 from fsm.control.metrics import Metrics
 from fsm.effects import Effect, StartWrapper, StopWrapper
@@ -99,6 +99,8 @@ class ControlHost:
         self.clock = RealClock(timebase="wall")
         self.metrics = Metrics()
         self.sessions: dict[str, SessionEntry] = {}
+        self._dirty: set[str] = set()
+        """Sessions with data waiting to be stored (or frames waiting for that)."""
         self.store: SqliteStore | None = None
         self.runtime: RuntimePort | None = None
         self.port: int | None = None
@@ -271,10 +273,10 @@ class ControlHost:
         self._forget(session_id)
 
     def _forget(self, session_id: str) -> None:
-        entry = self.sessions.pop(session_id, None)
-        if entry is None:
+        if session_id not in self.sessions:
             return
-        self._flush_entry(session_id, entry)
+        self.flush_session(session_id)
+        entry = self.sessions.pop(session_id)
         entry.core.group.remove(entry.core.machine.machine_id)
         assert self.store is not None
         self.store.delete_session(session_id)
@@ -297,6 +299,7 @@ class ControlHost:
             for frame in effect.frames:
                 if isinstance(frame, Ack | Welcome):
                     entry.held.append(frame)  # released after the flush that stores the data
+                    self._dirty.add(session_id)
                 elif isinstance(frame, Shutdown) or (
                     entry.outq is not None and not any(isinstance(h, Welcome) for h in entry.held)
                 ):
@@ -409,6 +412,7 @@ class ControlHost:
             debounced = self.clock.now() - entry.last_snapshot <= debounce
             if record.kind != "internal" or not debounced:
                 entry.snapshot_due = True
+                self._dirty.add(session_id)
 
         return on_record
 
@@ -417,6 +421,7 @@ class ControlHost:
         if entry is None:
             return
         entry.events.append(entry_)
+        self._dirty.add(session_id)
         if entry_.kind == "message":
             entry.dirty_messages.add(str(entry_.data["id"]))
         elif entry_.kind == "events_dropped":
@@ -432,20 +437,36 @@ class ControlHost:
     def flush_session(self, session_id: str) -> None:
         """Store what is pending now, so a reader of the log sees what the API already shows."""
         entry = self.sessions.get(session_id)
-        if entry is not None:
-            self._flush_entry(session_id, entry)
+        if entry is not None and self.store is not None:
+            self._dirty.discard(session_id)
+            self._release(entry, self._write(session_id, entry))
 
     def _flush(self) -> None:
-        for sid, entry in list(self.sessions.items()):
-            self._flush_entry(sid, entry)
-
-    def _flush_entry(self, sid: str, entry: SessionEntry) -> None:
+        """Write every session with pending data in one transaction, then release what waited
+        for it (acks, welcomes, live subscribers): nothing is acknowledged before it is stored.
+        Only sessions marked dirty are visited, so idle sessions cost nothing here."""
         store = self.store
-        if store is None:
+        if store is None or not self._dirty:
             return
+        dirty, self._dirty = self._dirty, set()
+        written: list[tuple[SessionEntry, list[LogEntry]]] = []
+        with store.batch("store pending session data"):
+            for sid in sorted(dirty):
+                entry = self.sessions.get(sid)
+                if entry is None:
+                    continue
+                try:
+                    written.append((entry, self._write(sid, entry)))
+                except StoreError as exc:
+                    # Not acknowledged, so the wrapper resends; keep serving everyone else.
+                    self.log.error("storing a session failed", session=sid, error=str(exc))
+        for entry, events in written:
+            self._release(entry, events)
+
+    def _write(self, sid: str, entry: SessionEntry) -> list[LogEntry]:
+        store = self.store
+        assert store is not None
         core = entry.core
-        if not (entry.events or entry.dirty_messages or entry.snapshot_due or entry.held):
-            return
         events, entry.events = entry.events, []
         if events:
             store.append_events(
@@ -481,6 +502,9 @@ class ControlHost:
             entry.row.state = core.state
             entry.snapshot_due = False
             entry.last_snapshot = now
+        return events
+
+    def _release(self, entry: SessionEntry, events: list[LogEntry]) -> None:
         for held in entry.held:
             self._send(entry, held)
             if isinstance(held, Welcome):
