@@ -416,6 +416,13 @@ class WrapperCore:
         self.link = self._machine(agent_link.SPEC, "agent_link", context)
         self.group.add(self.link)
 
+    def note(self, kind: str, properties: dict[str, Any]) -> None:
+        """An event of the wrapper's own (e.g. ``wrapper.auto_commit``), in order with Kilo's on
+        the ingest stream; generation 0 marks it as not Kilo's."""
+        event = {"type": f"wrapper.{kind}", "properties": properties}
+        self.outbox.push(lambda seq: EventFrame(seq=seq, generation=0, event=event))
+        self._flush()
+
     def _emit_outcome(self, outcome: EmitOutcome) -> None:
         if outcome.message_id in self.outcomes:
             return

@@ -47,7 +47,8 @@ from fsm.effects import (
 from fsm.engine import Record
 from fsm.logs import JsonLog, capture_stdlib
 from fsm.outbox import Outbox
-from fsm.protocol import WRAPPER_VERSION
+from fsm.protocol import WRAPPER_VERSION, PromptCommand
+from fsm.serve.auto_commit import auto_commit
 from fsm.serve.job_api import build_app
 from fsm.serve.settings import ServeSettings
 from fsm.timers import TimerValues
@@ -86,6 +87,8 @@ class WrapperHost:
         self.done = anyio.Event()
         self.api_port: int | None = None
         self._tg: TaskGroup | None = None
+        self.auto_commits: dict[str, PromptCommand] = {}
+        """Prompts that asked for auto-commit, until their turn ends."""
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -159,6 +162,26 @@ class WrapperHost:
 
     def _on_record(self, record: Record) -> None:
         self.log.record(record)
+        if record.machine == "turn" and record.kind == "transition":
+            command = self.auto_commits.get(record.machine_id.removeprefix("turn:"))
+            if command is not None and record.dest in ("completed", "failed", "cancelled"):
+                del self.auto_commits[command.message_id]
+                if record.dest == "completed":
+                    self._start("auto-commit", lambda: self._auto_commit(command))
+
+    async def _auto_commit(self, command: PromptCommand) -> None:
+        mid = command.message_id
+        self.core.note("auto_commit_started", {"message_id": mid})
+
+        async def generate() -> str:
+            if self.client is None:
+                return ""
+            answer = await self.client.commit_message(str(self.settings.workdir))
+            return str(answer.get("message") or "")
+
+        result = await auto_commit(self.settings.workdir, command.prompt, generate)
+        self.log.info("auto-commit", message_id=mid, **result)
+        self.core.note("auto_commit", {"message_id": mid, **result})
 
     def _agent_info(self) -> dict[str, Any]:
         kilo = self.kilo
@@ -314,6 +337,8 @@ class WrapperHost:
     async def _prompt(self, action: PromptAgent) -> None:
         client, session = self.client, self.kilo_session
         command = action.command
+        if command.auto_commit:
+            self.auto_commits[command.message_id] = command
         if client is None or session is None:
             return  # the agent is gone; the machines already handle that turn
         try:
