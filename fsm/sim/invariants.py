@@ -1,0 +1,209 @@
+"""What must hold in every run, scripted or random, after every step.
+
+The checks watch the run from the outside — records of the machines, the session's log, the frames
+the control plane accepted, the machines' states — and never reach into a core's decisions, so a
+broken machine cannot hide its own mistake:
+
+* ``one_outcome`` — a message reaches at most one terminal state on the control plane, and a
+  wrapper reports at most one outcome per message (after settling: *exactly* one, ``settled``);
+* ``stuck`` — no live machine sits in a non-terminal state with no armed timer and nothing that
+  can still wake it (the only rest allowed is a ``stopped`` session waiting for its user; a
+  ``running`` wrapper is woken by its turns, a ``stale`` one by its probing agent link);
+* ``timer_owner`` — a timer only ever fires in a state of its own span, and is handled there;
+* ``in_order`` — the session's log ids strictly increase, and Kilo's events appear in the order
+  Kilo emitted them;
+* ``lost`` — the frames a wrapper sends reach the control plane with no gap in their sequence
+  numbers except where an ``events_dropped`` marker accounts for the missing ones: nothing that
+  fit the outbox is lost;
+* ``converged`` (after settling) — a live wrapper runs no turn whose message the control plane has
+  already ended (the source system's first weakness).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from fsm.engine import Record, StateMachine
+from fsm.model import MachineDef
+from fsm.protocol import EventsDropped, OutcomeFrame, SeqFrame
+from fsm.session_core import LogEntry
+from fsm.validate import timer_span
+
+TERMINAL = ("completed", "failed", "cancelled")
+REST = frozenset({("session", "stopped")})
+
+
+class Violation(msgspec.Struct, frozen=True):
+    at: float
+    invariant: str
+    session: str
+    detail: str
+
+    def __str__(self) -> str:
+        from fsm.sim.timeline import clock_label
+
+        return f"{clock_label(self.at)} {self.session}: {self.invariant}: {self.detail}"
+
+
+def _definition(machine: str) -> MachineDef:
+    # Looked up at check time, not import time, so a test's deliberately broken machine counts.
+    module = importlib.import_module(f"fsm.machines.{machine}")
+    spec: Any = module.SPEC
+    definition: MachineDef = spec.definition
+    return definition
+
+
+class Invariants:
+    def __init__(self, *, stop_at_first: bool = False) -> None:
+        self.violations: list[Violation] = []
+        self.stop_at_first = stop_at_first
+        self._terminal: set[tuple[str, str]] = set()
+        self._outcomes: set[tuple[str, str | None, str]] = set()
+        self._log_id: dict[str, int] = {}
+        self._event_id: dict[str, str] = {}
+        self._next_seq: dict[str, tuple[str | None, int]] = {}
+        self._timers: dict[str, dict[str, tuple[str, frozenset[str]]]] = {}
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.violations)
+
+    def _violate(self, at: float, invariant: str, session: str, detail: str) -> None:
+        self.violations.append(Violation(at, invariant, session, detail))
+
+    # -- hooks --------------------------------------------------------------------------------------
+
+    def on_record(self, session: str, who: str, record: Record) -> None:
+        if not record.timer or record.kind in ("timer_dropped", "start"):
+            return
+        spans = self._timers.get(record.machine)
+        if spans is None:
+            d = _definition(record.machine)
+            spans = {t.name: (s.name, timer_span(s.name, t)) for s, t in d.timers()}
+            self._timers[record.machine] = spans
+        declaring, span = spans[record.timer]
+        if record.source not in span:
+            self._violate(
+                record.at,
+                "timer_owner",
+                session,
+                f"{who}: timer {record.timer!r} of {declaring!r} fired in {record.source!r}",
+            )
+        elif record.kind == "ignored":
+            self._violate(
+                record.at,
+                "timer_owner",
+                session,
+                f"{who}: timer {record.timer!r} expired in {record.source!r} and nothing took it "
+                f"({record.reason})",
+            )
+
+    def on_log(self, session: str, entry: LogEntry) -> None:
+        last = self._log_id.get(session, 0)
+        if entry.id <= last:
+            self._violate(entry.at, "in_order", session, f"log id {entry.id} after {last}")
+        self._log_id[session] = entry.id
+        if entry.kind == "message" and entry.data.get("state") in TERMINAL:
+            key = (session, str(entry.data["id"]))
+            if key in self._terminal:
+                self._violate(
+                    entry.at, "one_outcome", session, f"message {key[1]} ended a second time"
+                )
+            self._terminal.add(key)
+        elif entry.kind == "event":
+            event_id = str(entry.data["event"].get("id", ""))
+            previous = self._event_id.get(session, "")
+            if event_id and event_id <= previous:
+                self._violate(
+                    entry.at,
+                    "in_order",
+                    session,
+                    f"Kilo event {event_id} logged after {previous}",
+                )
+            if event_id:
+                self._event_id[session] = max(previous, event_id)
+
+    def on_frame(self, session: str, at: float, frame: SeqFrame, wrapper_id: str | None) -> None:
+        """A sequenced frame the control plane accepted (its seq was new)."""
+        owner, expected = self._next_seq.get(session, (None, 1))
+        if owner != wrapper_id:
+            expected = 1
+        if frame.seq != expected:
+            self._violate(
+                at,
+                "lost",
+                session,
+                f"wrapper {wrapper_id}: frames {expected}..{frame.seq - 1} never reached the "
+                f"control plane and no events_dropped marker covers them",
+            )
+        last = frame.last_seq if isinstance(frame, EventsDropped) else frame.seq
+        self._next_seq[session] = (wrapper_id, last + 1)
+        if isinstance(frame, OutcomeFrame):
+            key = (session, wrapper_id, frame.message_id)
+            if key in self._outcomes:
+                self._violate(
+                    at,
+                    "one_outcome",
+                    session,
+                    f"wrapper {wrapper_id} reported message {frame.message_id} twice",
+                )
+            self._outcomes.add(key)
+
+    # -- state checks -------------------------------------------------------------------------------
+
+    def check_machines(
+        self, at: float, session: str, machines: Iterable[tuple[str, StateMachine[Any]]]
+    ) -> None:
+        """``machines``: (label, machine) of one live host; a host that is stopped or dead is
+        not checked (its machines cannot run, and a dead one's are gone)."""
+        listed = list(machines)
+        active_turn = any(m.definition.name == "turn" and not m.terminal for _, m in listed)
+        link = next((m for _, m in listed if m.definition.name == "agent_link"), None)
+        for label, machine in listed:
+            if machine.terminal or machine.timers:
+                continue
+            name, state = machine.definition.name, machine.state
+            if (name, state) in REST:
+                continue
+            if name == "wrapper" and state == "running" and active_turn:
+                continue
+            if (
+                name == "wrapper"
+                and state == "stale"
+                and link is not None
+                and link.state in ("silent", "probing")
+            ):
+                continue
+            self._violate(
+                at,
+                "stuck",
+                session,
+                f"{label} is in {state!r} with no armed timer and nothing that can wake it",
+            )
+
+    def check_settled(
+        self,
+        at: float,
+        session: str,
+        messages: dict[str, str],
+        live_turns: dict[str, str],
+    ) -> None:
+        """After the world was left alone long enough for every timer to have done its work."""
+        for mid, state in messages.items():
+            if state not in TERMINAL:
+                self._violate(
+                    at, "settled", session, f"message {mid} is still {state!r} after settling"
+                )
+        for mid, state in live_turns.items():
+            if messages.get(mid) in TERMINAL:
+                self._violate(
+                    at,
+                    "converged",
+                    session,
+                    f"the wrapper still runs turn {mid} ({state}) that the control plane ended "
+                    f"{messages[mid]!r}",
+                )

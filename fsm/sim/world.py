@@ -1,0 +1,378 @@
+"""The simulated world: one control plane, its sessions, their containers, on one clock.
+
+Theory of operation
+-------------------
+``World`` wires the production cores to the fakes exactly as the hosts wire them to adapters:
+per session a ``SimControl`` (``SessionCore``), a ``FakeKilo`` installation and an
+``IngestChannel``; one ``FakeRuntime`` that launches ``SimWrapper`` processes (``WrapperCore``).
+Everything is scheduled on one ``Scheduler`` — the ``VirtualClock`` for simulation, or the
+explorer's clock — and every random choice comes from a ``random.Random`` seeded from the run's
+seed and the component's name, so adding a component never shifts another's random numbers.
+
+``do(action)`` injects what a scenario step says (a prompt, a SIGSTOP of Kilo, a partition …);
+``run_until(t)`` advances virtual time one instant at a time and checks the invariants after each
+instant; ``settle()`` lifts every fault and lets the timers finish their work, for the checks
+that only make sense at rest (every message ended, both sides agree).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fsm.clock import VirtualClock
+from fsm.config import timer_values
+from fsm.engine import Record, StateMachine
+from fsm.protocol import SeqFrame, WrapperFrame
+from fsm.session_core import LogEntry, Message
+from fsm.sim.agent import FakeKilo
+from fsm.sim.channel import IngestChannel
+from fsm.sim.container import SimWrapper
+from fsm.sim.control import SimControl
+from fsm.sim.invariants import Invariants
+from fsm.sim.process import Scheduler
+from fsm.sim.runtime import FakeRuntime
+from fsm.sim.scenario import Action, WorldConfig
+from fsm.sim.store import MemoryStore
+from fsm.sim.timeline import Line
+
+TAKEN = ("start", "transition", "internal")
+
+
+class WorldAction:
+    """Something the world did, for ``count`` expectations (``agent.spawn``, ``do:agent.hang``)."""
+
+    __slots__ = ("at", "detail", "name", "session")
+
+    def __init__(self, at: float, session: str, name: str, detail: str) -> None:
+        self.at = at
+        self.session = session
+        self.name = name
+        self.detail = detail
+
+
+class World:
+    def __init__(
+        self,
+        config: WorldConfig,
+        timers: dict[str, Any] | None = None,
+        *,
+        seed: int = 0,
+        scheduler: Scheduler | None = None,
+        keep_timeline: bool = True,
+        invariants: Invariants | None = None,
+    ) -> None:
+        self.config = config
+        self.seed = seed
+        self.scheduler: Scheduler = scheduler if scheduler is not None else VirtualClock()
+        self.values = timer_values(overrides=timers)
+        self.keep_timeline = keep_timeline
+        self.lines: list[Line] = []
+        self.actions: list[WorldAction] = []
+        self.invariants = invariants if invariants is not None else Invariants()
+        self.store = MemoryStore()
+        self.runtime = FakeRuntime(self._launch, self._wrapper_exited, self.note)
+        self.sessions = [f"s{i + 1}" for i in range(config.sessions)]
+        self.kilos: dict[str, FakeKilo] = {}
+        self.channels: dict[str, IngestChannel] = {}
+        self.controls: dict[str, SimControl] = {}
+        self.last_frames: dict[str, WrapperFrame] = {}
+        self.launched: list[SimWrapper] = []
+        self._wrapper_numbers: dict[str, Iterator[int]] = {}
+        for sid in self.sessions:
+            self._add_session(sid)
+
+    def _add_session(self, sid: str) -> None:
+        kilo = FakeKilo(self.scheduler, self.config, lambda a, d: self.note(sid, a, d))
+        kilo.prefix = f"{sid}_" if self.config.sessions > 1 else ""
+        if self.config.agent_session.startswith("ses"):
+            kilo.sessions.add(self.config.agent_session)
+        self.kilos[sid] = kilo
+        control = SimControl(
+            scheduler=self.scheduler,
+            values=self.values["control"],
+            session_id=sid,
+            runtime=self.runtime,
+            store=self.store,
+            first_version=self.config.wrapper_version,
+            seed=f"{self.seed}",
+            on_record=lambda record: self._record(sid, "session", record),
+            on_log=self._on_log,
+            on_frame=self._on_frame,
+        )
+        self.controls[sid] = control
+        self.channels[sid] = IngestChannel(
+            self.scheduler,
+            random.Random(f"{self.seed}/{sid}/channel"),
+            self.config,
+            control.accept,
+            lambda a, d: self.note(sid, a, d),
+        )
+        self._wrapper_numbers[sid] = itertools.count(1)
+
+    def start(self) -> None:
+        for control in self.controls.values():
+            control.core.start()
+
+    @property
+    def now(self) -> float:
+        return self.scheduler.now()
+
+    # -- wiring ---------------------------------------------------------------------------------
+
+    def _launch(self, sid: str, version: str | None) -> SimWrapper:
+        number = next(self._wrapper_numbers[sid])
+        wrapper = SimWrapper(
+            scheduler=self.scheduler,
+            config=self.config,
+            values=self.values["wrapper"],
+            session_id=sid,
+            number=number,
+            version=version,
+            agent_session=self.config.agent_session or f"agent_{sid}",
+            kilo=self.kilos[sid],
+            channel=self.channels[sid],
+            seed=f"{self.seed}",
+            note=lambda a, d: self.note(sid, a, d),
+            on_record=lambda w, record: self._record(sid, w.tag, record),
+        )
+        self.launched.append(wrapper)
+        return wrapper
+
+    def _wrapper_exited(self, sid: str, code: int | None) -> None:
+        self.controls[sid].wrapper_exited(code)
+
+    def note(self, sid: str, name: str, detail: str, *, kind: str = "world") -> None:
+        self.actions.append(WorldAction(self.now, sid, name, detail))
+        if self.keep_timeline:
+            self.lines.append(Line(self.now, sid, kind, kind, trigger=name, detail=detail))
+
+    def _record(self, sid: str, host: str, record: Record) -> None:
+        label = record.machine_id if host == "session" else f"{host}.{record.machine_id}"
+        if host == "session":
+            label = "session"
+        self.invariants.on_record(sid, label, record)
+        if self.keep_timeline:
+            self.lines.append(
+                Line(
+                    record.at,
+                    sid,
+                    label,
+                    record.kind,
+                    source=record.source,
+                    dest=record.dest,
+                    trigger=record.trigger,
+                    effects=record.effects,
+                    detail=record.reason,
+                )
+            )
+
+    def _on_log(self, sid: str, entry: LogEntry) -> None:
+        self.invariants.on_log(sid, entry)
+
+    def _on_frame(self, sid: str, frame: WrapperFrame, _before: int, _w: str | None) -> None:
+        self.last_frames[sid] = frame
+        if isinstance(frame, SeqFrame):
+            self.invariants.on_frame(sid, self.now, frame, self.controls[sid].core.wrapper_id)
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def wrapper(self, sid: str = "s1") -> SimWrapper | None:
+        w = self.runtime.wrappers.get(sid)
+        return w if isinstance(w, SimWrapper) else None
+
+    def state_of(self, sid: str, machine: str) -> str:
+        """State of ``session``, ``wrapper``, ``agent_link``, ``ingest_link``, ``turn:<id>`` (in
+        the current wrapper) or ``message:<id>`` (on the control plane); ``absent`` if none."""
+        control = self.controls[sid]
+        if machine == "session":
+            return control.core.state
+        if machine.startswith("message:"):
+            message = control.core.messages.get(machine.split(":", 1)[1])
+            return message.state if message is not None else "absent"
+        w = self.wrapper(sid)
+        if w is None:
+            return "absent"
+        found = w.core.group.machines.get(machine)
+        if machine == "agent_link":
+            found = w.core.link
+        return found.state if found is not None else "absent"
+
+    def message(self, sid: str, message_id: str) -> Message | None:
+        return self.controls[sid].core.messages.get(message_id)
+
+    # -- driving --------------------------------------------------------------------------------
+
+    def do(self, action: Action) -> None:
+        self.note(action.session, action.do, _detail(action), kind="do")
+        handler = _HANDLERS[action.do]
+        handler(self, action)
+
+    def run_until(self, until: float) -> None:
+        clock = self.scheduler
+        assert isinstance(clock, VirtualClock), "run_until needs the virtual clock"
+        while (deadline := clock.next_deadline()) is not None and deadline <= until:
+            clock.advance(deadline)
+            self.check_state()
+        clock.advance(until)
+
+    def check_state(self) -> None:
+        for sid, control in self.controls.items():
+            at = self.now
+            self.invariants.check_machines(at, sid, [("session", control.core.machine)])
+            w = self.wrapper(sid)
+            if w is not None and w.proc.state == "running":
+                self.invariants.check_machines(
+                    at, sid, [(f"{w.tag}.{mid}", m) for mid, m in w.core.group.machines.items()]
+                )
+
+    def heal(self) -> None:
+        """Lift every fault that could keep the world from coming to rest."""
+        for sid in self.sessions:
+            process = self.kilos[sid].process
+            if process is not None:
+                process.proc.resume()
+            w = self.wrapper(sid)
+            if w is not None:
+                w.resume()
+            self.channels[sid].heal()
+
+    def quiet(self) -> bool:
+        for sid, control in self.controls.items():
+            if any(m.state not in ("completed", "failed", "cancelled") for m in control.core.messages.values()):
+                return False
+            w = self.wrapper(sid)
+            if w is not None and w.proc.alive and w.core.active_turns():
+                return False
+        return True
+
+    def settle(self, limit: float = 3 * 3600.0, step: float = 60.0) -> None:
+        """Heal, run until at rest (or ``limit``), then check what must hold at rest."""
+        self.heal()
+        end = self.now + limit
+        while self.now < end:
+            self.run_until(min(end, self.now + step))
+            if self.quiet():
+                break
+        for sid, control in self.controls.items():
+            w = self.wrapper(sid)
+            live: dict[str, str] = {}
+            if w is not None and w.proc.alive:
+                live = {m.context.message_id: m.state for m in w.core.active_turns()}
+            self.invariants.check_settled(
+                self.now, sid, {m.id: m.state for m in control.core.messages.values()}, live
+            )
+
+    def all_machines(self, sid: str) -> list[tuple[str, StateMachine[Any]]]:
+        out: list[tuple[str, StateMachine[Any]]] = [("session", self.controls[sid].core.machine)]
+        w = self.wrapper(sid)
+        if w is not None:
+            out.extend((f"{w.tag}.{mid}", m) for mid, m in w.core.group.machines.items())
+        return out
+
+
+def _detail(action: Action) -> str:
+    text = action.describe()
+    return text[len(action.do) :].strip()
+
+
+# -- what each scripted action does --------------------------------------------------------------
+
+
+def _prompt(world: World, a: Action) -> None:
+    control = world.controls[a.session]
+    mid = a.message or f"m{len(control.core.messages) + 1}"
+    text = a.text or f"prompt {mid}"
+    if a.plan is not None:
+        world.kilos[a.session].plans[text] = a.plan
+    try:
+        control.core.send_message(text, message_id=mid)
+    except RuntimeError as exc:
+        world.note(a.session, "client.refused", str(exc))
+
+
+def _answer(world: World, a: Action) -> None:
+    process = world.kilos[a.session].process
+    core = world.controls[a.session].core
+    if process is None or not process.requests:
+        world.note(a.session, "client.nothing_to_answer", "")
+        return
+    request, kind = next(iter(process.requests.items()))
+    if kind == "permission":
+        core.reply_permission(request, a.reply or "once")
+    elif a.reply == "reject":
+        core.reply_question(request, None)
+    else:
+        core.reply_question(request, [list(a.answers or ("yes",))])
+
+
+def _kilo(world: World, a: Action, fn: Callable[[Any], None]) -> None:
+    process = world.kilos[a.session].process
+    if process is None or not process.proc.alive:
+        world.note(a.session, "world.no_agent", f"{a.do} has no Kilo to act on")
+        return
+    fn(process)
+
+
+def _agent_hang(world: World, a: Action) -> None:
+    def hang(process: Any) -> None:
+        process.proc.pause()
+        if a.duration is not None:
+            world.scheduler.call_later(a.duration, process.proc.resume)
+
+    _kilo(world, a, hang)
+
+
+def _wrapper(world: World, a: Action, fn: Callable[[SimWrapper], None]) -> None:
+    w = world.wrapper(a.session)
+    if w is None:
+        world.note(a.session, "world.no_wrapper", f"{a.do} has no wrapper to act on")
+        return
+    fn(w)
+
+
+def _wrapper_hang(world: World, a: Action) -> None:
+    def hang(w: SimWrapper) -> None:
+        w.pause()
+        if a.duration is not None:
+            world.scheduler.call_later(a.duration, w.resume)
+
+    _wrapper(world, a, hang)
+
+
+def _duplicate(world: World, a: Action) -> None:
+    frame = world.last_frames.get(a.session)
+    if frame is None:
+        world.note(a.session, "world.nothing_to_duplicate", "")
+        return
+    world.controls[a.session].receive(frame)
+
+
+def _refuse(world: World, a: Action) -> None:
+    world.kilos[a.session].refuse_starts += a.count
+
+
+_HANDLERS: dict[str, Callable[[World, Action], None]] = {
+    "prompt": _prompt,
+    "stop": lambda w, a: w.controls[a.session].core.stop(),
+    "abort": lambda w, a: w.controls[a.session].core.abort(a.message),
+    "answer": _answer,
+    "agent.crash": lambda w, a: _kilo(w, a, lambda p: p.kill(-9)),
+    "agent.hang": _agent_hang,
+    "agent.resume": lambda w, a: _kilo(w, a, lambda p: p.proc.resume()),
+    "agent.silence": lambda w, a: _kilo(w, a, lambda p: p.silence()),
+    "agent.drop_stream": lambda w, a: _kilo(w, a, lambda p: p.drop_streams()),
+    "agent.fail_turn": lambda w, a: _kilo(
+        w, a, lambda p: p.proc.deliver(lambda: p.fail_turn(a.error or "APIError: fake error"))
+    ),
+    "agent.refuse_port": _refuse,
+    "wrapper.crash": lambda w, a: w.runtime.crash(a.session),
+    "wrapper.hang": _wrapper_hang,
+    "wrapper.resume": lambda w, a: _wrapper(w, a, lambda x: x.resume()),
+    "ingest.drop": lambda w, a: w.channels[a.session].drop(a.duration or 0.0),
+    "ingest.partition": lambda w, a: w.channels[a.session].partition(a.duration or 0.0),
+    "ingest.heal": lambda w, a: w.channels[a.session].heal(),
+    "ingest.duplicate": _duplicate,
+}
