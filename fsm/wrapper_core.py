@@ -40,6 +40,7 @@ from fsm.effects import (
     ResendUnacked,
     SendHeartbeat,
     SendHello,
+    StopAgent,
     SubmitPrompt,
     Subscribe,
 )
@@ -130,7 +131,9 @@ class WrapperCore:
         self.identity = identity
         self.on_action = on_action
         self.rng = rng or random.Random(0)
-        self.outbox = outbox or Outbox()
+        # Not `outbox or Outbox()`: an empty Outbox is falsy (it has __len__), and the host's
+        # bounds would be silently replaced by the defaults.
+        self.outbox = outbox if outbox is not None else Outbox()
         self._user_on_record = on_record
         self.group = MachineGroup(clock, self._on_effect)
         self.translator = TurnTranslator()
@@ -138,6 +141,8 @@ class WrapperCore:
         self.prompts: dict[str, PromptCommand] = {}
         self.outcomes: dict[str, EmitOutcome] = {}
         self.dropped_stale_events = 0
+        self.stops_pending = 0
+        """``StopAgent`` effects whose exit the host has not reported yet."""
         self.pending_requests: dict[str, str] = {}
         """Open permission/question ids → kind; Kilo leaves stale ones after an abort, so a
         turn close clears them (its README §7.8)."""
@@ -279,6 +284,14 @@ class WrapperCore:
         self.group.send("wrapper", Event("agent_ready"))
 
     def agent_exited(self, code: int | None) -> None:
+        """Kilo exited. Hosts answer every ``StopAgent`` with exactly one call here, after the
+        stop completed; a stopped-but-hung Kilo takes its whole stop grace, longer than the restart
+        backoff, so that answer can arrive when the *next* Kilo is already starting. It is the
+        exit we asked for, not the new agent's: it must not cost a restart."""
+        if self.stops_pending:
+            self.stops_pending -= 1
+            if self.wrapper.state not in ("restarting", "stopping"):
+                return
         self.group.send("wrapper", Event("agent_exited", {"code": code}))
 
     def kilo_event(self, generation: int, payload: dict[str, Any]) -> None:
@@ -405,6 +418,9 @@ class WrapperCore:
             self.on_action(PromptAgent(command, effect.resubmission))
         elif isinstance(effect, Subscribe):
             self.generation = effect.generation
+            self.on_action(effect)
+        elif isinstance(effect, StopAgent):
+            self.stops_pending += 1  # before the host runs it: a host may answer at once
             self.on_action(effect)
         else:
             self.on_action(effect)
