@@ -177,9 +177,15 @@ def _start(ctx: SessionContext, _event: Event) -> StartWrapper:
     return StartWrapper(attempt=ctx.starts)
 
 
-def _fail(reason: str) -> Callable[[SessionContext, Event], FailMessages | None]:
+def _fail(
+    reason: str, *, final: bool = False
+) -> Callable[[SessionContext, Event], FailMessages | None]:
+    """``final``: the session ends (stopped or failed), so messages still *queued* for a wrapper
+    must end too, even with none accepted — else they wait forever, or run by surprise on the next
+    resume. The host decides which messages a reason fails."""
+
     def fail(ctx: SessionContext, _event: Event) -> FailMessages | None:
-        if ctx.active_messages == 0:
+        if ctx.active_messages == 0 and not final:
             return None
         ctx.active_messages = 0
         return FailMessages(reason)
@@ -206,7 +212,7 @@ SPEC = MachineSpec(
         "fail_hung": _fail("no_progress"),
         "fail_execution_limit": _fail("execution_limit"),
         "fail_restarted": _fail("agent_restarted"),
-        "fail_cancelled": _fail("cancelled"),
-        "fail_unavailable": _fail("agent_unavailable"),
+        "fail_cancelled": _fail("cancelled", final=True),
+        "fail_unavailable": _fail("agent_unavailable", final=True),
     },
 )
