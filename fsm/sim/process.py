@@ -78,6 +78,7 @@ class SimProcess:
             self._live.pop(id(handle), None)
             self.deliver(callback)
 
+        due.__dict__["sim_inner"] = callback  # lets the explorer say what a pending call is
         self._live[id(handle)] = handle
         handle.inner = self.scheduler.call_at(deadline, due)
         return handle

@@ -78,6 +78,8 @@ def run_scenario(
                 if e.kind == "state" and e.at == at and e.machine is not None:
                     states[e.index] = world.state_of(e.session, e.machine)
         world.run_until(scenario.until)
+        if scenario.settle:
+            world.settle()
         results = [judge(e, world, states) for e in scenario.expectations]
     return RunResult(
         scenario=scenario,

@@ -133,6 +133,8 @@ class ScenarioFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     description: str = ""
     seed: int = 0
     until: Duration | None = None
+    settle: bool = False
+    """After ``until``: lift every fault, let the timers finish, check what must hold at rest."""
     timers: dict[str, Duration] = msgspec.field(default_factory=dict)
     world: WorldSpec = msgspec.field(default_factory=WorldSpec)
     step: list[StepSpec] = msgspec.field(default_factory=list)
@@ -270,6 +272,7 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True):
     until: float
     timers: dict[str, Any]
     world: WorldConfig
+    settle: bool = False
     actions: tuple[Action, ...]
     expectations: tuple[Expectation, ...]
     mutants: tuple[Mutant, ...] = ()
@@ -548,6 +551,7 @@ def compile_scenario(raw: ScenarioFile, text: str, file: str) -> Scenario:
         until=until,
         timers=timers,
         world=world,
+        settle=raw.settle,
         actions=tuple(actions),
         expectations=tuple(expectations),
         mutants=tuple(mutants),
