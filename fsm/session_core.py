@@ -321,6 +321,14 @@ class SessionCore:
                     "effects": list(record.effects),
                 },
             )
+        if (
+            record.kind == "transition"
+            and record.dest == "stopped"
+            and any(m.state == "queued" for m in self.messages.values())
+        ):
+            # A message sent while the session was stopping waited for it to stop; like one sent
+            # to a stopped session, it resumes the session (else it would wait forever).
+            self.group.send(self.machine.machine_id, Event("resume"))
         if self._user_on_record is not None:
             self._user_on_record(record)
 
