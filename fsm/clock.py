@@ -30,46 +30,81 @@ class Clock(Protocol):
 
 
 class _Scheduled:
-    __slots__ = ("callback", "cancelled", "deadline", "seq")
+    __slots__ = ("callback", "cancelled", "deadline", "queue", "seq")
 
-    def __init__(self, deadline: float, seq: int, callback: Callable[[], None]) -> None:
+    def __init__(
+        self, deadline: float, seq: int, callback: Callable[[], None], queue: _TimerQueue
+    ) -> None:
         self.deadline = deadline
         self.seq = seq
         self.callback = callback
         self.cancelled = False
+        self.queue: _TimerQueue | None = queue
+        """Set while the item is in the queue's heap."""
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        self.callback = _never  # what it held (closures, effects) is freed now, not at expiry
+        if self.queue is not None:
+            self.queue._cancelled_one()
 
     def __lt__(self, other: _Scheduled) -> bool:
         return (self.deadline, self.seq) < (other.deadline, other.seq)
 
 
+def _never() -> None:  # pragma: no cover - a cancelled item is never run
+    raise AssertionError("a cancelled timer ran")
+
+
 class _TimerQueue:
-    """A heap of callbacks ordered by (deadline, scheduling order): deterministic ties."""
+    """A heap of callbacks ordered by (deadline, scheduling order): deterministic ties.
+
+    Cancelling only marks an item; marked items leave the heap when they reach its top. A timer
+    re-armed by every event (a silence window) would otherwise fill the heap with dead items for
+    a whole window (a turn's no-progress window is minutes), so when most of the heap is dead it
+    is rebuilt without them: the order of what remains is the same (its keys are unique)."""
+
+    _COMPACT_MIN = 256
 
     def __init__(self) -> None:
         self._heap: list[_Scheduled] = []
         self._seq = itertools.count()
+        self._dead = 0
 
     def push(self, deadline: float, callback: Callable[[], None]) -> _Scheduled:
-        item = _Scheduled(deadline, next(self._seq), callback)
+        item = _Scheduled(deadline, next(self._seq), callback, self)
         heapq.heappush(self._heap, item)
+        return item
+
+    def _cancelled_one(self) -> None:
+        self._dead += 1
+        if self._dead >= self._COMPACT_MIN and self._dead * 2 > len(self._heap):
+            self._heap = [item for item in self._heap if not item.cancelled]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def _pop(self) -> _Scheduled:
+        item = heapq.heappop(self._heap)
+        item.queue = None
+        if item.cancelled:
+            self._dead -= 1
         return item
 
     def next_deadline(self) -> float | None:
         while self._heap and self._heap[0].cancelled:
-            heapq.heappop(self._heap)
+            self._pop()
         return self._heap[0].deadline if self._heap else None
 
     def pop_due(self, now: float) -> _Scheduled | None:
         deadline = self.next_deadline()
         if deadline is None or deadline > now:
             return None
-        return heapq.heappop(self._heap)
+        return self._pop()
 
     def __len__(self) -> int:
-        return sum(1 for item in self._heap if not item.cancelled)
+        return len(self._heap) - self._dead
 
 
 class VirtualClock:

@@ -18,6 +18,17 @@ machines in one ``MachineGroup`` and does four jobs nothing else does:
   the host's ``on_action`` to be executed through adapters, whose results come back as calls
   to the methods below.
 
+Kilo streams up to thousands of events a second (one ``message.part.delta`` per token chunk), and
+each is liveness for the agent link and, during a turn, progress for it: two transitions that do
+nothing but re-arm a silence timer. A host that receives events in bursts (one network read) may
+bracket them with ``begin_batch``/``end_batch``. Inside a batch such a re-arm (the link's
+``event`` while ``streaming``, a running turn's ``progress``) is held back, a later one for the
+same machine replacing it, until the batch ends or anything else is sent to any machine; and the
+frames go out once, at the end. Every transition, effect and frame happens in the same order as
+without a batch; only re-arms superseded at once by the next are skipped, and a timer is pushed
+back from the batch's end instead of its last event (the same instant, give or take the batch's
+own processing). Without a batch (the simulator, tests) each event is handled on its own.
+
 Nothing here blocks, sleeps or does I/O; timers run on the injected clock.
 """
 
@@ -113,6 +124,22 @@ class UnknownMessage(KeyError):
 
 Action = Callable[[Effect], None]
 
+HISTORY_LIMIT = 256
+TURN_TERMINAL = frozenset(s.name for s in turn.DECLARATION.states if s.terminal)
+_REARM_STATE = {agent_link.DECLARATION.name: "streaming", turn.DECLARATION.name: "running"}
+"""Where an event only re-arms a timer: the link's ``event`` while streaming, a turn's
+``progress`` while running (``note_progress`` is idempotent)."""
+_REQUEST_KINDS = frozenset(
+    (
+        "permission.asked",
+        "question.asked",
+        "permission.replied",
+        "question.replied",
+        "question.rejected",
+        "session.turn.close",
+    )
+)
+
 
 class WrapperCore:
     def __init__(
@@ -146,6 +173,11 @@ class WrapperCore:
         self.pending_requests: dict[str, str] = {}
         """Open permission/question ids → kind; Kilo leaves stale ones after an abort, so a
         turn close clears them (its README §7.8)."""
+        self._batch = False
+        self._held: dict[str, tuple[StateMachine[Any], str, dict[str, Any]]] = {}
+        """In a batch: the latest pure re-arm of each machine, held back."""
+        self._open_turns: dict[str, StateMachine[Any]] = {}
+        """Turns not terminal yet, in the order they came (every Kilo event visits them)."""
         self.wrapper = self._machine(wrapper.SPEC, "wrapper")
         self.ingest = self._machine(ingest_link.SPEC, "ingest_link")
         self.link: StateMachine[Any] | None = None
@@ -158,10 +190,19 @@ class WrapperCore:
             context=context,
             rng=self.rng,
             on_record=self._on_record,
+            # Bounded: a streaming turn adds a record per event, and nothing reads old ones
+            # here (the control plane has every transition as a lifecycle frame).
+            history_limit=HISTORY_LIMIT,
         )
 
     def _on_record(self, record: Record) -> None:
         """Every transition of the wrapper, agent link and turns goes to the control plane."""
+        if (
+            record.kind == "transition"
+            and record.dest in TURN_TERMINAL
+            and record.machine == turn.DECLARATION.name
+        ):
+            self._open_turns.pop(record.machine_id, None)
         if record.kind in ("start", "transition") and record.machine != "ingest_link":
             self.outbox.push(
                 lambda seq: LifecycleFrame(
@@ -188,13 +229,25 @@ class WrapperCore:
         return [m for mid, m in self.group.machines.items() if mid.startswith("turn:")]
 
     def active_turns(self) -> list[StateMachine[Any]]:
-        return [m for m in self.turns() if not m.terminal]
+        return list(self._open_turns.values())
 
     def turn(self, message_id: str) -> StateMachine[Any]:
         machine = self.group.machines.get(f"turn:{message_id}")
         if machine is None:
             raise UnknownMessage(message_id)
         return machine
+
+    @property
+    def window_full(self) -> bool:
+        """Connected, with most of the outbox's bound taken by frames not acknowledged yet.
+
+        A host reading Kilo faster than the control plane acknowledges waits (a bounded while)
+        when this is true: the outbox's bound is for riding out a lost connection, and events
+        dropped on a healthy one because acks are merely in flight would be lost for nothing."""
+        box = self.outbox
+        return (
+            len(box) * 4 >= box.max_frames * 3 or box.size_bytes * 4 >= box.max_bytes * 3
+        ) and self.ingest.state == "connected"
 
     @property
     def degraded(self) -> bool:
@@ -243,6 +296,7 @@ class WrapperCore:
             return mid  # idempotent: a resent command must not start a second turn
         self.prompts[mid] = command
         machine = self._machine(turn.SPEC, f"turn:{mid}", turn.TurnContext(message_id=mid))
+        self._open_turns[machine.machine_id] = machine
         self.group.add(machine)
         self.group.send("wrapper", Event("turn_started", {"message_id": mid}))
         if self.wrapper.state in ("ready", "running", "idle", "stale"):
@@ -295,18 +349,67 @@ class WrapperCore:
         self.group.send("wrapper", Event("agent_exited", {"code": code}))
 
     def kilo_event(self, generation: int, payload: dict[str, Any]) -> None:
-        if generation != self.generation or self.link is None:
+        link = self.link
+        if generation != self.generation or link is None:
             self.dropped_stale_events += 1
             return
         kind = payload.get("type", "")
-        trigger = "connected" if kind == "server.connected" else "event"
-        self.group.send("agent_link", Event(trigger, {"generation": generation}))
+        if kind != "server.connected" and link.state == "streaming":
+            self._rearm(link, "event", {"generation": generation})
+        else:
+            trigger = "connected" if kind == "server.connected" else "event"
+            self._send("agent_link", Event(trigger, {"generation": generation}))
         self.outbox.push(lambda seq: EventFrame(seq=seq, generation=generation, event=payload))
-        self._track_requests(kind, payload.get("properties") or {})
+        if kind in _REQUEST_KINDS:
+            self._track_requests(kind, payload.get("properties") or {})
         for name, data in self.translator.triggers(payload):
             for machine in self.active_turns():
-                self.group.send(machine.machine_id, Event(name, data))
+                if name == "progress" and machine.state == "running":
+                    self._rearm(machine, name, data)
+                else:
+                    self._send(machine.machine_id, Event(name, data))
+        if not self._batch:
+            self._flush()
+
+    def begin_batch(self) -> None:
+        """Kilo events that arrived together follow, until ``end_batch``."""
+        self._batch = True
+
+    def end_batch(self) -> None:
+        self._batch = False
+        # Frames first: the held re-arms make none (they are released only into the state
+        # that made them pure re-arms), and the control plane should not wait for timers.
         self._flush()
+        self._release_rearms()
+
+    def _send(self, machine_id: str, event: Event) -> None:
+        """Anything but a pure re-arm: held-back re-arms go first, so the order is kept. An
+        event the machine ignores in its state (a turn still finalizing sees the next turn's
+        progress) changes nothing anywhere, so it needs no such care."""
+        if self._held:
+            machine = self.group.machines.get(machine_id)
+            if machine is not None and machine.can_handle(event.trigger):
+                self._release_rearms()
+        self.group.send(machine_id, event)
+
+    def _rearm(self, machine: StateMachine[Any], trigger: str, data: dict[str, Any]) -> None:
+        """An event that only re-arms ``machine``'s timer in its current state (the caller
+        checked the state). In a batch it is held back until the batch ends or anything else is
+        sent to any machine; a later one for the same machine replaces it (its re-arm would
+        supersede this one at once, with nothing in between to tell them apart)."""
+        if self._batch:
+            self._held[machine.machine_id] = (machine, trigger, data)
+        else:
+            self.group.send(machine.machine_id, Event(trigger, data))
+
+    def _release_rearms(self) -> None:
+        held, self._held = self._held, {}
+        for machine, trigger, data in held.values():
+            # Anything that reached the machine meanwhile (a timer, the job API) went first; if
+            # it moved the machine on, the held re-arm belonged to the state it left: drop it.
+            current = self.group.machines.get(machine.machine_id)
+            if current is machine and machine.state == _REARM_STATE[machine.definition.name]:
+                self.group.send(machine.machine_id, Event(trigger, data))
 
     def _track_requests(self, kind: str, props: dict[str, Any]) -> None:
         if kind in ("permission.asked", "question.asked") and isinstance(props.get("id"), str):

@@ -3,6 +3,14 @@
 Reconnecting, backoff, heartbeats and resending are the ``ingest_link`` machine's and the outbox's
 business; this adapter only connects once, reports what happened (open, failed, closed, a frame
 arrived) and sends frames in order. A connection never outlives the task that runs it.
+
+Sending is synchronous: ``send`` frames each frame it is given with the connection's sans-I/O
+protocol (``ClientConnection.protocol``, websockets >= 13) and hands the bytes to the transport in
+one write. A burst of Kilo events read together therefore costs one TCP push and one wake-up of
+the control plane, and no task switch: per-message ``await send()`` and a writer task behind a
+queue cost more than the relay itself at Kilo's event rates. The transport buffers what the socket
+does not take at once; that is bounded by the outbox, whose window the host waits on before
+reading more from Kilo (``WrapperCore.window_full``).
 """
 
 from __future__ import annotations
@@ -12,9 +20,9 @@ from collections.abc import Callable
 
 import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidState, InvalidURI
+from websockets.protocol import SEND_EOF
 
 from fsm.protocol import ControlFrame, Frame, decode_from_control, encode
 
@@ -40,23 +48,36 @@ class IngestConnection:
         self._on_closed = on_closed
         self._on_frame = on_frame
         self._connect_timeout = connect_timeout
-        self._send: MemoryObjectSendStream[bytes]
-        self._receive: MemoryObjectReceiveStream[bytes]
-        self._send, self._receive = anyio.create_memory_object_stream[bytes](max_buffer_size=10_000)
         self._ws: ClientConnection | None = None
         self._scope: anyio.CancelScope | None = None
         self.bad_frames = 0
 
     def send(self, frames: list[Frame]) -> bool:
-        """Queue frames for the writer; False when the connection is not (or no longer) open."""
-        if self._ws is None:
+        """Write frames, in order; False when the connection is not (or no longer) open."""
+        ws = self._ws
+        if ws is None or ws.transport.is_closing():
             return False
+        protocol = ws.protocol
         try:
             for frame in frames:
-                self._send.send_nowait(encode(frame))
-        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                protocol.send_text(encode(frame))
+        except InvalidState:  # closing: what was queued before goes out, the rest cannot
+            self._write(ws)
             return False
+        self._write(ws)
         return True
+
+    @staticmethod
+    def _write(ws: ClientConnection) -> None:
+        chunks = ws.protocol.data_to_send()
+        if SEND_EOF in chunks:  # only while closing (websockets flushes its own writes at once)
+            for chunk in chunks:
+                if chunk:
+                    ws.transport.write(chunk)
+                elif ws.transport.can_write_eof():
+                    ws.transport.write_eof()
+        elif chunks:
+            ws.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def close(self) -> None:
         if self._scope is not None:
@@ -81,28 +102,17 @@ class IngestConnection:
             reason = "closed"
             try:
                 self._on_open()
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._writer, ws)
-                    try:
-                        async for message in ws:
-                            self._dispatch(message)
-                    except ConnectionClosed as exc:
-                        reason = f"closed: {exc}"
-                    tg.cancel_scope.cancel()
+                try:
+                    async for message in ws:
+                        self._dispatch(message)
+                except ConnectionClosed as exc:
+                    reason = f"closed: {exc}"
             finally:
                 self._ws = None
-                self._send.close()
                 with anyio.CancelScope(shield=True):
                     with anyio.move_on_after(1):
                         await ws.close()
                 self._on_closed(reason if not scope.cancel_called else "closed by the wrapper")
-
-    async def _writer(self, ws: ClientConnection) -> None:
-        try:
-            async for data in self._receive:
-                await ws.send(data.decode())
-        except ConnectionClosed:
-            return
 
     def _dispatch(self, message: str | bytes) -> None:
         try:

@@ -9,8 +9,11 @@ Why the event subscription looks the way it does (``shared/kilo/README.md`` §6,
 
 * ``GET /event`` carries the events of the directory Kilo was started in (the wrapper's
   workdir), each as one ``data: <json>`` line; there are no ids, no ``event:`` fields, no replay.
-* A SIGKILLed Kilo ends the stream with a bare FIN (httpx raises ``RemoteProtocolError``); a
-  SIGTERMed one ends it cleanly. Both end the async iterator; the caller decides what it means.
+  It is read on a plain socket (``event_stream``): Kilo writes one HTTP chunk per event, and
+  httpx's chunk-at-a-time streaming cost more than the wrapper's whole work on an event.
+* A SIGKILLed Kilo ends the stream with a bare FIN (``StreamBroken``; httpx, for other URLs,
+  raises ``RemoteProtocolError``); a SIGTERMed one ends it cleanly. Both end the async iterator;
+  the caller decides what it means.
 * There is no read timeout on the stream: silence is detected by the agent_link machine's
   silence window, not by a socket timeout that would fire on a healthy but quiet stream.
 * Leaving the ``subscribe_events`` context closes the HTTP connection at once, so an old
@@ -26,6 +29,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from adapters.kilo import event_stream
 from fsm.kilo_events import error_text
 
 USERNAME = "kilo"
@@ -133,6 +137,15 @@ class KiloClient:
 
     @asynccontextmanager
     async def subscribe_events(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        if self._transport is None and event_stream.supported(self.url):
+            # The hot path (every event of Kilo's): a plain socket, not httpx's chunk-at-a-time
+            # plumbing; a connection of its own, closed when the context is left.
+            async with event_stream.open_event_stream(self.url, "/event", self._auth) as opened:
+                status, error, chunks = opened
+                if status >= 400:
+                    raise KiloError("GET", "/event", status, error.decode(errors="replace"))
+                yield parse_sse_bytes(chunks)
+            return
         # A client of its own: closing it tears the stream down without touching other calls.
         async with (
             self._new_client() as http,
@@ -141,7 +154,7 @@ class KiloClient:
             if response.status_code >= 400:
                 body = (await response.aread()).decode(errors="replace")
                 raise KiloError("GET", "/event", response.status_code, body)
-            yield parse_sse(response.aiter_lines())
+            yield parse_sse_bytes(response.aiter_bytes())
 
     # -- sessions and prompts -------------------------------------------------------------------
 
@@ -250,3 +263,46 @@ async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
         name, _, value = line.partition(":")
         if name == "data":
             data.append(value[1:] if value.startswith(" ") else value)
+
+
+async def parse_sse_bytes(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """``parse_sse`` on the raw body: the same events, without decoding every chunk to text and
+    splitting it again into lines first (the stream's hot path: Kilo sends one HTTP chunk per
+    event). Lines end with LF, CRLF or CR, as the SSE rules (and httpx's line splitter) say;
+    the JSON is decoded from the bytes as they came."""
+    buffer = b""
+    data: list[bytes] = []
+    async for chunk in chunks:
+        buffer = buffer + chunk if buffer else chunk
+        if b"\r" in buffer:
+            if buffer.endswith(b"\r"):  # a CRLF may be split across chunks: wait for the LF
+                head, buffer = buffer[:-1], b"\r"
+            else:
+                head, buffer = buffer, b""
+            buffer = head.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + buffer
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line:
+                if line.startswith(b"data:"):
+                    value = line[5:]
+                    data.append(value[1:] if value.startswith(b" ") else value)
+                elif line == b"data":
+                    data.append(b"")
+                # Comments (":...") and other fields (event:, id:, retry:) carry nothing we use.
+            elif data:
+                event = _sse_event(data)
+                data = []
+                if event is not None:
+                    yield event
+    if buffer == b"\r" and data:  # the stream ended on a CR: that was the blank line
+        event = _sse_event(data)
+        if event is not None:
+            yield event
+
+
+def _sse_event(data: list[bytes]) -> dict[str, Any] | None:
+    try:
+        event = msgspec.json.decode(data[0] if len(data) == 1 else b"\n".join(data))
+    except msgspec.DecodeError:
+        return None
+    return event if isinstance(event, dict) else None
