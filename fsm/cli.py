@@ -273,3 +273,8 @@ def demo_command(
 
 def main() -> None:
     app()
+
+
+from fsm.sim_cli import register as _register_simulate  # noqa: E402
+
+_register_simulate(app)
