@@ -169,7 +169,7 @@ def _fuzz(count: int, seed: int, horizon: str, faults: int, as_json: bool) -> No
 
 
 def check_command(
-    depth: Annotated[int, typer.Option(help="Explore every schedule up to this many steps.")] = 10,
+    depth: Annotated[int, typer.Option(help="Explore every schedule up to this many steps.")] = 5,
     prompts: Annotated[int, typer.Option(help="Most prompts a client sends.", min=0)] = 1,
     faults: Annotated[int, typer.Option(help="Most injected faults per schedule.", min=0)] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="The report as one JSON object.")] = False,

@@ -27,6 +27,7 @@ still accepted is a deadlock.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import time
@@ -187,24 +188,29 @@ class Explorer:
         """The world after ``trace``; and for each step, how many timeline lines it had before."""
         clock = ChoiceClock(self.prompt_window)
         world = World(
-            EXPLORE_WORLD, seed=0, scheduler=clock, keep_timeline=keep_timeline,
+            EXPLORE_WORLD,
+            seed=0,
+            scheduler=clock,
+            keep_timeline=keep_timeline,
             invariants=Invariants(),
         )
         world.start()
         clock.drain()
         marks: list[int] = []
-        prompts = 0
-        for step in trace:
+        for i, step in enumerate(trace):
             marks.append(len(world.lines))
-            if step.kind == "run":
-                clock.fire(clock.choices()[step.index])
-            else:
-                if step.name in PROMPT_PLANS:
-                    prompts += 1
-                _inject(world, step.name, prompts)
-                clock.drain()
-            world.check_state()
+            self.apply(world, clock, step, trace[:i])
         return world, clock, marks
+
+    def apply(self, world: World, clock: ChoiceClock, step: Step, before: tuple[Step, ...]) -> None:
+        """Take ``step`` in the world reached by ``before``, then check the invariants."""
+        if step.kind == "run":
+            clock.fire(clock.choices()[step.index])
+        else:
+            prompts = sum(1 for s in before if s.name in PROMPT_PLANS)
+            _inject(world, step.name, prompts + (step.name in PROMPT_PLANS))
+            clock.drain()
+        world.check_state()
 
     def steps(self, world: World, clock: ChoiceClock, trace: tuple[Step, ...]) -> list[Step]:
         out = [Step("run", i) for i in range(len(clock.choices()))]
@@ -222,7 +228,9 @@ class Explorer:
     def signature(self, world: World, clock: ChoiceClock) -> tuple[Any, ...]:
         control = world.controls["s1"]
         parts: list[Any] = [_machine(control.core.machine)]
-        parts.append(tuple(sorted((m.id, m.state, m.reason) for m in control.core.messages.values())))
+        parts.append(
+            tuple(sorted((m.id, m.state, m.reason) for m in control.core.messages.values()))
+        )
         w = world.wrapper("s1")
         if w is None:
             parts.append(None)
@@ -303,51 +311,112 @@ class ExploreReport(msgspec.Struct):
         )
         if self.violation is None:
             scope = (
-                "every reachable state" if self.complete else f"every state within {self.depth} steps"
+                "every reachable state"
+                if self.complete
+                else f"every state within {self.depth} steps"
             )
             return head + f"\nno invariant violated in {scope}"
         return f"{head}\nVIOLATION {self.violation}\nshortest trace:\n{self.trace}"
 
 
 def explore(
-    depth: int = 10, prompts: int = 1, faults: int = 1, *, explorer: Explorer | None = None
+    depth: int = 5,
+    prompts: int = 1,
+    faults: int = 1,
+    *,
+    explorer: Explorer | None = None,
+    keep_worlds: int = 4000,
 ) -> ExploreReport:
-    """Breadth-first search of the composed machines; the first violation has a shortest trace."""
+    """Breadth-first search of the composed machines; the first violation has a shortest trace.
+
+    A world reached for the first time is kept for its own expansion (up to ``keep_worlds`` of
+    them; beyond that it is replayed when its turn comes), and the last step tried from a state
+    is applied to that state's own world: each transition then costs about one replay.
+    """
+    old = gc.get_threshold()
+    # Thousands of live worlds full of reference cycles: the default thresholds make the cyclic
+    # collector rescan them all the time (half the run, measured). Collect far less often.
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        return _explore(depth, prompts, faults, explorer, keep_worlds)
+    finally:
+        gc.set_threshold(*old)
+
+
+def _explore(
+    depth: int, prompts: int, faults: int, explorer: Explorer | None, keep_worlds: int
+) -> ExploreReport:
     started = time.perf_counter()
     ex = explorer or Explorer(prompts=prompts, faults=faults)
-    world, clock, _ = ex.replay(())
-    seen = {ex.signature(world, clock)}
-    frontier: deque[tuple[Step, ...]] = deque([()])
+    root = ex.replay(())
+    seen = {ex.signature(root[0], root[1])}
+    frontier: deque[tuple[tuple[Step, ...], tuple[World, ChoiceClock] | None]] = deque(
+        [((), (root[0], root[1]))]
+    )
+    kept = 1
     transitions = 0
     deepest = 0
     truncated = False
     while frontier:
-        trace = frontier.popleft()
-        world, clock, _ = ex.replay(trace)
+        trace, live = frontier.popleft()
+        if live is None:
+            world, clock, _ = ex.replay(trace)
+        else:
+            kept -= 1
+            world, clock = live
         options = ex.steps(world, clock, trace)
         if not options and any(
             m.state in ("queued", "accepted") for m in world.controls["s1"].core.messages.values()
         ):
             violation = Violation(world.now, "deadlock", "s1", "nothing can happen any more")
-            return _report(ex, depth, prompts, faults, seen, transitions, deepest, started,
-                           violation, trace, truncated)
+            return _report(
+                ex,
+                depth,
+                prompts,
+                faults,
+                seen,
+                transitions,
+                deepest,
+                started,
+                violation,
+                trace,
+                truncated,
+            )
         if len(trace) >= depth:
             truncated = truncated or bool(options)
             continue
-        for step in options:
+        for number, step in enumerate(options):
             child = (*trace, step)
-            world, clock, _ = ex.replay(child)
+            if number == len(options) - 1:
+                ex.apply(world, clock, step, trace)  # the parent's own world: not needed after
+                child_world, child_clock = world, clock
+            else:
+                child_world, child_clock, _ = ex.replay(child)
             transitions += 1
-            if world.invariants.violations:
-                return _report(ex, depth, prompts, faults, seen, transitions, deepest, started,
-                               world.invariants.violations[0], child, truncated)
-            sig = ex.signature(world, clock)
+            if child_world.invariants.violations:
+                return _report(
+                    ex,
+                    depth,
+                    prompts,
+                    faults,
+                    seen,
+                    transitions,
+                    deepest,
+                    started,
+                    child_world.invariants.violations[0],
+                    child,
+                    truncated,
+                )
+            sig = ex.signature(child_world, child_clock)
             if sig not in seen:
                 seen.add(sig)
                 deepest = max(deepest, len(child))
-                frontier.append(child)
-    return _report(ex, depth, prompts, faults, seen, transitions, deepest, started, None, (),
-                   truncated)
+                keep = kept < keep_worlds
+                kept += keep
+                frontier.append((child, (child_world, child_clock) if keep else None))
+    return _report(
+        ex, depth, prompts, faults, seen, transitions, deepest, started, None, (), truncated
+    )
 
 
 def _report(

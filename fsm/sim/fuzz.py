@@ -231,8 +231,7 @@ class FuzzReport(msgspec.Struct):
                 f"`fsm-agent simulate --fuzz 1 --seed {f.seed}` or save this as a .toml file:",
                 "",
                 schedule_toml(f.shrunk, f.seed),
-                "timeline of the shrunk schedule (the violation is at "
-                f"{f.violation.at:.3f} s):",
+                f"timeline of the shrunk schedule (the violation is at {f.violation.at:.3f} s):",
                 f.timeline,
             ]
         )
@@ -261,7 +260,9 @@ def fuzz_many(
             # Ignored events explain most violations ("turn_ended ignored in running"); the
             # internal re-arms (heartbeats, progress) would only bury them.
             lines = [
-                line for line in world.lines if line.at <= shown.at + 1.0 and line.kind != "internal"
+                line
+                for line in world.lines
+                if line.at <= shown.at + 1.0 and line.kind != "internal"
             ]
             return FuzzReport(
                 count=i + 1,

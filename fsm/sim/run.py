@@ -109,7 +109,9 @@ def _without(spec: MachineSpec[Any], removals: list[Removal]) -> MachineSpec[Any
             if r.trigger == t.trigger and r.dest == t.dest:
                 sources = () if r.source == "*" else tuple(s for s in sources if s != r.source)
         if sources:
-            kept.append(t if sources == d.sources(t) else msgspec.structs.replace(t, source=sources))
+            kept.append(
+                t if sources == d.sources(t) else msgspec.structs.replace(t, source=sources)
+            )
     definition = msgspec.structs.replace(d, transitions=tuple(kept))
     used_guards = {t.guard for t in kept if t.guard}
     used_effects = {e for t in kept for e in t.effects} | {

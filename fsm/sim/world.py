@@ -241,7 +241,10 @@ class World:
 
     def quiet(self) -> bool:
         for sid, control in self.controls.items():
-            if any(m.state not in ("completed", "failed", "cancelled") for m in control.core.messages.values()):
+            if any(
+                m.state not in ("completed", "failed", "cancelled")
+                for m in control.core.messages.values()
+            ):
                 return False
             w = self.wrapper(sid)
             if w is not None and w.proc.alive and w.core.active_turns():
