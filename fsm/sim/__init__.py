@@ -12,6 +12,6 @@ same run, down to the byte of its timeline.
 * ``scenario`` — TOML scenario files decoded into typed structs (errors name file, line, field);
 * ``world`` — one control plane and its containers, wired as the real hosts wire their cores;
 * ``invariants`` — what must hold after every step of any run (scripted, fuzzed or explored);
-* ``run`` / ``expect`` / ``timeline`` — play a scenario, judge its expectations, print what happened;
+* ``run`` / ``expect`` / ``timeline`` — play a scenario, judge it, print what happened;
 * ``fuzz`` — random fault schedules with shrinking; ``explore`` — exhaustive bounded search.
 """

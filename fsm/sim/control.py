@@ -84,7 +84,7 @@ class SimControl:
             on_log=self._on_log,
         )
 
-    # -- the ingest server ------------------------------------------------------------------------
+    # -- the ingest server -------------------------------------------------------------------------
 
     def accept(self, conn: Connection) -> None:
         self.conn = conn  # a newer connection replaces the older one for sending
@@ -107,7 +107,7 @@ class SimControl:
         if self.conn is not None:
             self.conn.send_down(frames)
 
-    # -- effects ----------------------------------------------------------------------------------
+    # -- effects -----------------------------------------------------------------------------------
 
     def _on_action(self, effect: Effect) -> None:
         if isinstance(effect, Transmit):
@@ -165,7 +165,7 @@ class SimControl:
         self.exits_seen = self.starts_requested
         self.core.wrapper_exited(code)
 
-    # -- the store ----------------------------------------------------------------------------------
+    # -- the store ---------------------------------------------------------------------------------
 
     def _on_log(self, entry: LogEntry) -> None:
         sid = self.session_id

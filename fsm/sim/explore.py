@@ -21,8 +21,9 @@ of their contexts, the messages, the fakes' states, and what is pending. Counter
 (generations, sequence numbers, spawn counts) are left out, so that the space is finite.
 
 After every step the simulator's invariants are checked (``fsm.sim.invariants``), plus one only
-exploration can check: a state in which nothing at all can happen any more while a message is
-still accepted is a deadlock.
+exploration can check: a state in which the system has nothing left to do — no timer armed, no
+reaction pending — while a message is still queued or accepted is a deadlock (waiting for the
+client's *next* message does not count as a way out).
 """
 
 from __future__ import annotations
@@ -365,7 +366,9 @@ def _explore(
             kept -= 1
             world, clock = live
         options = ex.steps(world, clock, trace)
-        if not options and any(
+        # Only what the system itself will still do counts: a client's next prompt or a fault
+        # is not a way out for a message that is already waiting.
+        if not clock.choices() and any(
             m.state in ("queued", "accepted") for m in world.controls["s1"].core.messages.values()
         ):
             violation = Violation(world.now, "deadlock", "s1", "nothing can happen any more")

@@ -75,7 +75,7 @@ class Invariants:
     def _violate(self, at: float, invariant: str, session: str, detail: str) -> None:
         self.violations.append(Violation(at, invariant, session, detail))
 
-    # -- hooks --------------------------------------------------------------------------------------
+    # -- hooks -------------------------------------------------------------------------------------
 
     def on_record(self, session: str, who: str, record: Record) -> None:
         if not record.timer or record.kind in ("timer_dropped", "start"):
@@ -153,7 +153,7 @@ class Invariants:
                 )
             self._outcomes.add(key)
 
-    # -- state checks -------------------------------------------------------------------------------
+    # -- state checks ------------------------------------------------------------------------------
 
     def check_machines(
         self, at: float, session: str, machines: Iterable[tuple[str, StateMachine[Any]]]

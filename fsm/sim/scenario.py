@@ -72,7 +72,7 @@ class WorldSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reorder: float = 0.0
     """Chance that a broken connection's frames still reach the control plane, late."""
     keepalive: Duration = "30s"
-    """How long a silent partition takes to be noticed (websockets pings every 20 s, 20 s timeout)."""
+    """How long a silent partition takes to be noticed (websockets: ping every 20 s, 20 s wait)."""
     outbox_frames: int = 1000
     outbox_bytes: int = 8 * 1024 * 1024
 

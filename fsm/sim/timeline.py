@@ -22,7 +22,7 @@ class Line(msgspec.Struct, frozen=True, omit_defaults=True):
     at: float
     session: str
     machine: str
-    """``session``, ``w2.wrapper``, ``w2.turn:m1`` … or ``world``/``do`` for the world's own lines."""
+    """``session``, ``w2.wrapper``, ``w2.turn:m1`` … or ``world``/``do`` for the world's lines."""
     kind: str
     source: str = ""
     dest: str = ""

@@ -37,11 +37,7 @@ def test_scenario(path: Path) -> None:
     assert result.passed, _report(result)
 
 
-MUTANTS = [
-    (path, index)
-    for path in FILES
-    for index in range(len(load_scenario(path).mutants))
-]
+MUTANTS = [(path, index) for path in FILES for index in range(len(load_scenario(path).mutants))]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,118 @@
+"""``fsm-agent simulate`` and ``check`` as a user runs them: output, exit codes, determinism."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fsm.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+LIBRARY = ROOT / "tests" / "scenarios"
+runner = CliRunner()
+
+NOISY = """
+name = "noisy channel"
+seed = 3
+[world]
+jitter = "40ms"
+loss = 0.01
+reorder = 0.5
+[[step]]
+at = "5s"
+do = "prompt"
+message = "m1"
+plan = ["text 30s"]
+[[step]]
+at = "12s"
+do = "ingest.partition"
+for = "40s"
+[[expect]]
+kind = "outcome"
+message = "m1"
+status = "completed"
+"""
+
+
+def test_the_library_passes_and_prints_timelines() -> None:
+    result = runner.invoke(app, ["simulate", str(LIBRARY)])
+    assert result.exit_code == 0, result.output
+    assert "w1.wrapper         starting → ready" in result.output
+    assert "PASS  message m1 ends completed" in result.output
+    assert result.output.rstrip().endswith("s")
+    assert "scenarios passed" in result.output.splitlines()[-1]
+
+
+def test_same_seed_gives_a_byte_identical_timeline(tmp_path: Path) -> None:
+    path = tmp_path / "noisy.toml"
+    path.write_text(NOISY)
+    runs = [
+        runner.invoke(app, ["simulate", str(path), "--seed", "7", "--verbose"]).output
+        for _ in range(2)
+    ]
+    # Only the wall-clock figures of the summary lines may differ.
+    wall = re.compile(r"in \d+(\.\d+)? m?s")
+    assert wall.sub("in <wall>", runs[0]) == wall.sub("in <wall>", runs[1])
+    assert len(runs[0].splitlines()) > 50
+    json_runs = [
+        runner.invoke(app, ["simulate", str(path), "--seed", "7", "--json", "--verbose"]).output
+        for _ in range(2)
+    ]
+    assert json_runs[0] == json_runs[1]
+    other = runner.invoke(app, ["simulate", str(path), "--seed", "8", "--json", "--verbose"])
+    assert other.output != json_runs[0], "the seed must matter on a noisy channel"
+
+
+def test_json_lines_are_machine_readable(tmp_path: Path) -> None:
+    path = tmp_path / "noisy.toml"
+    path.write_text(NOISY)
+    result = runner.invoke(app, ["simulate", str(path), "--json"])
+    records = [json.loads(line) for line in result.output.splitlines()]
+    assert {"at", "session", "machine", "kind"} <= set(records[0])
+    assert records[-1]["type"] == "result" and records[-1]["seed"] == 3
+    assert any(r.get("type") == "expect" for r in records)
+
+
+def test_a_failing_expectation_exits_1_and_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "wrong.toml"
+    path.write_text(NOISY.replace('status = "completed"', 'status = "failed"'))
+    result = runner.invoke(app, ["simulate", str(path), "-q"])
+    assert result.exit_code == 1
+    assert "FAIL  message m1 ends failed" in result.output
+    assert f"at:  {path}:17" in result.output  # its [[expect]] table
+
+
+def test_a_bad_file_exits_2_naming_file_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "x"\n[[step]]\nat = "later"\ndo = "stop"\n')
+    result = runner.invoke(app, ["simulate", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}:3: step[0].at: expected a duration" in result.output
+    assert runner.invoke(app, ["simulate"]).exit_code == 2
+    assert runner.invoke(app, ["simulate", str(tmp_path / "nope")]).exit_code == 2
+
+
+def test_mutants_option_runs_them(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["simulate", str(LIBRARY / "no_progress_turn.toml"), "--mutants"])
+    assert result.exit_code == 0, result.output
+    weak = tmp_path / "weak.toml"
+    weak.write_text(
+        NOISY + '[[mutant]]\nwhy = "changes nothing this scenario checks"\n'
+        'timers = { idle_stop = "11m" }\n'
+    )
+    result = runner.invoke(app, ["simulate", str(weak), "-q", "--mutants"])
+    assert result.exit_code == 1
+    assert "mutant survived (no expectation noticed): changes nothing" in result.output
+
+
+def test_fuzz_and_check_from_the_command_line() -> None:
+    result = runner.invoke(app, ["simulate", "--fuzz", "5", "--seed", "11"])
+    assert result.exit_code == 0, result.output
+    assert "5 schedules from seed 11" in result.output and "no invariant violated" in result.output
+    result = runner.invoke(app, ["check", "--depth", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["states"] > 10 and report["transitions"] >= report["states"] - 1

@@ -1,0 +1,149 @@
+"""Behaviour the issue or the design asks for that the core does not have yet.
+
+Each test states the wanted behaviour as a scenario and is a *strict* xfail: the day the core
+is fixed it passes, the xfail turns into a failure, and whoever fixed it removes the marker. The
+library scenarios meanwhile assert what the core does today (with a note pointing here).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fsm.sim.run import run_scenario
+from fsm.sim.scenario import parse_scenario
+
+
+def run(text: str) -> bool:
+    return run_scenario(parse_scenario(text, "gap.toml")).passed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 3 names connection_lost; the session fails a replaced stale wrapper's messages "
+    "agent_restarted, and nothing produces the turn machine's connection_lost reason",
+)
+def test_ingest_down_past_the_window_fails_connection_lost() -> None:
+    assert run(
+        """
+name = "gap"
+until = "10m"
+[[step]]
+at = "10s"
+do = "prompt"
+message = "m1"
+plan = ["text 10m"]
+[[step]]
+at = "20s"
+do = "ingest.drop"
+for = "5m"
+[[expect]]
+kind = "outcome"
+message = "m1"
+status = "failed"
+reason = "connection_lost"
+"""
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the control plane's hung_session timer (5 min) knows nothing of a running tool: it "
+    "fails a turn whose silent tool the wrapper is rightly holding its no-progress clock for",
+)
+def test_a_silent_tool_longer_than_the_hung_window_completes_with_default_timers() -> None:
+    assert run(
+        """
+name = "gap"
+until = "10m"
+[[step]]
+at = "10s"
+do = "prompt"
+message = "m1"
+plan = ["text 2s", "tool 6m", "text 5s"]
+[[expect]]
+kind = "outcome"
+message = "m1"
+status = "completed"
+"""
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the control plane's hung_session timer does not pause while the agent waits on the "
+    "user: a question answered after 5 minutes comes too late",
+)
+def test_a_question_answered_after_six_minutes_completes_with_default_timers() -> None:
+    assert run(
+        """
+name = "gap"
+[[step]]
+at = "10s"
+do = "prompt"
+message = "m1"
+plan = ["text 2s", "question", "text 3s"]
+[[step]]
+at = "6m10s"
+do = "answer"
+[[expect]]
+kind = "outcome"
+message = "m1"
+status = "completed"
+"""
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Kilo's superseded close names no message and every Kilo event goes to every open "
+    "turn: the first message's outcome waits for the follow-up's turn to close",
+)
+def test_the_first_message_completes_when_its_own_turn_ends() -> None:
+    assert run(
+        """
+name = "gap"
+[[step]]
+at = "10s"
+do = "prompt"
+message = "m1"
+plan = ["text 20s"]
+[[step]]
+at = "15s"
+do = "prompt"
+message = "m2"
+plan = ["text 60s"]
+[[expect]]
+kind = "outcome"
+message = "m1"
+status = "completed"
+within = ["30s", "32s"]
+"""
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hosts, mirrored here: the control plane starts every wrapper with agent_<session> and "
+    "never learns the Kilo session id the first wrapper created, so after an idle stop the next "
+    "wrapper creates a new Kilo session instead of resuming it",
+)
+def test_idle_cleanup_resumes_the_kilo_session_the_first_wrapper_created() -> None:
+    assert run(
+        """
+name = "gap"
+[[step]]
+at = "10s"
+do = "prompt"
+message = "m1"
+plan = ["text 5s"]
+[[step]]
+at = "11m"
+do = "prompt"
+message = "m2"
+plan = ["text 5s"]
+[[expect]]
+kind = "count"
+action = "agent.session_created"
+equals = 1
+"""
+    )
