@@ -179,7 +179,11 @@ class StateMachine(Generic[Ctx]):
         self._now = now
         self._event = Event("start")
         effects: list[Effect] = []
-        names, _ = self._enter(self.state, effects)
+        try:
+            names, _ = self._enter(self.state, effects)
+        except Exception as exc:  # an entry effect raised: fail as declared, like any callback
+            self._record("start", "start", "", self.state)
+            return effects + self._fault(self._event, self.state, exc, in_fault=False)
         self._record("start", "start", "", self.state, names)
         return effects
 
@@ -312,7 +316,7 @@ class StateMachine(Generic[Ctx]):
                 declaring, timer = self._timer_decl[name]
                 if timer.kind is TimerKind.STATE or dest not in timer_span(declaring, timer):
                     self._cancel(name, out)
-            entered, fresh = self._enter(dest, out)
+            entered, fresh = self._enter(dest, out, source)
         candidates = list(self.timers)
         if self._expired is not None and self._expired not in self.timers:
             declaring, timer = self._timer_decl[self._expired]
@@ -324,8 +328,15 @@ class StateMachine(Generic[Ctx]):
                 self._arm(timer, out)
         return entered
 
-    def _enter(self, dest: str, out: list[Effect]) -> tuple[list[str], set[str]]:
-        """Entry actions of ``dest``: backoff resets, entry effects, its timers."""
+    def _enter(
+        self, dest: str, out: list[Effect], source: str | None = None
+    ) -> tuple[list[str], set[str]]:
+        """Entry actions of ``dest``: backoff resets, entry effects, its timers.
+
+        ``source`` is the state left (``None`` for ``start()``): a silence timer is armed on
+        entering its span from outside, through any state of the span, not only its declaring
+        one (a session back from ``stale`` into ``running`` must watch heartbeats again).
+        """
         for backoff in self.definition.backoffs:
             if dest in backoff.resets_in:
                 self.backoff_attempts[backoff.name] = 0
@@ -335,6 +346,16 @@ class StateMachine(Generic[Ctx]):
         fresh: set[str] = set()
         for timer in state.timers:
             if timer.kind is TimerKind.STATE or timer.name not in self.timers:
+                self._arm(timer, out)
+                fresh.add(timer.name)
+        for declaring, timer in self._timer_decl.values():
+            if (
+                timer.kind is TimerKind.SILENCE
+                and declaring != dest
+                and dest in timer.span
+                and timer.name not in self.timers
+                and (source is None or source not in timer_span(declaring, timer))
+            ):
                 self._arm(timer, out)
                 fresh.add(timer.name)
         return list(state.on_enter), fresh

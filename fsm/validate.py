@@ -221,12 +221,14 @@ def _budget_backoff_problems(
             f"{where} allows {limit} use in its window, so its backoff never grows "
             "(a budget that makes the backoff meaningless)"
         )
-    # The shortest time to spend the whole budget is the sum of the delays between uses.
-    spacing = sum(min(initial * factor**i, maximum) for i in range(1, limit))
+    # The budget blocks a failure only if ``limit`` uses are still in the window when it comes.
+    # The engine waits ``initial * factor**k`` after the (k+1)-th use in the window, so the
+    # earliest such failure comes after the sum of the delays following all ``limit`` uses.
+    spacing = sum(min(initial * factor**i, maximum) for i in range(limit))
     if spacing >= window:
         problems.append(
-            f"{where}: its backoff spaces {limit} uses over {spacing:g}s, longer than the "
-            f"{window:g}s window, so the budget can never be exhausted"
+            f"{where}: its backoff spaces {limit} uses and the next failure over {spacing:g}s, "
+            f"not less than the {window:g}s window, so the budget can never be exhausted"
         )
     return problems
 
