@@ -1,0 +1,109 @@
+"""Simulator throughput: simulated seconds per wall second for many concurrent sessions.
+
+A benchmark, not a test (``python -m fsm.sim.bench``): it prints figures and never fails on
+timing. Each session of the world gets a prompt every few minutes (streamed text, tools,
+questions) and now and then a fault (Kilo crash or hang, ingest drop); heartbeats run all the time
+(the wrapper's every 5 s, Kilo's every 10 s), which is most of the work. Reported: virtual seconds
+per wall second of the whole world, and the same times the number of sessions ("session-seconds
+per wall second", the figure issue 6 targets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+import tracemalloc
+
+import msgspec
+
+from fsm.sim.scenario import Action, Segment, WorldConfig
+from fsm.sim.world import World
+
+PLANS = (
+    (Segment("text", 30.0),),
+    (Segment("text", 5.0), Segment("tool", 120.0), Segment("text", 5.0)),
+    (Segment("reasoning", 10.0), Segment("text", 20.0)),
+)
+
+
+class BenchResult(msgspec.Struct):
+    sessions: int
+    simulated: float
+    wall: float
+    callbacks: int
+    peak_mib: float | None
+
+    @property
+    def speedup(self) -> float:
+        return self.simulated / self.wall
+
+    def render(self) -> str:
+        peak = f", peak {self.peak_mib:.0f} MiB" if self.peak_mib is not None else ""
+        return (
+            f"{self.sessions:>5} sessions x {self.simulated / 3600:g} h: {self.wall:7.2f} s wall, "
+            f"{self.speedup:>10,.0f} simulated s per wall s, "
+            f"{self.speedup * self.sessions:>12,.0f} session-s per wall s, "
+            f"{self.callbacks:,} callbacks{peak}"
+        )
+
+
+def schedule(rng: random.Random, sessions: int, duration: float) -> list[Action]:
+    actions: list[Action] = []
+    for i in range(sessions):
+        sid = f"s{i + 1}"
+        at = rng.uniform(0, 300)
+        n = 0
+        while at < duration:
+            n += 1
+            plan = rng.choice(PLANS)
+            actions.append(Action(at=at, do="prompt", session=sid, message=f"m{n}", plan=plan))
+            if rng.random() < 0.1:
+                fault = rng.choice(["agent.crash", "agent.hang", "ingest.drop"])
+                when = at + rng.uniform(1, 60)
+                actions.append(Action(at=when, do=fault, session=sid, duration=30.0))
+            at += rng.uniform(120, 900)
+    return sorted(actions, key=lambda a: a.at)
+
+
+def bench(
+    sessions: int, duration: float = 7200.0, *, seed: int = 0, memory: bool = False
+) -> BenchResult:
+    rng = random.Random(seed)
+    actions = schedule(rng, sessions, duration)
+    if memory:
+        tracemalloc.start()
+    world = World(
+        WorldConfig(sessions=sessions, jitter=0.01),
+        seed=seed,
+        keep_timeline=False,
+        check_states=False,
+    )
+    started = time.perf_counter()
+    world.start()
+    for action in actions:
+        world.run_until(action.at)
+        world.do(action)
+    world.run_until(duration)
+    wall = time.perf_counter() - started
+    peak = None
+    if memory:
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    clock = world.scheduler
+    fired = int(getattr(clock, "fired", 0))
+    return BenchResult(sessions, duration, wall, fired, peak)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 100, 1000])
+    parser.add_argument("--hours", type=float, default=2.0)
+    parser.add_argument("--memory", action="store_true", help="also trace peak memory (slower)")
+    args = parser.parse_args()
+    for n in args.sessions:
+        print(bench(n, args.hours * 3600, memory=args.memory).render(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
