@@ -86,8 +86,12 @@ class RuntimePort(Protocol):
         """
         ...
 
-    async def stop(self, session_id: str, grace: float) -> int | None:
+    async def stop(self, session_id: str, grace: float, *, asked: bool = False) -> int | None:
         """Ask the wrapper to exit, force it after ``grace`` seconds, return its exit code.
+
+        ``asked``: the wrapper was already told to exit over its own socket (``shutdown`` or
+        ``release``); it gets ``grace`` to do so on its own before it is signalled, so that a
+        signal does not overtake the frame that explains why it should go.
 
         ``on_exit`` has been called by the time this returns. None if it was not running (and
         then ``on_exit`` is not called: nothing exited).

@@ -45,7 +45,7 @@ class ExternalRuntime:
             extra={"session": spec.session_id, "ingest_url": spec.ingest_url},
         )
 
-    async def stop(self, session_id: str, grace: float) -> int | None:
+    async def stop(self, session_id: str, grace: float, *, asked: bool = False) -> int | None:
         return None
 
     def running(self, session_id: str) -> bool:

@@ -279,18 +279,25 @@ class LocalRuntime:
             extra={"session": sid, "pid": child.process.pid, "log": str(child.log_path)},
         )
 
-    async def stop(self, session_id: str, grace: float) -> int | None:
+    async def stop(self, session_id: str, grace: float, *, asked: bool = False) -> int | None:
         """SIGTERM the wrapper's group, SIGKILL it after ``grace`` seconds; its exit code.
 
-        Returns None (and reports nothing) if the session has no running wrapper.
+        With ``asked`` (the wrapper was told to exit over its socket) it first gets ``grace`` to
+        exit on its own. Returns None (and reports nothing) if the session has no running wrapper.
         """
         orphan = self._orphans.get(session_id)
         if orphan is not None:
+            if asked:
+                with anyio.move_on_after(max(grace, 0.0)):
+                    await orphan.exited.wait()
             await self._stop_orphan(orphan, grace)
             return None
         child = self._children.get(session_id)
         if child is None:
             return None
+        if asked:
+            with anyio.move_on_after(max(grace, 0.0)):
+                await child.exited.wait()
         if not child.exited.is_set():
             self._signal(child, signal.SIGTERM)
             with anyio.move_on_after(max(grace, 0.0)):

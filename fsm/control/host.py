@@ -46,7 +46,7 @@ from fsm.control.metrics import Metrics
 from fsm.effects import Effect, StartWrapper, StopWrapper
 from fsm.engine import Record, Snapshot
 from fsm.logs import JsonLog, capture_stdlib
-from fsm.protocol import Ack, Frame, Shutdown, Welcome
+from fsm.protocol import Ack, Frame, ReleaseCommand, Shutdown, Welcome
 from fsm.session_core import LogEntry, Message, SessionCore
 from fsm.timers import TimerValues
 from fsm.wrapper_core import Transmit
@@ -88,6 +88,9 @@ class SessionEntry:
     after its replacement was requested must not be taken for the new one dying."""
     exits_seen: int = 0
     deleting: bool = False
+    asked_to_exit: bool = False
+    """The connected wrapper was sent ``shutdown`` or ``release``: stopping it waits for it to
+    leave on its own before signalling it (a SIGTERM must not overtake the frame)."""
 
 
 class ControlHost:
@@ -297,6 +300,8 @@ class ControlHost:
             return
         if isinstance(effect, Transmit):
             for frame in effect.frames:
+                if isinstance(frame, Shutdown | ReleaseCommand) and entry.outq is not None:
+                    entry.asked_to_exit = True
                 if isinstance(frame, Ack | Welcome):
                     entry.held.append(frame)  # released after the flush that stores the data
                     self._dirty.add(session_id)
@@ -328,7 +333,10 @@ class ControlHost:
         assert self.runtime is not None
         row = entry.row
         if self.runtime.running(row.id):
-            await self.runtime.stop(row.id, self.values["wrapper_stop_grace"])
+            await self.runtime.stop(
+                row.id, self.values["wrapper_stop_grace"], asked=entry.asked_to_exit
+            )
+        entry.asked_to_exit = False
         if entry.core.state != "starting" or row.id not in self.sessions:
             # The machine moved on (failed, stopping) while the old wrapper was being stopped:
             # this start is void, and accounted for as if its wrapper had come and gone.
@@ -357,10 +365,11 @@ class ControlHost:
 
     async def _stop_wrapper(self, session_id: str) -> None:
         assert self.runtime is not None
-        if self.runtime.running(session_id):
-            await self.runtime.stop(session_id, self.values["wrapper_stop_grace"])
-            return
         entry = self.sessions.get(session_id)
+        if self.runtime.running(session_id):
+            asked = entry is not None and entry.asked_to_exit
+            await self.runtime.stop(session_id, self.values["wrapper_stop_grace"], asked=asked)
+            return
         if entry is not None and entry.core.state == "stopping":
             # Nothing of ours runs (e.g. a wrapper left by a previous control plane that is not
             # connected): the stop is complete as far as this host can tell.

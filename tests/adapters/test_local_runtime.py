@@ -40,6 +40,11 @@ elif mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 elif mode == "spawner":  # leaves a grandchild in its process group
     print("grandchild", subprocess.Popen(["sleep", "60"]).pid, flush=True)
+elif mode == "leaving":  # told to go over its socket: leaves on its own soon; SIGTERM says 15
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(15))
+    print("ready", flush=True)
+    time.sleep(0.5)
+    sys.exit(0)
 print("ready", flush=True)
 while True:
     time.sleep(1)
@@ -199,6 +204,18 @@ async def test_stop_sends_sigterm_and_reports_the_exit_before_returning(tmp_path
         assert time.monotonic() - started < 2.0  # without waiting for the grace
         assert exits.calls == [("s1", 0)]
         assert not rt.running("s1") and not alive(pid)
+
+
+@pytest.mark.parametrize(("asked", "code"), [(True, 0), (False, 15)])
+async def test_a_wrapper_already_asked_to_exit_gets_the_grace_before_any_signal(
+    tmp_path: Path, asked: bool, code: int
+) -> None:
+    exits = Exits()
+    async with runtime(tmp_path, exits) as rt:
+        await rt.start(spec(tmp_path, mode="leaving"))
+        await wait_ready(rt, "s1")
+        assert await rt.stop("s1", grace=5.0, asked=asked) == code
+        assert exits.calls == [("s1", code)]
 
 
 async def test_a_child_ignoring_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
