@@ -367,7 +367,8 @@ class ControlHost:
         assert self.runtime is not None
         entry = self.sessions.get(session_id)
         if self.runtime.running(session_id):
-            asked = entry is not None and entry.asked_to_exit
+            # In ``stopped`` the machine has already waited its stop grace for the release.
+            asked = entry is not None and entry.asked_to_exit and entry.core.state != "stopped"
             await self.runtime.stop(session_id, self.values["wrapper_stop_grace"], asked=asked)
             return
         if entry is not None and entry.core.state == "stopping":
