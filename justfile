@@ -33,8 +33,8 @@ test: setup lint types
 
 # ruff over everything.
 lint:
-    {{venv}}/bin/ruff check fsm adapters tests
-    {{venv}}/bin/ruff format --check fsm adapters tests
+    {{venv}}/bin/ruff check fsm adapters tests bench
+    {{venv}}/bin/ruff format --check fsm adapters tests bench
 
 # mypy --strict over the shipped packages.
 types:
@@ -43,3 +43,8 @@ types:
 # Regenerate diagrams/ from the machine declarations.
 graph: setup
     {{venv}}/bin/fsm-agent graph
+
+# Every benchmark (engine, simulator, relay, control plane, detection): one table, bench/results.{json,md}.
+bench *args: setup
+    {{py}} -m pip install -q --disable-pip-version-check -e '.[bench]'
+    {{py}} -m bench.run {{args}}
