@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import msgspec
@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from fsm.control.host import ControlHost, SessionEntry
 from fsm.httpjson import HTTPProblem, check_bearer, decode_body, json_response
 from fsm.protocol import Frame, Shutdown, decode_from_wrapper, encode
+from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody
 from fsm.session_core import LogEntry
 
 
@@ -31,29 +32,6 @@ class CreateSessionBody(msgspec.Struct, forbid_unknown_fields=True):
     workdir: str | None = None
     wrapper_version: str | None = None
     """Version the first wrapper announces (for exercising version pinning)."""
-
-
-class MessageBody(msgspec.Struct, forbid_unknown_fields=True):
-    prompt: str
-    model: str | None = None
-    variant: str | None = None
-    agent: str | None = None
-    auto_commit: bool = False
-    message_id: str | None = None
-
-
-class AbortBody(msgspec.Struct, forbid_unknown_fields=True):
-    message_id: str | None = None
-
-
-class PermissionBody(msgspec.Struct, forbid_unknown_fields=True):
-    reply: Literal["once", "always", "reject"]
-    message: str | None = None
-
-
-class QuestionBody(msgspec.Struct, forbid_unknown_fields=True):
-    answers: list[list[str]] | None = None
-    reject: bool = False
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -103,7 +81,7 @@ def build_app(host: ControlHost) -> Starlette:
 
     async def send_message(request: Request) -> Response:
         entry = entry_of(request)
-        body = await decode_body(request, MessageBody)
+        body = await decode_body(request, PromptBody)
         if not body.prompt.strip():
             raise HTTPProblem(400, "prompt must not be empty", "prompt")
         if body.model is not None and "/" not in body.model:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
-import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,31 +20,8 @@ from starlette.routing import Route
 
 from fsm.httpjson import HTTPProblem, check_bearer, decode_body, json_response
 from fsm.protocol import PermissionCommand, PromptCommand, QuestionCommand
+from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody
 from fsm.wrapper_core import Unavailable, UnknownMessage, WrapperCore
-
-
-class PromptBody(msgspec.Struct, forbid_unknown_fields=True):
-    prompt: str
-    model: str | None = None
-    variant: str | None = None
-    agent: str | None = None
-    auto_commit: bool = False
-    message_id: str | None = None
-
-
-class AbortBody(msgspec.Struct, forbid_unknown_fields=True):
-    message_id: str | None = None
-
-
-class PermissionBody(msgspec.Struct, forbid_unknown_fields=True):
-    reply: Literal["once", "always", "reject"]
-    message: str | None = None
-
-
-class QuestionBody(msgspec.Struct, forbid_unknown_fields=True):
-    answers: list[list[str]] | None = None
-    reject: bool = False
-
 
 Handler = Callable[[Request], Awaitable[Response]]
 
