@@ -48,6 +48,7 @@ from fsm.engine import Record, Snapshot
 from fsm.logs import JsonLog, capture_stdlib
 from fsm.protocol import Ack, Frame, ReleaseCommand, Shutdown, Welcome
 from fsm.session_core import LogEntry, Message, SessionCore
+from fsm.tasks import start_guarded
 from fsm.timers import TimerValues
 from fsm.wrapper_core import Transmit
 
@@ -153,7 +154,7 @@ class ControlHost:
                 self._tg = tg
                 tg.start_soon(self.clock.run)
                 tg.start_soon(self._flush_loop)
-                tg.start_soon(self._guard, "API server", lambda: server.serve(sockets=[sock]))
+                start_guarded(tg, self.log, "API server", lambda: server.serve(sockets=[sock]))
                 self._load_sessions()
                 self.log.info(
                     "control plane listening",
@@ -176,17 +177,8 @@ class ControlHost:
     def request_stop(self) -> None:
         self.stop_requested.set()
 
-    async def _guard(self, what: str, work: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            await work()
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
-            self.log.error(f"{what} failed", error=f"{type(exc).__name__}: {exc}")
-
     def _start(self, what: str, work: Callable[[], Awaitable[Any]]) -> None:
-        assert self._tg is not None
-        self._tg.start_soon(self._guard, what, work)
+        start_guarded(self._tg, self.log, what, work)
 
     # -- sessions -------------------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ from fsm.protocol import WRAPPER_VERSION, ControlFrame, PromptCommand
 from fsm.serve.auto_commit import auto_commit
 from fsm.serve.job_api import build_app
 from fsm.serve.settings import ServeSettings
+from fsm.tasks import start_guarded
 from fsm.timers import TimerValues
 from fsm.wrapper_core import AgentCall, Identity, PromptAgent, Transmit, WrapperCore
 
@@ -131,7 +132,7 @@ class WrapperHost:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self.clock.run)
-            tg.start_soon(self._guard, "job API", lambda: server.serve(sockets=[sock]))
+            start_guarded(tg, self.log, "job API", lambda: server.serve(sockets=[sock]))
             tg.start_soon(self._signals)
             self.log.info(
                 "job API listening",
@@ -167,18 +168,8 @@ class WrapperHost:
                     if self.core.wrapper.terminal:
                         self.done.set()
 
-    async def _guard(self, what: str, work: Callable[[], Awaitable[Any]]) -> None:
-        """Run ``work``; log any exception instead of letting it tear the wrapper down."""
-        try:
-            await work()
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
-            self.log.error(f"{what} failed", error=f"{type(exc).__name__}: {exc}")
-
     def _start(self, what: str, work: Callable[[], Awaitable[Any]]) -> None:
-        assert self._tg is not None
-        self._tg.start_soon(self._guard, what, work)
+        start_guarded(self._tg, self.log, what, work)
 
     def _on_record(self, record: Record) -> None:
         self.log.record(record)
