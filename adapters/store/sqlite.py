@@ -35,9 +35,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+if TYPE_CHECKING:
+    from fsm.session_core import Message
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -124,6 +127,20 @@ class MessageRow(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: float | None = None
     options: bytes = b"{}"
     """JSON object of the per-execution settings (model, variant, …)."""
+
+    @classmethod
+    def of(cls, message: Message) -> MessageRow:
+        """The row that stores a session machine's message as it is now."""
+        return cls(
+            id=message.id,
+            prompt=message.prompt,
+            state=message.state,
+            reason=message.reason,
+            error=message.error,
+            created_at=message.created_at,
+            finished_at=message.finished_at,
+            options=msgspec.json.encode(message.options),
+        )
 
 
 class EventRow(msgspec.Struct, frozen=True):

@@ -479,16 +479,7 @@ class ControlHost:
             m = core.messages[mid]
             store.save_message(
                 sid,
-                MessageRow(
-                    id=m.id,
-                    prompt=m.prompt,
-                    state=m.state,
-                    reason=m.reason,
-                    error=m.error,
-                    created_at=m.created_at,
-                    finished_at=m.finished_at,
-                    options=msgspec.json.encode(m.options),
-                ),
+                MessageRow.of(m),
             )
         entry.dirty_messages.clear()
         if entry.snapshot_due or events:

@@ -176,16 +176,7 @@ class SimControl:
             m = self.core.messages[str(entry.data["id"])]
             self.store.save_message(
                 sid,
-                MessageRow(
-                    id=m.id,
-                    prompt=m.prompt,
-                    state=m.state,
-                    reason=m.reason,
-                    error=m.error,
-                    created_at=m.created_at,
-                    finished_at=m.finished_at,
-                    options=msgspec.json.encode(m.options),
-                ),
+                MessageRow.of(m),
             )
         elif entry.kind == "transition":
             self.store.save_session(
