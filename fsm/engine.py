@@ -7,9 +7,13 @@ engine never reads a clock) and gets back a list of typed effects, among them ``
 ``CancelTimer`` for the caller's clock. Nothing here opens a socket, starts a process or sleeps, so
 the same object runs under ``fsm-agent serve``, in the simulator and in the exhaustive explorer.
 
-State bookkeeping is delegated to a synchronous ``transitions.Machine`` (the declaration is
-compiled into it once per instance, guards and budgets become its conditions). Around it the
-engine adds what ``transitions`` does not have:
+State bookkeeping is delegated to a synchronous ``transitions.Machine``: the declaration is
+compiled into one once per declaration (``_Compiled``), guards and budgets become its conditions,
+and every instance is a model of that shared machine (``transitions`` keeps a model's state on
+the model, so one compiled machine serves them all). The tables the engine needs per event
+(terminal states, which triggers leave which states, each timer's span, what entering a state
+arms) are computed there too, once, not per instance or per event. Around it the engine adds
+what ``transitions`` does not have:
 
 * timers of three kinds, each armed with a fresh generation token; an expiry whose token is not
   the armed one was cancelled or re-armed since and is dropped, never fired;
@@ -24,15 +28,16 @@ engine adds what ``transitions`` does not have:
 from __future__ import annotations
 
 import random
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Literal
 
 import msgspec
-from transitions import EventData, Machine
+from transitions import Machine
 
 from fsm.effects import ArmTimer, CancelTimer, Effect
 from fsm.events import Event, TimerFired
-from fsm.model import MachineDef, Timer, TimerKind, Transition
+from fsm.model import MachineDef, State, Timer, TimerKind, Transition
 from fsm.spec import Ctx, MachineSpec
 from fsm.timers import TimerValues
 from fsm.validate import timer_span
@@ -76,10 +81,120 @@ class Snapshot(msgspec.Struct, frozen=True):
     next_token: int
 
 
-class _Model:
-    """The object ``transitions`` mutates; holds nothing but ``state``."""
+class _Entry:
+    """What entering one state does, worked out once per declaration."""
 
-    state: str
+    __slots__ = ("on_enter", "resets", "silences", "state", "timers")
+
+    def __init__(self, d: MachineDef, state: State) -> None:
+        self.state = state
+        self.on_enter = state.on_enter
+        self.resets = tuple(b.name for b in d.backoffs if state.name in b.resets_in)
+        """Backoffs whose attempt count entering this state resets."""
+        self.timers = state.timers
+        self.silences = tuple(
+            (timer, timer_span(declaring.name, timer))
+            for declaring, timer in d.timers()
+            if timer.kind is TimerKind.SILENCE
+            and declaring.name != state.name
+            and state.name in timer.span
+        )
+        """Silence timers declared elsewhere whose span holds this state (and their spans)."""
+
+
+class _Compiled:
+    """One declaration compiled for the engine: shared by every instance of it.
+
+    A ``transitions.Machine`` per instance cost ~60 KiB and the compile time of every transition
+    each time a turn or link machine was created; the machine carries no per-instance state (the
+    model does), so one per declaration serves them all. Its conditions and ``before`` callbacks
+    reach the instance through ``EventData.model``, which is the ``StateMachine`` itself.
+    """
+
+    def __init__(self, spec: MachineSpec[Any]) -> None:
+        d = spec.definition
+        self.spec_ref = weakref.ref(spec)
+        self.states = {state.name: state for state in d.states}
+        self.terminal = frozenset(state.name for state in d.states if state.terminal)
+        self.timers: dict[str, tuple[str, Timer, frozenset[str]]] = {
+            t.name: (s.name, t, timer_span(s.name, t)) for s, t in d.timers()
+        }
+        """Timer name: (declaring state, timer, the states it lives in)."""
+        self.rearm_triggers = frozenset(
+            trigger for _, timer, _ in self.timers.values() for trigger in timer.rearmed_by
+        )
+        self.entries = {state.name: _Entry(d, state) for state in d.states}
+        machine = Machine(
+            model=None,
+            states=list(d.state_names),
+            initial=d.initial,
+            auto_transitions=False,
+            send_event=True,
+            ignore_invalid_triggers=True,
+            model_attribute="_state",
+        )
+        for t in d.transitions:
+            conditions: list[str | Callable[..., bool | None]] = []
+            if t.guard is not None:
+                conditions.append(_guard_condition(spec.guards[t.guard]))
+            if t.consumes is not None:
+                conditions.append(_budget_condition(t.consumes))
+            machine.add_transition(
+                t.trigger,
+                list(d.sources(t)),
+                t.dest,
+                conditions=conditions,
+                before=_mark_fired(t),
+            )
+        self.machine = machine
+        self.events: dict[str, Any] = dict(machine.events)
+        self.handled: dict[str, frozenset[str]] = {
+            trigger: frozenset(source for source, ts in event.transitions.items() if ts)
+            for trigger, event in machine.events.items()
+        }
+        """Trigger: the states some transition for it leaves (guards aside)."""
+
+
+# ``transitions`` calls these with an ``EventData`` whose ``model`` is the ``StateMachine``
+# (typed ``Any`` here: its stubs say ``object``).
+
+
+def _guard_condition(guard: Callable[[Any, Event], bool]) -> Callable[[Any], bool]:
+    def check(ed: Any) -> bool:
+        machine = ed.model
+        return bool(guard(machine.context, machine._event))
+
+    return check
+
+
+def _budget_condition(name: str) -> Callable[[Any], bool]:
+    return lambda ed: bool(ed.model.budget_remaining(name) > 0)
+
+
+def _mark_fired(transition: Transition) -> Callable[[Any], None]:
+    def mark(ed: Any) -> None:
+        ed.model._fired = transition
+
+    return mark
+
+
+_COMPILED: dict[int, _Compiled] = {}
+
+
+def _compiled(spec: MachineSpec[Any]) -> _Compiled:
+    """The shared compilation of ``spec``, made on first use and dropped with the spec."""
+    key = id(spec)
+    found = _COMPILED.get(key)
+    if found is not None and found.spec_ref() is spec:
+        return found
+    found = _Compiled(spec)
+    _COMPILED[key] = found
+    weakref.finalize(spec, _COMPILED.pop, key, None)
+    return found
+
+
+_NO_EVENT = Event("")
+_NO_TIMERS: frozenset[str] = frozenset()
 
 
 class StateMachine(Generic[Ctx]):
@@ -102,7 +217,7 @@ class StateMachine(Generic[Ctx]):
         self.values = values if values is not None else spec.table.defaults()
         self.machine_id = machine_id or spec.name
         self.context: Ctx = context if context is not None else spec.context()
-        self.rng = rng or random.Random(0)
+        self._rng = rng
         self.history: list[Record] = []
         self._history_limit = history_limit
         self._on_record = on_record
@@ -112,64 +227,36 @@ class StateMachine(Generic[Ctx]):
         self._next_token = 1
         self._now = 0.0
         self._started = False
-        self._event: Event = Event("")
+        self._event: Event = _NO_EVENT
         self._fired: Transition | None = None
         self._expired: str | None = None
-        self._timer_decl: dict[str, tuple[str, Timer]] = {
-            t.name: (s.name, t) for s, t in self.definition.timers()
-        }
-        self._model = _Model()
-        self._machine = self._compile(initial or self.definition.initial)
+        self._compiled = _compiled(spec)
+        state = initial or self.definition.initial
+        if state not in self._compiled.states:
+            raise ValueError(f"machine {spec.name!r} has no state {state!r}")
+        self._state = state
+        """The current state; ``transitions`` sets it (``model_attribute``)."""
 
-    # -- compilation into transitions.Machine ------------------------------------------------
+    @property
+    def rng(self) -> random.Random:
+        """Jitter's random numbers; made on first use (most machines have no jitter)."""
+        if self._rng is None:
+            self._rng = random.Random(0)
+        return self._rng
 
-    def _compile(self, initial: str) -> Machine:
-        d = self.definition
-        machine = Machine(
-            model=self._model,
-            states=list(d.state_names),
-            initial=initial,
-            auto_transitions=False,
-            send_event=True,
-            ignore_invalid_triggers=True,
-        )
-        for t in d.transitions:
-            conditions: list[str | Callable[..., bool | None]] = []
-            if t.guard is not None:
-                conditions.append(self._guard_condition(t.guard))
-            if t.consumes is not None:
-                conditions.append(self._budget_condition(t.consumes))
-            machine.add_transition(
-                t.trigger,
-                list(d.sources(t)),
-                t.dest,
-                conditions=conditions,
-                before=self._mark_fired(t),
-            )
-        return machine
-
-    def _guard_condition(self, name: str) -> Callable[[EventData], bool]:
-        guard = self.spec.guards[name]
-        return lambda _ed: bool(guard(self.context, self._event))
-
-    def _budget_condition(self, name: str) -> Callable[[EventData], bool]:
-        return lambda _ed: self.budget_remaining(name) > 0
-
-    def _mark_fired(self, transition: Transition) -> Callable[[EventData], None]:
-        def mark(_ed: EventData) -> None:
-            self._fired = transition
-
-        return mark
+    @rng.setter
+    def rng(self, value: random.Random) -> None:
+        self._rng = value
 
     # -- public surface ------------------------------------------------------------------------
 
     @property
     def state(self) -> str:
-        return self._model.state
+        return self._state
 
     @property
     def terminal(self) -> bool:
-        return self.definition.state(self.state).terminal
+        return self._state in self._compiled.terminal
 
     def start(self, now: float) -> list[Effect]:
         """Enter the initial state: run its entry effects and arm its timers."""
@@ -180,11 +267,11 @@ class StateMachine(Generic[Ctx]):
         self._event = Event("start")
         effects: list[Effect] = []
         try:
-            names, _ = self._enter(self.state, effects)
+            names, _ = self._enter(self._state, effects)
         except Exception as exc:  # an entry effect raised: fail as declared, like any callback
-            self._record("start", "start", "", self.state)
-            return effects + self._fault(self._event, self.state, exc, in_fault=False)
-        self._record("start", "start", "", self.state, names)
+            self._record("start", "start", "", self._state)
+            return effects + self._fault(self._event, self._state, exc, in_fault=False)
+        self._record("start", "start", "", self._state, names)
         return effects
 
     def handle(self, event: Event | TimerFired, now: float) -> list[Effect]:
@@ -204,7 +291,7 @@ class StateMachine(Generic[Ctx]):
                 )
                 return []
             del self.timers[event.timer]
-            fires = self._timer_decl[event.timer][1].fires
+            fires = self._compiled.timers[event.timer][1].fires
             self._expired = event.timer
             try:
                 return self._dispatch(Event(fires, {"timer": event.timer}))
@@ -224,17 +311,17 @@ class StateMachine(Generic[Ctx]):
 
     def can_handle(self, trigger: str) -> bool:
         """Whether some transition for ``trigger`` leaves the current state (guards aside)."""
-        ev = self._machine.events.get(trigger)
-        return bool(ev and ev.transitions.get(self.state))
+        return self._state in self._compiled.handled.get(trigger, _NO_TIMERS)
 
     # -- dispatch ------------------------------------------------------------------------------
 
     def _dispatch(self, event: Event, *, in_fault: bool = False) -> list[Effect]:
-        source = self.state
-        if self.terminal:
+        source = self._state
+        compiled = self._compiled
+        if source in compiled.terminal:
             self._record("ignored", event.trigger, source, source, reason="machine is terminal")
             return []
-        if not self.can_handle(event.trigger):
+        if source not in compiled.handled.get(event.trigger, _NO_TIMERS):
             self._record(
                 "ignored",
                 event.trigger,
@@ -246,7 +333,7 @@ class StateMachine(Generic[Ctx]):
         self._event = event
         self._fired = None
         try:
-            self._machine.events[event.trigger].trigger(self._model, event)
+            compiled.events[event.trigger].trigger(self)
         except Exception as exc:  # a guard raised: the state has not changed
             return self._fault(event, source, exc, in_fault)
         fired = self._fired
@@ -274,15 +361,15 @@ class StateMachine(Generic[Ctx]):
                 self._run_effect(name, effects)
         except Exception as exc:
             self._transition_timers(source, fired, event, effects)
-            self._record("transition", event.trigger, source, self.state, tuple(names))
-            return effects + self._fault(event, self.state, exc, in_fault)
+            self._record("transition", event.trigger, source, self._state, tuple(names))
+            return effects + self._fault(event, self._state, exc, in_fault)
         try:
             names.extend(self._transition_timers(source, fired, event, effects))
         except Exception as exc:
-            self._record("transition", event.trigger, source, self.state, tuple(names))
-            return effects + self._fault(event, self.state, exc, in_fault)
+            self._record("transition", event.trigger, source, self._state, tuple(names))
+            return effects + self._fault(event, self._state, exc, in_fault)
         kind: RecordKind = "internal" if fired.dest is None else "transition"
-        self._record(kind, event.trigger, source, self.state, tuple(names))
+        self._record(kind, event.trigger, source, self._state, tuple(names))
         return effects
 
     def _run_effect(self, name: str, out: list[Effect]) -> None:
@@ -308,57 +395,59 @@ class StateMachine(Generic[Ctx]):
         self, source: str, fired: Transition, event: Event, out: list[Effect]
     ) -> list[str]:
         """Cancel, arm and re-arm timers for a transition that has been taken."""
-        dest = self.state
+        dest = self._state
+        compiled = self._compiled
         entered: list[str] = []
-        fresh: set[str] = set()
+        fresh: set[str] | frozenset[str] = _NO_TIMERS
         if fired.dest is not None:
             for name in list(self.timers):
-                declaring, timer = self._timer_decl[name]
-                if timer.kind is TimerKind.STATE or dest not in timer_span(declaring, timer):
+                _, timer, span = compiled.timers[name]
+                if timer.kind is TimerKind.STATE or dest not in span:
                     self._cancel(name, out)
             entered, fresh = self._enter(dest, out, source)
+        if event.trigger not in compiled.rearm_triggers:
+            return entered  # nothing this trigger could re-arm (most events)
         candidates = list(self.timers)
-        if self._expired is not None and self._expired not in self.timers:
-            declaring, timer = self._timer_decl[self._expired]
-            if dest in timer_span(declaring, timer):
-                candidates.append(self._expired)  # a periodic timer re-armed by its own expiry
+        expired = self._expired
+        if (
+            expired is not None
+            and expired not in self.timers
+            and dest in compiled.timers[expired][2]
+        ):
+            candidates.append(expired)  # a periodic timer re-armed by its own expiry
         for name in candidates:
-            timer = self._timer_decl[name][1]
+            timer = compiled.timers[name][1]
             if event.trigger in timer.rearmed_by and name not in fresh:
                 self._arm(timer, out)
         return entered
 
     def _enter(
         self, dest: str, out: list[Effect], source: str | None = None
-    ) -> tuple[list[str], set[str]]:
+    ) -> tuple[list[str], set[str] | frozenset[str]]:
         """Entry actions of ``dest``: backoff resets, entry effects, its timers.
 
         ``source`` is the state left (``None`` for ``start()``): a silence timer is armed on
         entering its span from outside, through any state of the span, not only its declaring
         one (a session back from ``stale`` into ``running`` must watch heartbeats again).
         """
-        for backoff in self.definition.backoffs:
-            if dest in backoff.resets_in:
-                self.backoff_attempts[backoff.name] = 0
-        state = self.definition.state(dest)
-        for name in state.on_enter:
+        entry = self._compiled.entries[dest]
+        for name in entry.resets:
+            self.backoff_attempts[name] = 0
+        for name in entry.on_enter:
             self._run_effect(name, out)
+        if not entry.timers and not entry.silences:
+            return list(entry.on_enter), _NO_TIMERS
         fresh: set[str] = set()
-        for timer in state.timers:
-            if timer.kind is TimerKind.STATE or timer.name not in self.timers:
+        timers = self.timers
+        for timer in entry.timers:
+            if timer.kind is TimerKind.STATE or timer.name not in timers:
                 self._arm(timer, out)
                 fresh.add(timer.name)
-        for declaring, timer in self._timer_decl.values():
-            if (
-                timer.kind is TimerKind.SILENCE
-                and declaring != dest
-                and dest in timer.span
-                and timer.name not in self.timers
-                and (source is None or source not in timer_span(declaring, timer))
-            ):
+        for timer, span in entry.silences:
+            if timer.name not in timers and (source is None or source not in span):
                 self._arm(timer, out)
                 fresh.add(timer.name)
-        return list(state.on_enter), fresh
+        return list(entry.on_enter), fresh
 
     def _arm(self, timer: Timer, out: list[Effect]) -> None:
         old = self.timers.get(timer.name)
@@ -405,20 +494,22 @@ class StateMachine(Generic[Ctx]):
         reason: str = "",
     ) -> None:
         rec = Record(
-            timer=self._expired or "",
-            at=self._now,
-            machine=self.definition.name,
-            machine_id=self.machine_id,
-            kind=kind,
-            trigger=trigger,
-            source=source,
-            dest=dest,
-            effects=tuple(effects),
-            reason=reason,
+            self._now,
+            self.definition.name,
+            self.machine_id,
+            kind,
+            trigger,
+            source,
+            dest,
+            tuple(effects),
+            reason,
+            self._expired or "",
         )
-        self.history.append(rec)
-        if self._history_limit is not None and len(self.history) > self._history_limit:
-            del self.history[: len(self.history) - self._history_limit]
+        history = self.history
+        history.append(rec)
+        limit = self._history_limit
+        if limit is not None and len(history) > limit:
+            del history[: len(history) - limit]
         if self._on_record is not None:
             self._on_record(rec)
 
