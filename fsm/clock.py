@@ -30,13 +30,10 @@ class Clock(Protocol):
 
 
 class _Scheduled:
-    __slots__ = ("callback", "cancelled", "deadline", "queue", "seq")
+    __slots__ = ("callback", "cancelled", "deadline", "queue")
 
-    def __init__(
-        self, deadline: float, seq: int, callback: Callable[[], None], queue: _TimerQueue
-    ) -> None:
+    def __init__(self, deadline: float, callback: Callable[[], None], queue: _TimerQueue) -> None:
         self.deadline = deadline
-        self.seq = seq
         self.callback = callback
         self.cancelled = False
         self.queue: _TimerQueue | None = queue
@@ -50,9 +47,6 @@ class _Scheduled:
         if self.queue is not None:
             self.queue._cancelled_one()
 
-    def __lt__(self, other: _Scheduled) -> bool:
-        return (self.deadline, self.seq) < (other.deadline, other.seq)
-
 
 def _never() -> None:  # pragma: no cover - a cancelled item is never run
     raise AssertionError("a cancelled timer ran")
@@ -60,6 +54,10 @@ def _never() -> None:  # pragma: no cover - a cancelled item is never run
 
 class _TimerQueue:
     """A heap of callbacks ordered by (deadline, scheduling order): deterministic ties.
+
+    Heap entries are ``(deadline, seq, item)`` tuples: ``seq`` is unique, so the heap compares
+    floats and ints in C and never reaches the item (an item with its own ``__lt__`` made the
+    comparisons the simulator's largest single cost).
 
     Cancelling only marks an item; marked items leave the heap when they reach its top. A timer
     re-armed by every event (a silence window) would otherwise fill the heap with dead items for
@@ -69,33 +67,34 @@ class _TimerQueue:
     _COMPACT_MIN = 256
 
     def __init__(self) -> None:
-        self._heap: list[_Scheduled] = []
+        self._heap: list[tuple[float, int, _Scheduled]] = []
         self._seq = itertools.count()
         self._dead = 0
 
     def push(self, deadline: float, callback: Callable[[], None]) -> _Scheduled:
-        item = _Scheduled(deadline, next(self._seq), callback, self)
-        heapq.heappush(self._heap, item)
+        item = _Scheduled(deadline, callback, self)
+        heapq.heappush(self._heap, (deadline, next(self._seq), item))
         return item
 
     def _cancelled_one(self) -> None:
         self._dead += 1
         if self._dead >= self._COMPACT_MIN and self._dead * 2 > len(self._heap):
-            self._heap = [item for item in self._heap if not item.cancelled]
+            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
             heapq.heapify(self._heap)
             self._dead = 0
 
     def _pop(self) -> _Scheduled:
-        item = heapq.heappop(self._heap)
+        item = heapq.heappop(self._heap)[2]
         item.queue = None
         if item.cancelled:
             self._dead -= 1
         return item
 
     def next_deadline(self) -> float | None:
-        while self._heap and self._heap[0].cancelled:
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
             self._pop()
-        return self._heap[0].deadline if self._heap else None
+        return heap[0][0] if heap else None
 
     def pop_due(self, now: float) -> _Scheduled | None:
         deadline = self.next_deadline()
