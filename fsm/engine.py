@@ -102,6 +102,10 @@ class _Entry:
         """Silence timers declared elsewhere whose span holds this state (and their spans)."""
 
 
+_Candidate = tuple[Transition, Callable[[Any, Event], bool] | None, str | None]
+"""A transition with its guard function and the budget it consumes, in declaration order."""
+
+
 class _Compiled:
     """One declaration compiled for the engine: shared by every instance of it.
 
@@ -153,6 +157,16 @@ class _Compiled:
             for trigger, event in machine.events.items()
         }
         """Trigger: the states some transition for it leaves (guards aside)."""
+        self.internal: dict[str, dict[str, tuple[_Candidate, ...]]] = {}
+        """Trigger: state: its candidates, where every one is internal (changes no state)."""
+        candidates: dict[tuple[str, str], list[_Candidate]] = {}
+        for t in d.transitions:
+            guard = spec.guards[t.guard] if t.guard is not None else None
+            for source in d.sources(t):
+                candidates.setdefault((t.trigger, source), []).append((t, guard, t.consumes))
+        for (trigger, source), found in candidates.items():
+            if all(t.dest is None for t, _, _ in found):
+                self.internal.setdefault(trigger, {})[source] = tuple(found)
 
 
 # ``transitions`` calls these with an ``EventData`` whose ``model`` is the ``StateMachine``
@@ -332,8 +346,13 @@ class StateMachine(Generic[Ctx]):
             return []
         self._event = event
         self._fired = None
+        internal = compiled.internal.get(event.trigger)
+        direct = internal.get(source) if internal is not None else None
         try:
-            compiled.events[event.trigger].trigger(self)
+            if direct is None:
+                compiled.events[event.trigger].trigger(self)
+            else:
+                self._take_internal(direct, event)
         except Exception as exc:  # a guard raised: the state has not changed
             return self._fault(event, source, exc, in_fault)
         fired = self._fired
@@ -371,6 +390,21 @@ class StateMachine(Generic[Ctx]):
         kind: RecordKind = "internal" if fired.dest is None else "transition"
         self._record(kind, event.trigger, source, self._state, tuple(names))
         return effects
+
+    def _take_internal(self, candidates: tuple[_Candidate, ...], event: Event) -> None:
+        """Choose among internal transitions as ``transitions`` would, without its machinery.
+
+        Heartbeats, stream events and progress (nine events in ten) are internal transitions:
+        they change no state, so ``transitions`` has nothing to do for them but evaluate their
+        conditions in order and take the first whose conditions hold, which is all this does.
+        Every state change still goes through ``transitions``."""
+        for transition, guard, budget in candidates:
+            if guard is not None and not guard(self.context, event):
+                continue
+            if budget is not None and not self.budget_remaining(budget) > 0:
+                continue
+            self._fired = transition
+            return
 
     def _run_effect(self, name: str, out: list[Effect]) -> None:
         produced = self.spec.effects[name](self.context, self._event)
