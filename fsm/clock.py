@@ -79,7 +79,8 @@ class _TimerQueue:
     def _cancelled_one(self) -> None:
         self._dead += 1
         if self._dead >= self._COMPACT_MIN and self._dead * 2 > len(self._heap):
-            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+            # in place: ``VirtualClock.advance`` holds the list while callbacks cancel timers
+            self._heap[:] = [entry for entry in self._heap if not entry[2].cancelled]
             heapq.heapify(self._heap)
             self._dead = 0
 
@@ -118,7 +119,7 @@ class VirtualClock:
         return self._now
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> TimerHandle:
-        return self._queue.push(max(deadline, self._now), callback)
+        return self._queue.push(deadline if deadline > self._now else self._now, callback)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         return self.call_at(self._now + delay, callback)
@@ -134,8 +135,19 @@ class VirtualClock:
         if to < self._now:
             raise ValueError(f"virtual time cannot go back from {self._now} to {to}")
         ran = 0
-        while (item := self._queue.pop_due(to)) is not None:
-            self._now = item.deadline
+        queue = self._queue
+        heap = queue._heap  # the hot loop of every simulation: the queue's pop_due, inlined
+        pop = heapq.heappop
+        while heap:
+            deadline, _, item = heap[0]
+            if item.cancelled:
+                queue._pop()
+                continue
+            if deadline > to:
+                break
+            pop(heap)
+            item.queue = None
+            self._now = deadline
             item.callback()
             ran += 1
         self._now = to
