@@ -61,7 +61,8 @@ def schedule(rng: random.Random, sessions: int, duration: float) -> list[Action]
             if rng.random() < 0.1:
                 fault = rng.choice(["agent.crash", "agent.hang", "ingest.drop"])
                 when = at + rng.uniform(1, 60)
-                actions.append(Action(at=when, do=fault, session=sid, duration=30.0))
+                if when < duration:  # past the end it would never happen (and time can't go back)
+                    actions.append(Action(at=when, do=fault, session=sid, duration=30.0))
             at += rng.uniform(120, 900)
     return sorted(actions, key=lambda a: a.at)
 

@@ -76,8 +76,8 @@ class _Pending:
 def _describe(callback: Callable[[], None]) -> tuple[str, bool]:
     """(label, is a machine timer) for a scheduled callback, looking through ``SimProcess``."""
     inner: Any = callback
-    while "sim_inner" in getattr(inner, "__dict__", {}):
-        inner = inner.__dict__["sim_inner"]
+    while (nested := getattr(inner, "sim_inner", None)) is not None:
+        inner = nested
     for cell in getattr(inner, "__closure__", None) or ():
         try:
             value = cell.cell_contents

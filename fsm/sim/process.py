@@ -31,19 +31,39 @@ class Scheduler(Protocol):
 
 
 class _Handle:
-    __slots__ = ("cancelled", "inner", "owner")
+    """A process's timer: the scheduler runs the handle itself, which delivers ``sim_inner``.
 
-    def __init__(self, owner: SimProcess) -> None:
+    Being the scheduled callback (not a closure over the handle, which the handle's scheduler
+    entry held in turn) the handle leaves no reference cycle once it has run or been cancelled:
+    cycles of these were most of the simulator's garbage, and collecting them cost as much as
+    the simulation itself at 1,000 sessions."""
+
+    __slots__ = ("cancelled", "inner", "owner", "sim_inner")
+
+    def __init__(self, owner: SimProcess, callback: Callable[[], None]) -> None:
         self.owner = owner
+        self.sim_inner: Callable[[], None] | None = callback
+        """What the process runs when the timer is due (the explorer reads it to label it)."""
         self.cancelled = False
         self.inner: TimerHandle | None = None
 
     def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
+            self.sim_inner = None
             self.owner._live.pop(id(self), None)
             if self.inner is not None:
                 self.inner.cancel()
+                self.inner = None
+
+    def __call__(self) -> None:
+        callback = self.sim_inner
+        if self.cancelled or callback is None:
+            return
+        self.inner = None
+        self.sim_inner = None
+        self.owner._live.pop(id(self), None)
+        self.owner.deliver(callback)
 
 
 class SimProcess:
@@ -67,20 +87,13 @@ class SimProcess:
         return self.scheduler.now()
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> TimerHandle:
-        handle = _Handle(self)
+        handle = _Handle(self, callback)
         if self.state == "dead":
             handle.cancelled = True
+            handle.sim_inner = None
             return handle
-
-        def due() -> None:
-            if handle.cancelled:
-                return
-            self._live.pop(id(handle), None)
-            self.deliver(callback)
-
-        due.__dict__["sim_inner"] = callback  # lets the explorer say what a pending call is
         self._live[id(handle)] = handle
-        handle.inner = self.scheduler.call_at(deadline, due)
+        handle.inner = self.scheduler.call_at(deadline, handle)
         return handle
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
