@@ -45,8 +45,13 @@ from fsm.validate import timer_span
 RecordKind = Literal["start", "transition", "internal", "ignored", "timer_dropped", "fault"]
 
 
-class Record(msgspec.Struct, frozen=True):
-    """One line of a machine's history: a transition taken, or an event not taken and why."""
+class Record(msgspec.Struct, frozen=True, gc=False):
+    """One line of a machine's history: a transition taken, or an event not taken and why.
+
+    ``gc=False``: a record holds only strings and numbers, so it can be in no reference cycle
+    and the cyclic collector need not track it; a simulated world holds hundreds of thousands
+    of them, and tracking them made every full collection walk them all.
+    """
 
     at: float
     machine: str
@@ -61,7 +66,7 @@ class Record(msgspec.Struct, frozen=True):
     """The timer whose expiry caused this record, if any."""
 
 
-class ArmedTimer(msgspec.Struct):
+class ArmedTimer(msgspec.Struct, gc=False):  # strings and numbers only, like Record
     name: str
     deadline: float
     token: int
@@ -207,6 +212,11 @@ def _compiled(spec: MachineSpec[Any]) -> _Compiled:
     return found
 
 
+HISTORY_LIMIT = 256
+"""Records an instance keeps by default (``history_limit=None`` keeps all). The history is for
+people and tests; timelines and logs take every record through ``on_record``. Unbounded, a
+session machine kept one record per heartbeat for as long as the session lived."""
+
 _NO_EVENT = Event("")
 _NO_TIMERS: frozenset[str] = frozenset()
 
@@ -222,7 +232,7 @@ class StateMachine(Generic[Ctx]):
         machine_id: str | None = None,
         context: Ctx | None = None,
         rng: random.Random | None = None,
-        history_limit: int | None = None,
+        history_limit: int | None = HISTORY_LIMIT,
         on_record: Callable[[Record], None] | None = None,
         initial: str | None = None,
     ) -> None:
