@@ -96,8 +96,7 @@ class Printer:
                 f"kilo event  {kind_} {str(detail)[:60]!r}" if detail else f"kilo event  {kind_}",
             )
         elif kind == "message":
-            extra = f" ({data.get('reason')})" if data.get("reason") else ""
-            self.line(kind, f"message     {data['id']} is {data['state']}{extra}")
+            self.line(kind, f"message     {data['id']} is {_state_with_reason(data)}")
         elif kind == "outcome":
             self.line(
                 kind,
@@ -268,7 +267,7 @@ async def _drive(
             tg.cancel_scope.cancel()
     state = final.get("state", "no outcome")
     print("\nsummary", flush=True)
-    print(f"  message   {message_id}: {state} {final.get('reason', '')}")
+    print(f"  message   {message_id}: {_state_with_reason(final) if final else state}")
     print(
         f"  timeline  {sum(out.counts.values())} entries: "
         + ", ".join(f"{k} {v}" for k, v in sorted(out.counts.items()))
@@ -282,3 +281,9 @@ async def _drive(
         )
         return 1
     return 0
+
+
+def _state_with_reason(message: dict[str, Any]) -> str:
+    """``failed (no_progress)``; a reason that only repeats the state (completed) is left out."""
+    state, reason = str(message.get("state", "")), message.get("reason")
+    return f"{state} ({reason})" if reason and reason != state else state
