@@ -44,8 +44,11 @@ class _Scheduled:
             return
         self.cancelled = True
         self.callback = _never  # what it held (closures, effects) is freed now, not at expiry
-        if self.queue is not None:
-            self.queue._cancelled_one()
+        queue = self.queue
+        if queue is not None:
+            queue._dead += 1
+            if queue._dead >= queue._COMPACT_MIN and queue._dead * 2 > len(queue._heap):
+                queue._compact()
 
 
 def _never() -> None:  # pragma: no cover - a cancelled item is never run
@@ -76,13 +79,12 @@ class _TimerQueue:
         heapq.heappush(self._heap, (deadline, next(self._seq), item))
         return item
 
-    def _cancelled_one(self) -> None:
-        self._dead += 1
-        if self._dead >= self._COMPACT_MIN and self._dead * 2 > len(self._heap):
-            # in place: ``VirtualClock.advance`` holds the list while callbacks cancel timers
-            self._heap[:] = [entry for entry in self._heap if not entry[2].cancelled]
-            heapq.heapify(self._heap)
-            self._dead = 0
+    def _compact(self) -> None:
+        """Drop the dead items (``_Scheduled.cancel`` calls it when they are most of the heap)."""
+        # in place: ``VirtualClock.advance`` holds the list while callbacks cancel timers
+        self._heap[:] = [entry for entry in self._heap if not entry[2].cancelled]
+        heapq.heapify(self._heap)
+        self._dead = 0
 
     def _pop(self) -> _Scheduled:
         item = heapq.heappop(self._heap)[2]

@@ -383,22 +383,25 @@ class StateMachine(Generic[Ctx]):
         if fired.consumes is not None:
             self.budget_uses[fired.consumes].append(self._now)
         effects: list[Effect] = []
-        names: list[str] = []
+        names = fired.effects
+        ran = 0
         try:
-            for name in fired.effects:
-                names.append(name)
+            for name in names:
+                ran += 1
                 self._run_effect(name, effects)
         except Exception as exc:
             self._transition_timers(source, fired, event, effects)
-            self._record("transition", event.trigger, source, self._state, tuple(names))
+            self._record("transition", event.trigger, source, self._state, names[:ran])
             return effects + self._fault(event, self._state, exc, in_fault)
         try:
-            names.extend(self._transition_timers(source, fired, event, effects))
+            entered = self._transition_timers(source, fired, event, effects)
         except Exception as exc:
-            self._record("transition", event.trigger, source, self._state, tuple(names))
+            self._record("transition", event.trigger, source, self._state, names)
             return effects + self._fault(event, self._state, exc, in_fault)
+        if entered:
+            names = (*names, *entered)
         kind: RecordKind = "internal" if fired.dest is None else "transition"
-        self._record(kind, event.trigger, source, self._state, tuple(names))
+        self._record(kind, event.trigger, source, self._state, names)
         return effects
 
     def _take_internal(self, candidates: tuple[_Candidate, ...], event: Event) -> None:
@@ -494,14 +497,16 @@ class StateMachine(Generic[Ctx]):
         return list(entry.on_enter), fresh
 
     def _arm(self, timer: Timer, out: list[Effect]) -> None:
-        old = self.timers.get(timer.name)
+        name = timer.name
+        old = self.timers.get(name)
         if old is not None:
-            out.append(CancelTimer(self.machine_id, timer.name, old.token))
-        delay = self._delay(timer)
+            out.append(CancelTimer(self.machine_id, name, old.token))
+        delay = self.values[timer.after] if timer.after is not None else self._delay(timer)
         token = self._next_token
-        self._next_token += 1
-        self.timers[timer.name] = ArmedTimer(timer.name, self._now + delay, token)
-        out.append(ArmTimer(self.machine_id, timer.name, token, self._now + delay, delay))
+        self._next_token = token + 1
+        deadline = self._now + delay
+        self.timers[name] = ArmedTimer(name, deadline, token)
+        out.append(ArmTimer(self.machine_id, name, token, deadline, delay))
 
     def _cancel(self, name: str, out: list[Effect]) -> None:
         armed = self.timers.pop(name)
