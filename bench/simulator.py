@@ -27,7 +27,7 @@ SPANS: tuple[tuple[int, float, int], ...] = (
     # sessions, simulated hours, runs
     (1, 2.0, 5),
     (100, 2.0, 3),
-    (1000, 0.5, 2),
+    (1000, 1 / 3, 2),
 )
 
 
@@ -52,7 +52,7 @@ def run() -> list[Figure]:
         value = median(speeds)
         wall = median([r["wall"] for r in results])
         callbacks = int(results[0]["callbacks"])
-        span = f"{hours:g} h" if hours >= 1 else f"{hours * 60:g} min"
+        span = f"{hours:g} h" if hours >= 1 else f"{hours * 60:.0f} min"
         figures.append(
             Figure(
                 "simulator",
