@@ -142,19 +142,33 @@ class _Compiled:
             ignore_invalid_triggers=True,
             model_attribute="_state",
         )
+        candidates: dict[tuple[str, str], list[_Candidate]] = {}
+        for t in d.transitions:
+            guard = spec.guards[t.guard] if t.guard is not None else None
+            for source in d.sources(t):
+                candidates.setdefault((t.trigger, source), []).append((t, guard, t.consumes))
+        self.sure: dict[tuple[str, str], Transition] = {
+            pair: found[0][0]
+            for pair, found in candidates.items()
+            if len(found) == 1 and found[0][1] is None and found[0][2] is None
+        }
+        """(trigger, state) with one unconditional transition: if ``transitions`` took one, it
+        was this, so it needs no ``before`` callback to say so (most state changes)."""
         for t in d.transitions:
             conditions: list[str | Callable[..., bool | None]] = []
             if t.guard is not None:
                 conditions.append(_guard_condition(spec.guards[t.guard]))
             if t.consumes is not None:
                 conditions.append(_budget_condition(t.consumes))
-            machine.add_transition(
-                t.trigger,
-                list(d.sources(t)),
-                t.dest,
-                conditions=conditions,
-                before=_mark_fired(t),
-            )
+            mark = _mark_fired(t)
+            for source in d.sources(t):
+                machine.add_transition(
+                    t.trigger,
+                    source,
+                    t.dest,
+                    conditions=conditions,
+                    before=[] if (t.trigger, source) in self.sure else mark,
+                )
         self.machine = machine
         self.events: dict[str, Any] = dict(machine.events)
         self.handled: dict[str, frozenset[str]] = {
@@ -164,11 +178,6 @@ class _Compiled:
         """Trigger: the states some transition for it leaves (guards aside)."""
         self.internal: dict[str, dict[str, tuple[_Candidate, ...]]] = {}
         """Trigger: state: its candidates, where every one is internal (changes no state)."""
-        candidates: dict[tuple[str, str], list[_Candidate]] = {}
-        for t in d.transitions:
-            guard = spec.guards[t.guard] if t.guard is not None else None
-            for source in d.sources(t):
-                candidates.setdefault((t.trigger, source), []).append((t, guard, t.consumes))
         for (trigger, source), found in candidates.items():
             if all(t.dest is None for t, _, _ in found):
                 self.internal.setdefault(trigger, {})[source] = tuple(found)
@@ -360,7 +369,8 @@ class StateMachine(Generic[Ctx]):
         direct = internal.get(source) if internal is not None else None
         try:
             if direct is None:
-                compiled.events[event.trigger].trigger(self)
+                if compiled.events[event.trigger].trigger(self) and self._fired is None:
+                    self._fired = compiled.sure[event.trigger, source]
             else:
                 self._take_internal(direct, event)
         except Exception as exc:  # a guard raised: the state has not changed
