@@ -227,7 +227,7 @@ people and tests; timelines and logs take every record through ``on_record``. Un
 session machine kept one record per heartbeat for as long as the session lived."""
 
 _NO_EVENT = Event("")
-_NO_TIMERS: frozenset[str] = frozenset()
+_EMPTY: frozenset[str] = frozenset()
 
 
 class StateMachine(Generic[Ctx]):
@@ -344,7 +344,7 @@ class StateMachine(Generic[Ctx]):
 
     def can_handle(self, trigger: str) -> bool:
         """Whether some transition for ``trigger`` leaves the current state (guards aside)."""
-        return self._state in self._compiled.handled.get(trigger, _NO_TIMERS)
+        return self._state in self._compiled.handled.get(trigger, _EMPTY)
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -354,7 +354,7 @@ class StateMachine(Generic[Ctx]):
         if source in compiled.terminal:
             self._record("ignored", event.trigger, source, source, reason="machine is terminal")
             return []
-        if source not in compiled.handled.get(event.trigger, _NO_TIMERS):
+        if source not in compiled.handled.get(event.trigger, _EMPTY):
             self._record(
                 "ignored",
                 event.trigger,
@@ -455,7 +455,7 @@ class StateMachine(Generic[Ctx]):
         dest = self._state
         compiled = self._compiled
         entered: list[str] = []
-        fresh: set[str] | frozenset[str] = _NO_TIMERS
+        fresh: set[str] | frozenset[str] = _EMPTY
         if fired.dest is not None:
             for name in list(self.timers):
                 _, timer, span = compiled.timers[name]
@@ -493,7 +493,7 @@ class StateMachine(Generic[Ctx]):
         for name in entry.on_enter:
             self._run_effect(name, out)
         if not entry.timers and not entry.silences:
-            return list(entry.on_enter), _NO_TIMERS
+            return list(entry.on_enter), _EMPTY
         fresh: set[str] = set()
         timers = self.timers
         for timer in entry.timers:
