@@ -19,7 +19,6 @@ Why it is done this way (all measured on Kilo 7.7.9, ``shared/kilo/README.md`` Â
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -38,6 +37,7 @@ import httpx
 from anyio.abc import Process
 
 from adapters.kilo.binary import find_kilo
+from adapters.pidfile import kill_stale_group, remove_pidfile, signal_group, write_pidfile
 
 PORT_RANGE = (10000, 60000)
 PORT_TRIES = 5
@@ -86,23 +86,23 @@ class KiloServer:
         """SIGTERM the group, SIGKILL it after ``grace`` seconds; returns the exit code."""
         self._stopped = True
         if self.process.returncode is None:
-            _signal_group(self.pid, signal.SIGTERM)
+            signal_group(self.pid, signal.SIGTERM)
             with anyio.move_on_after(grace):
                 await self.process.wait()
             if self.process.returncode is None:
-                _signal_group(self.pid, signal.SIGKILL)
+                signal_group(self.pid, signal.SIGKILL)
         code = await self.process.wait()
         self._cleanup()
         return code
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole group (fault injection in tests, last resort elsewhere)."""
-        _signal_group(self.pid, sig)
+        signal_group(self.pid, sig)
 
     def _cleanup(self) -> None:
         # Tool commands Kilo started may outlive it in the group; nothing of it may remain.
-        _signal_group(self.pid, signal.SIGKILL)
-        _remove_pidfile(self.pidfile, self.pid)
+        signal_group(self.pid, signal.SIGKILL)
+        remove_pidfile(self.pidfile, self.pid)
 
 
 def build_env(
@@ -184,10 +184,10 @@ async def _start_once(
         url = await _wait_listening(process, out_path, err_path, deadline)
         await _wait_healthy(process, url, password, deadline, err_path)
     except BaseException:
-        _signal_group(process.pid, signal.SIGKILL)
+        signal_group(process.pid, signal.SIGKILL)
         with anyio.CancelScope(shield=True):
             await process.wait()
-        _remove_pidfile(pidfile, process.pid)
+        remove_pidfile(pidfile, process.pid)
         raise
     return KiloServer(
         url=url,
@@ -242,48 +242,3 @@ def _tail(path: Path, limit: int = 400) -> str:
         return path.read_bytes()[-limit:].decode(errors="replace").strip()
     except OSError:
         return ""
-
-
-# -- process groups and pidfiles ------------------------------------------------------------------
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), to tell reuse from survival."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[19])
-
-
-def write_pidfile(path: Path, pid: int) -> None:
-    path.write_text(json.dumps({"pid": pid, "start_time": process_start_time(pid)}))
-
-
-def _remove_pidfile(path: Path, pid: int) -> None:
-    try:
-        if json.loads(path.read_text()).get("pid") == pid:
-            path.unlink()
-    except (OSError, ValueError):
-        pass
-
-
-def kill_stale_group(pidfile: Path) -> bool:
-    """Kill the group a previous wrapper left behind, if its pidfile still names a live process."""
-    try:
-        data = json.loads(pidfile.read_text())
-        pid, start = int(data["pid"]), data.get("start_time")
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    alive = start is not None and process_start_time(pid) == start
-    if alive:
-        _signal_group(pid, signal.SIGKILL)
-    pidfile.unlink(missing_ok=True)
-    return alive
