@@ -6,6 +6,12 @@ handed to the host's ``on_effect``.
 
 Events are queued per group and handled one at a time: an effect handler that feeds another event
 (to the same or a sibling machine) never re-enters a machine in the middle of a transition.
+
+A timer re-armed to a later deadline keeps its place on the clock (see ``_Armed``): a silence
+window pushed back by every heartbeat or every streamed delta costs two assignments per event, not
+a cancelled clock entry and a new one, and only when the entry comes due while the deadline has
+moved on is it scheduled again, at the deadline then current. Expiry still reaches the machine at
+the last deadline armed, carrying the last token armed.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ class MachineGroup:
         self.clock = clock
         self.on_effect = on_effect
         self.machines: dict[str, StateMachine[Any]] = {}
-        self._handles: dict[tuple[str, str], TimerHandle] = {}
+        self._armed: dict[tuple[str, str], _Armed] = {}
         self._queue: deque[tuple[str, Event | TimerFired | None]] = deque()
         self._busy = False
 
@@ -49,8 +55,8 @@ class MachineGroup:
 
     def remove(self, machine_id: str) -> None:
         self.machines.pop(machine_id, None)
-        for key in [k for k in self._handles if k[0] == machine_id]:
-            self._handles.pop(key).cancel()
+        for key in [k for k in self._armed if k[0] == machine_id]:
+            self._armed.pop(key).cancel()
 
     def send(self, machine_id: str, event: Event | TimerFired) -> None:
         self._enqueue(machine_id, event)
@@ -73,27 +79,74 @@ class MachineGroup:
             self._busy = False
 
     def _execute(self, machine_id: str, effects: list[Effect]) -> None:
+        # The engine re-arms a timer as CancelTimer then ArmTimer: a cancelled timer keeps its
+        # clock entry until the list is done, for an ArmTimer further on to take it over.
+        cancelled: dict[tuple[str, str], _Armed] | None = None
         for effect in effects:
             if isinstance(effect, ArmTimer):
-                self._arm(effect)
+                key = (effect.machine_id, effect.timer)
+                armed = self._armed.pop(key, None)
+                if armed is None and cancelled is not None:
+                    armed = cancelled.pop(key, None)
+                self._arm(key, armed, effect)
             elif isinstance(effect, CancelTimer):
-                handle = self._handles.pop((machine_id, effect.timer), None)
-                if handle is not None:
-                    handle.cancel()
+                armed = self._armed.pop((machine_id, effect.timer), None)
+                if armed is not None:
+                    if cancelled is None:
+                        cancelled = {}
+                    cancelled[armed.key] = armed
             elif isinstance(effect, Signal):
                 self._queue.append((effect.target, Event(effect.trigger, effect.data)))
             else:
                 self.on_effect(machine_id, effect)
+        if cancelled:
+            for armed in cancelled.values():
+                armed.cancel()
 
-    def _arm(self, effect: ArmTimer) -> None:
-        key = (effect.machine_id, effect.timer)
-        old = self._handles.pop(key, None)
-        if old is not None:
-            old.cancel()
-        fired = TimerFired(effect.timer, effect.token)
+    def _arm(self, key: tuple[str, str], armed: _Armed | None, effect: ArmTimer) -> None:
+        if armed is not None:
+            if armed.scheduled_for <= effect.deadline:  # pushed back (or re-armed as it was)
+                armed.deadline = effect.deadline
+                armed.token = effect.token
+                self._armed[key] = armed
+                return
+            armed.cancel()  # brought forward: its clock entry would come due too late
+        self._armed[key] = _Armed(self, key, effect.deadline, effect.token)
 
-        def fire() -> None:
-            self._handles.pop(key, None)
-            self.send(effect.machine_id, fired)
+    def _due(self, armed: _Armed) -> None:
+        if self._armed.get(armed.key) is not armed:  # pragma: no cover - cancel() unhooks it
+            return
+        if armed.deadline > armed.scheduled_for:  # pushed back since it was scheduled
+            armed.schedule()
+            return
+        del self._armed[armed.key]
+        armed.handle = None  # the clock entry that just ran holds this object: no cycle left
+        self.send(armed.key[0], TimerFired(armed.key[1], armed.token))
 
-        self._handles[key] = self.clock.call_at(effect.deadline, fire)
+
+class _Armed:
+    """One armed timer of one machine: the deadline and token armed last, and the clock entry
+    serving it, scheduled for ``scheduled_for`` (never later than ``deadline``)."""
+
+    __slots__ = ("deadline", "group", "handle", "key", "scheduled_for", "token")
+
+    def __init__(
+        self, group: MachineGroup, key: tuple[str, str], deadline: float, token: int
+    ) -> None:
+        self.group = group
+        self.key = key
+        self.deadline = deadline
+        self.token = token
+        self.scheduled_for = deadline
+        self.handle: TimerHandle | None = group.clock.call_at(deadline, self._due)
+
+    def schedule(self) -> None:
+        self.scheduled_for = self.deadline
+        self.handle = self.group.clock.call_at(self.deadline, self._due)
+
+    def _due(self) -> None:
+        self.group._due(self)
+
+    def cancel(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
