@@ -42,6 +42,7 @@ from adapters.runtime.external import ExternalRuntime
 from adapters.runtime.local import LocalRuntime
 from adapters.store.sqlite import EventRow, MessageRow, SessionRow, SqliteStore, StoreError
 from fsm.clock import RealClock
+from fsm.collector import settle_collector
 from fsm.control.metrics import Metrics
 from fsm.effects import Effect, StartWrapper, StopWrapper
 from fsm.engine import Record, Snapshot
@@ -156,6 +157,7 @@ class ControlHost:
                 tg.start_soon(self._flush_loop)
                 start_guarded(tg, self.log, "API server", lambda: server.serve(sockets=[sock]))
                 self._load_sessions()
+                settle_collector()  # what was restored lives on; see fsm/collector.py
                 self.log.info(
                     "control plane listening",
                     url=f"http://{s.listen_host}:{self.port}",

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 import socket
 import uuid
@@ -42,6 +41,7 @@ from adapters.ingest.websocket_client import IngestConnection
 from adapters.kilo.client import KiloClient
 from adapters.kilo.process import KiloServer, start_kilo
 from fsm.clock import RealClock
+from fsm.collector import settle_collector
 from fsm.effects import (
     AbortAgentTurn,
     CloseSocket,
@@ -142,7 +142,7 @@ class WrapperHost:
             # Everything built so far (modules, the app, the machines' declarations) lives as
             # long as the process: keep the collector from re-scanning it in every full pass,
             # a pause of tens of milliseconds in the middle of the event stream.
-            gc.freeze()
+            settle_collector()
             self.core.start()
             await self.done.wait()
             server.should_exit = True
