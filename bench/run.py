@@ -52,9 +52,11 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=BENCHES, help="run only these")
     args = parser.parse_args()
     figures: list[Figure] = []
+    ran: dict[str, str] = {}
     started = time.monotonic()
     for name in args.only or BENCHES:
         print(f"== {name}", flush=True)
+        ran[name] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         t0 = time.monotonic()
         try:
             module = importlib.import_module(f"bench.{name}")
@@ -67,12 +69,13 @@ def main() -> int:
         figures.extend(got)
         print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
     total = time.monotonic() - started
+    figures, ran = _merge_earlier(figures, ran)
     text = table(figures)
     print()
     print(text)
     print(f"\ntotal {total:.0f} s")
     meta = {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "when": ran,
         "python": sys.version.split()[0],
         "machine": platform.platform(),
         "seconds": round(total, 1),
@@ -80,11 +83,35 @@ def main() -> int:
     (HERE / "results.json").write_text(
         json.dumps({"meta": meta, "figures": [f.as_dict() for f in figures]}, indent=2) + "\n"
     )
+    when = ", ".join(f"{name} {at}" for name, at in ran.items())
     (HERE / "results.md").write_text(
-        f"# Benchmark results\n\n{meta['when']}, Python {meta['python']}, "
-        f"{meta['machine']}, {meta['seconds']} s in all.\n\n{text}\n"
+        f"# Benchmark results\n\nPython {meta['python']}, {meta['machine']}; "
+        f"this run took {meta['seconds']} s. Measured: {when}.\n\n{text}\n"
     )
     return 0
+
+
+def _merge_earlier(
+    figures: list[Figure], ran: dict[str, str]
+) -> tuple[list[Figure], dict[str, str]]:
+    """A partial run (``--only``) replaces its benches' figures and keeps the others' earlier
+    figures, each bench with the time it was measured: rerunning one bench must not wipe the
+    table the last full run wrote."""
+    earlier_file = HERE / "results.json"
+    if set(ran) == set(BENCHES) or not earlier_file.exists():
+        return figures, ran
+    try:
+        earlier = json.loads(earlier_file.read_text())
+        kept = [Figure(**f) for f in earlier["figures"] if f["bench"] not in ran]
+        when = earlier["meta"]["when"]
+    except (ValueError, KeyError, TypeError):
+        return figures, ran  # unreadable or from an older layout: this run's figures only
+    if isinstance(when, str):  # written by a full run before per-bench times were kept
+        when = {f.bench: when for f in kept}
+    merged = {**{b: when[b] for b in BENCHES if b in when and b not in ran}, **ran}
+    order = {name: i for i, name in enumerate(BENCHES)}
+    everything = sorted([*kept, *figures], key=lambda f: order.get(f.bench, len(order)))
+    return everything, {b: merged[b] for b in sorted(merged, key=lambda b: order.get(b, 99))}
 
 
 if __name__ == "__main__":
