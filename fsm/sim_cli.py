@@ -100,10 +100,13 @@ def simulate_command(
             typer.echo(f"error: {scenario.path}: {exc}", err=True)
             raise typer.Exit(2) from None
         survivors = []
+        caught = ""
         if mutants:
             from fsm.sim.run import mutant_survivors
 
             survivors = mutant_survivors(scenario, seed)
+            n = len(scenario.mutants)
+            caught = f", {n - len(survivors)}/{n} mutants caught"
         ok = result.passed and not survivors
         failed += not ok
         if as_json:
@@ -138,7 +141,7 @@ def simulate_command(
         verdict = "PASS" if ok else "FAIL"
         typer.echo(
             f"-- {verdict}: {sum(r.passed for r in result.results)}/{len(result.results)} "
-            f"expectations, {len(result.violations)} invariant violations, "
+            f"expectations, {len(result.violations)} invariant violations{caught}, "
             f"{clock_label(scenario.until)} simulated in {result.wall * 1000:.0f} ms"
         )
     if not as_json:

@@ -98,6 +98,7 @@ def test_a_bad_file_exits_2_naming_file_line_and_field(tmp_path: Path) -> None:
 def test_mutants_option_runs_them(tmp_path: Path) -> None:
     result = runner.invoke(app, ["simulate", str(LIBRARY / "no_progress_turn.toml"), "--mutants"])
     assert result.exit_code == 0, result.output
+    assert re.search(r"PASS: .*, (\d+)/\1 mutants caught", result.output), result.output
     weak = tmp_path / "weak.toml"
     weak.write_text(
         NOISY + '[[mutant]]\nwhy = "changes nothing this scenario checks"\n'
@@ -106,6 +107,7 @@ def test_mutants_option_runs_them(tmp_path: Path) -> None:
     result = runner.invoke(app, ["simulate", str(weak), "-q", "--mutants"])
     assert result.exit_code == 1
     assert "mutant survived (no expectation noticed): changes nothing" in result.output
+    assert "0/1 mutants caught" in result.output
 
 
 def test_fuzz_and_check_from_the_command_line() -> None:
