@@ -112,6 +112,10 @@ class _TimerQueue:
 class VirtualClock:
     """Discrete-event time. Nothing happens until the test or simulator advances it."""
 
+    runs_in_deadline_order = True
+    """Callbacks run in deadline order (``fsm.runner`` relies on it to keep a pushed-back timer's
+    entry instead of replacing it)."""
+
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
         self._queue = _TimerQueue()
@@ -190,6 +194,9 @@ class RealClock:
     ``timebase="wall"`` reads ``time.time()`` so that deadlines stored in a database survive a
     restart of the host; ``"monotonic"`` (default) is immune to wall-clock jumps.
     """
+
+    runs_in_deadline_order = True
+    """As ``VirtualClock``'s."""
 
     def __init__(self, timebase: Literal["monotonic", "wall"] = "monotonic") -> None:
         self._read = time.time if timebase == "wall" else time.monotonic

@@ -7,11 +7,14 @@ handed to the host's ``on_effect``.
 Events are queued per group and handled one at a time: an effect handler that feeds another event
 (to the same or a sibling machine) never re-enters a machine in the middle of a transition.
 
-A timer re-armed to a later deadline keeps its place on the clock (see ``_Armed``): a silence
+A timer re-armed to a later deadline keeps its place on the clock (see ``TimerEntry``): a silence
 window pushed back by every heartbeat or every streamed delta costs two assignments per event, not
 a cancelled clock entry and a new one, and only when the entry comes due while the deadline has
 moved on is it scheduled again, at the deadline then current. Expiry still reaches the machine at
-the last deadline armed, carrying the last token armed.
+the last deadline armed, carrying the last token armed. That needs a clock that runs callbacks in
+deadline order; a clock that says otherwise (``runs_in_deadline_order = False``: the explorer's,
+where any pending callback may run next) gets a fresh entry for every arm, so that one step of
+its search is one expiry.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ class MachineGroup:
         self.clock = clock
         self.on_effect = on_effect
         self.machines: dict[str, StateMachine[Any]] = {}
-        self._armed: dict[tuple[str, str], _Armed] = {}
+        self._armed: dict[tuple[str, str], TimerEntry] = {}
+        self._lazy = bool(getattr(clock, "runs_in_deadline_order", True))
         self._queue: deque[tuple[str, Event | TimerFired | None]] = deque()
         self._busy = False
 
@@ -81,7 +85,7 @@ class MachineGroup:
     def _execute(self, machine_id: str, effects: list[Effect]) -> None:
         # The engine re-arms a timer as CancelTimer then ArmTimer: a cancelled timer keeps its
         # clock entry until the list is done, for an ArmTimer further on to take it over.
-        cancelled: dict[tuple[str, str], _Armed] | None = None
+        cancelled: dict[tuple[str, str], TimerEntry] | None = None
         for effect in effects:
             if isinstance(effect, ArmTimer):
                 key = (effect.machine_id, effect.timer)
@@ -103,20 +107,20 @@ class MachineGroup:
             for armed in cancelled.values():
                 armed.cancel()
 
-    def _arm(self, key: tuple[str, str], armed: _Armed | None, effect: ArmTimer) -> None:
+    def _arm(self, key: tuple[str, str], armed: TimerEntry | None, effect: ArmTimer) -> None:
         if armed is not None:
-            if armed.scheduled_for <= effect.deadline:  # pushed back (or re-armed as it was)
+            if self._lazy and armed.scheduled_for <= effect.deadline:  # pushed back
                 armed.deadline = effect.deadline
                 armed.token = effect.token
                 self._armed[key] = armed
                 return
             armed.cancel()  # brought forward: its clock entry would come due too late
-        self._armed[key] = _Armed(self, key, effect.deadline, effect.token)
+        self._armed[key] = TimerEntry(self, key, effect.deadline, effect.token)
 
-    def _due(self, armed: _Armed) -> None:
+    def _due(self, armed: TimerEntry) -> None:
         if self._armed.get(armed.key) is not armed:  # pragma: no cover - cancel() unhooks it
             return
-        if armed.deadline > armed.scheduled_for:  # pushed back since it was scheduled
+        if armed.deadline > self.clock.now():  # pushed back since it was scheduled
             armed.schedule()
             return
         del self._armed[armed.key]
@@ -124,7 +128,7 @@ class MachineGroup:
         self.send(armed.key[0], TimerFired(armed.key[1], armed.token))
 
 
-class _Armed:
+class TimerEntry:
     """One armed timer of one machine: the deadline and token armed last, and the clock entry
     serving it, scheduled for ``scheduled_for`` (never later than ``deadline``)."""
 

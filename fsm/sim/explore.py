@@ -39,7 +39,7 @@ from typing import Any
 import msgspec
 
 from fsm.clock import TimerHandle
-from fsm.effects import ArmTimer
+from fsm.runner import TimerEntry
 from fsm.sim.invariants import Invariants, Violation
 from fsm.sim.scenario import Action, Segment, WorldConfig
 from fsm.sim.timeline import render_text
@@ -78,15 +78,11 @@ def _describe(callback: Callable[[], None]) -> tuple[str, bool]:
     inner: Any = callback
     while (nested := getattr(inner, "sim_inner", None)) is not None:
         inner = nested
-    for cell in getattr(inner, "__closure__", None) or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:
-            continue
-        if isinstance(value, ArmTimer):
-            return f"timer {value.machine_id}.{value.timer}", True
-    name = getattr(inner, "__qualname__", type(inner).__name__).replace(".<locals>", "")
     owner = getattr(inner, "__self__", None)
+    if isinstance(owner, TimerEntry):
+        machine_id, timer = owner.key
+        return f"timer {machine_id}.{timer}", True
+    name = getattr(inner, "__qualname__", type(inner).__name__).replace(".<locals>", "")
     if owner is not None and hasattr(owner, "name"):
         name = f"{owner.name}:{name}"
     return name, False
@@ -94,6 +90,10 @@ def _describe(callback: Callable[[], None]) -> tuple[str, bool]:
 
 class ChoiceClock:
     """A scheduler whose slow callbacks are choices and whose fast ones run at once, in order."""
+
+    runs_in_deadline_order = False
+    """Any slow callback may run next: a machine timer gets a clock entry per arm, never one
+    kept and moved on (``fsm.runner``), so that firing a timer is one step of the search."""
 
     def __init__(self, prompt: float = 1.0) -> None:
         self.prompt = prompt

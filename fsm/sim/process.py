@@ -83,6 +83,11 @@ class SimProcess:
 
     # -- the Clock port ----------------------------------------------------------------------
 
+    @property
+    def runs_in_deadline_order(self) -> bool:
+        """As its scheduler does (see ``fsm.runner``)."""
+        return bool(getattr(self.scheduler, "runs_in_deadline_order", True))
+
     def now(self) -> float:
         return self.scheduler.now()
 
