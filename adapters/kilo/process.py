@@ -15,6 +15,9 @@ Why it is done this way (all measured on Kilo 7.7.9, ``shared/kilo/README.md`` Â
   next wrapper kill a group left behind by a wrapper that was SIGKILLed.
 * stdout/stderr go to files in the state directory: nobody has to keep draining a pipe, and the
   files are there for a post-mortem.
+* Kilo's environment is built from an allow-list (``build_env``), never inherited: Kilo runs the
+  agent's tools, so whatever it holds the agent can read (``/proc/<kilo>/environ``, ``env`` in a
+  tool). The wrapper's token in particular drives its job API and ingest link.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,39 @@ QUIET_ENV = {
     "KILO_TELEMETRY_LEVEL": "off",
 }
 USERNAME = "kilo"
+INHERITED_ENV = frozenset(
+    {
+        # What a shell and its tools need to work like a login session: where programs are, whose
+        # home, which shell, language/encoding, time zone, terminal type and where temp files go.
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "TMPDIR",
+        # Paths of extra CA certificates (a provider behind a private CA or a TLS-inspecting
+        # proxy): without them every model request fails TLS. Paths, not secrets.
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "NODE_EXTRA_CA_CERTS",
+    }
+)
+"""Variables Kilo inherits by name. Proxies (``HTTPS_PROXY``...) are left out on purpose: their
+URLs often carry credentials; list them in ``pass_env`` if the model is only reachable through
+one."""
+INHERITED_PREFIXES = (
+    "LC_",  # locale categories
+    # Kilo's own knobs, addressed to it by name (KILO_SESSION_RETRY_LIMIT, KILO_DISABLE_*...):
+    # whoever sets one means it for Kilo. Like any key Kilo itself reads (KILO_API_KEY), the agent
+    # can read it too. The ones this module sets below override inherited ones.
+    "KILO_",
+)
+RESERVED_PREFIX = "FSM_AGENT_"
+"""The wrapper's own variables (its token among them): never passed, even if listed."""
 
 
 class KiloStartError(Exception):
@@ -106,9 +142,29 @@ class KiloServer:
 
 
 def build_env(
-    base: Mapping[str, str], state_dir: Path, password: str, config: Mapping[str, Any]
+    base: Mapping[str, str],
+    state_dir: Path,
+    password: str,
+    config: Mapping[str, Any],
+    pass_env: Sequence[str] = (),
 ) -> dict[str, str]:
-    env = dict(base)
+    """Kilo's environment: the allow-listed part of ``base``, the names in ``pass_env`` (provider
+    keys Kilo's config references with ``{env:NAME}``; Kilo and every tool it runs can read them),
+    then what we set (``KILO_*``, ``XDG_*``). Nothing else of ``base``, and never ``FSM_AGENT_*``:
+    raises ValueError if ``pass_env`` names one.
+    """
+    reserved = [name for name in pass_env if name.upper().startswith(RESERVED_PREFIX)]
+    if reserved:
+        raise ValueError(
+            f"pass_env: {reserved[0]} is the wrapper's own ({RESERVED_PREFIX}*); Kilo never gets it"
+        )
+    wanted = set(pass_env)
+    env = {
+        name: value
+        for name, value in base.items()
+        if not name.upper().startswith(RESERVED_PREFIX)
+        and (name in INHERITED_ENV or name.startswith(INHERITED_PREFIXES) or name in wanted)
+    }
     env.update(QUIET_ENV)
     env["KILO_SERVER_PASSWORD"] = password
     env["KILO_SERVER_USERNAME"] = USERNAME
@@ -130,10 +186,16 @@ async def start_kilo(
     startup_timeout: float,
     rng: random.Random | None = None,
     env: Mapping[str, str] | None = None,
+    pass_env: Sequence[str] = (),
 ) -> KiloServer:
-    """Start Kilo in ``workdir`` and return once it answers healthy, or raise ``KiloStartError``."""
+    """Start Kilo in ``workdir`` and return once it answers healthy, or raise ``KiloStartError``.
+
+    ``env`` (default ``os.environ``) is only where variables are picked from: Kilo gets its
+    allow-list plus ``pass_env`` (``build_env``), never the whole of it.
+    """
     binary = find_kilo(kilo_bin)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    # Created private: Kilo's database there holds every conversation (an existing one is kept).
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     pidfile = state_dir / "kilo.pid"
     kill_stale_group(pidfile)
     draw = rng or random.SystemRandom()
@@ -144,7 +206,17 @@ async def start_kilo(
         port = draw.randint(*PORT_RANGE)
         try:
             return await _start_once(
-                binary, workdir, state_dir, pidfile, config, port, attempt, started, deadline, env
+                binary,
+                workdir,
+                state_dir,
+                pidfile,
+                config,
+                port,
+                attempt,
+                started,
+                deadline,
+                os.environ if env is None else env,
+                pass_env,
             )
         except PortTaken as exc:
             last = exc
@@ -161,7 +233,8 @@ async def _start_once(
     attempt: int,
     started: float,
     deadline: float,
-    env: Mapping[str, str] | None,
+    env: Mapping[str, str],
+    pass_env: Sequence[str],
 ) -> KiloServer:
     password = secrets.token_urlsafe(24)
     logs = state_dir / "logs"
@@ -176,7 +249,7 @@ async def _start_once(
             stdout=out,
             stderr=err,
             cwd=workdir,
-            env=build_env(os.environ if env is None else env, state_dir, password, config),
+            env=build_env(env, state_dir, password, config, pass_env),
             start_new_session=True,
         )
     write_pidfile(pidfile, process.pid)

@@ -141,6 +141,7 @@ async def test_a_kilo_that_never_listens_fails_at_the_configured_timeout(tmp_pat
             kilo_bin=binary,
             startup_timeout=0.5,
             env=env,
+            pass_env=["STANDIN"],  # Kilo's environment is an allow-list
         )
     assert time.monotonic() - started < 10  # the configured 0.5 s, not a built-in default
     assert not (tmp_path / "state" / "kilo.pid").exists()  # nothing left behind
@@ -155,6 +156,7 @@ async def test_stop_escalates_to_sigkill_after_the_grace(tmp_path: Path) -> None
         kilo_bin=binary,
         startup_timeout=10,
         env=env,
+        pass_env=["STANDIN"],
     )
     started = time.monotonic()
     assert await server.stop(0.3) == -signal.SIGKILL
@@ -176,6 +178,7 @@ async def test_start_kills_the_group_a_crashed_predecessor_left(tmp_path: Path) 
             kilo_bin=binary,
             startup_timeout=10,
             env=env,
+            pass_env=["STANDIN"],  # Kilo's environment is an allow-list
         )
         await server.stop(0.3)
         with anyio.fail_after(5):
