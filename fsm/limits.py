@@ -62,7 +62,13 @@ SETTINGS: tuple[LimitSetting, ...] = (
     # the control plane's state
     _l("sessions", 20_000, "count", "control", "live sessions on one control plane"),
     _l("queued_messages", 100, "count", "control", "messages of one session not yet finished"),
-    _l("session_events", 1_000_000, "count", "control", "agent events stored per session"),
+    _l(
+        "session_events",
+        1_000_000,
+        "count",
+        "control",
+        "entries in one session's event log (agent events past it are counted, not stored)",
+    ),
     _l("sse_per_session", 16, "count", "control", "concurrent event streams of one session"),
     _l("sse_total", 1024, "count", "control", "concurrent event streams of all sessions"),
 )

@@ -11,12 +11,35 @@ sent by a client over HTTP and one relayed by the control plane are one type.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 PROTOCOL_VERSION = 1
 WRAPPER_VERSION = "0.1.0"
+
+# -- bounds of the wire shapes ------------------------------------------------------------------
+# Declared once, here, on the types that decode the frames: a frame outside them never reaches a
+# machine or the store (an unbounded ``seq`` once overflowed SQLite's INTEGER and stopped the
+# control plane). The whole frame's size and nesting depth are ``fsm.limits`` rows, checked by
+# the ingest endpoint before decoding.
+
+INT63 = 2**63
+Seq = Annotated[int, msgspec.Meta(ge=0, le=INT63 - 1, description="0 <= seq < 2^63")]
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT63 - 1)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+"""An identifier or a name chosen by a peer (wrapper id, session ids, user id, version)."""
+Short = Annotated[str, msgspec.Meta(max_length=256)]
+Text = Annotated[str, msgspec.Meta(max_length=64 * 1024)]
+"""Human text a peer reports (a reason, an agent's error message)."""
+Stamp = Annotated[float, msgspec.Meta(ge=0.0, le=1e12)]
+IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$(?!\n)"
+"""``(?!\n)``: Python's ``$`` also matches before a final newline; ECMA's (OpenAPI) never does."""
+Ident = Annotated[
+    str, msgspec.Meta(pattern=IDENT_PATTERN, description="letters, digits, '_.:-'; 1-128 chars")
+]
+"""An id that may end up in a URL path or a file name (message, permission and question ids):
+a pattern, not only a length, so ``../`` can never be one."""
 
 
 class Frame(msgspec.Struct, frozen=True, tag_field="type", tag=str.lower):
@@ -27,98 +50,107 @@ class Frame(msgspec.Struct, frozen=True, tag_field="type", tag=str.lower):
 
 
 class Hello(Frame, frozen=True, tag="hello"):
-    wrapper_id: str
-    version: str
-    protocol: int
-    agent_session: str
-    user_id: str
-    session_id: str
+    wrapper_id: Name
+    version: Name
+    protocol: Count
+    agent_session: Name
+    user_id: Name
+    session_id: Name
 
 
 class Heartbeat(Frame, frozen=True, tag="heartbeat"):
-    state: str
+    state: Short
     active: bool
     degraded: bool
 
 
 class SeqFrame(Frame, frozen=True):
-    seq: int
+    seq: Seq
 
 
 class EventFrame(SeqFrame, frozen=True, tag="event"):
-    generation: int
+    generation: Count
     event: dict[str, Any]
 
 
+OutcomeStatus = Literal["completed", "failed", "cancelled"]
+PermissionReply = Literal["once", "always", "reject"]
+
+
 class OutcomeFrame(SeqFrame, frozen=True, tag="outcome"):
-    message_id: str
-    status: str
-    reason: str = ""
-    error: str = ""
+    message_id: Name
+    status: OutcomeStatus
+    """Only a terminal state: a wrapper cannot move a message anywhere else."""
+    reason: Short = ""
+    error: Text = ""
 
 
 class LifecycleFrame(SeqFrame, frozen=True, tag="lifecycle"):
     """A transition of one of the wrapper's machines (the control plane's timelines show them)."""
 
-    machine: str
-    state: str
-    reason: str = ""
-    source: str = ""
-    trigger: str = ""
-    at: float = 0.0
+    machine: Short
+    state: Short
+    reason: Text = ""
+    source: Short = ""
+    trigger: Short = ""
+    at: Stamp = 0.0
 
 
 class EventsDropped(SeqFrame, frozen=True, tag="events_dropped"):
     """Stands in the stream where ``count`` events (from ``seq`` to ``last_seq``) were dropped."""
 
-    count: int
-    last_seq: int
+    count: Count
+    last_seq: Seq
 
 
 # -- control → wrapper ----------------------------------------------------------------------
 
 
 class Welcome(Frame, frozen=True, tag="welcome"):
-    acked: int = 0
+    acked: Seq = 0
     """Highest seq the control plane already holds (a reconnect resumes after it)."""
 
 
 class Shutdown(Frame, frozen=True, tag="shutdown"):
-    reason: str
+    reason: Text
 
 
 class Ack(Frame, frozen=True, tag="ack"):
-    seq: int
+    seq: Seq
 
 
 class PromptCommand(Frame, frozen=True, tag="prompt"):
-    message_id: str
+    message_id: Ident
     prompt: str
-    model: str | None = None
-    variant: str | None = None
-    agent: str | None = None
+    """Bounded by the sender (``limits.prompt_chars``) and by the frame size."""
+    model: Short | None = None
+    variant: Short | None = None
+    agent: Short | None = None
     auto_commit: bool = False
 
 
 class AbortCommand(Frame, frozen=True, tag="abort"):
-    message_id: str | None = None
+    message_id: Ident | None = None
 
 
 class PermissionCommand(Frame, frozen=True, tag="permission"):
-    request_id: str
-    reply: str
-    """once | always | reject"""
-    message: str | None = None
+    request_id: Ident
+    reply: PermissionReply
+    message: Text | None = None
+
+
+Answer = Annotated[list[Annotated[str, msgspec.Meta(max_length=4096)]], msgspec.Meta(max_length=64)]
+Answers = Annotated[list[Answer], msgspec.Meta(max_length=64)]
 
 
 class QuestionCommand(Frame, frozen=True, tag="question"):
-    request_id: str
-    answers: list[list[str]] | None = None
+    request_id: Ident
+    answers: Answers | None = None
     """``None`` rejects (dismisses) the question."""
 
 
 class ReleaseCommand(Frame, frozen=True, tag="release"):
-    reason: str = ""
+    reason: Text = ""
 
 
 WrapperFrame = Hello | Heartbeat | EventFrame | OutcomeFrame | LifecycleFrame | EventsDropped

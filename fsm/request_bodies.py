@@ -4,33 +4,62 @@ so a client can talk to either, and a field added here is accepted by both at on
 
 Unknown fields are refused (a misspelt ``auto_comit`` must not be silently ignored); a decode
 error names the field (see ``fsm.httpjson.decode_body``).
+
+Every field is bounded here, on the type that decodes it (and the OpenAPI documents are generated
+from these types); the prompt's length is a ``fsm.limits`` row (``prompt_chars``) because an
+operator may want to move it, and is checked by ``check_prompt``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
+from fsm.httpjson import HTTPProblem
+from fsm.limits import LimitValues
+from fsm.protocol import Answers, Ident, Short, Text
+
+Model = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[^/\s]+/\S+$", max_length=256, description="provider/model, e.g. openai/gpt-4o"
+    ),
+]
+
 
 class PromptBody(msgspec.Struct, forbid_unknown_fields=True):
-    prompt: str
-    model: str | None = None
-    variant: str | None = None
-    agent: str | None = None
+    prompt: Annotated[str, msgspec.Meta(min_length=1)]
+    model: Model | None = None
+    variant: Short | None = None
+    agent: Short | None = None
     auto_commit: bool = False
-    message_id: str | None = None
+    message_id: Ident | None = None
+    """Idempotency key: the same id again returns the message already sent."""
 
 
 class AbortBody(msgspec.Struct, forbid_unknown_fields=True):
-    message_id: str | None = None
+    message_id: Ident | None = None
 
 
 class PermissionBody(msgspec.Struct, forbid_unknown_fields=True):
     reply: Literal["once", "always", "reject"]
-    message: str | None = None
+    message: Text | None = None
 
 
 class QuestionBody(msgspec.Struct, forbid_unknown_fields=True):
-    answers: list[list[str]] | None = None
+    answers: Answers | None = None
     reject: bool = False
+
+
+def check_prompt(body: PromptBody, limits: LimitValues) -> None:
+    """What the type cannot say: the prompt is not blank and within the configured length."""
+    if not body.prompt.strip():
+        raise HTTPProblem(400, "prompt must not be empty", "prompt")
+    if len(body.prompt) > limits.prompt_chars:
+        raise HTTPProblem(
+            400,
+            f"prompt is {len(body.prompt)} characters; the limit is {limits.prompt_chars} "
+            "(limits.prompt_chars)",
+            "prompt",
+        )

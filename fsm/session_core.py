@@ -48,6 +48,7 @@ from fsm.protocol import (
     LifecycleFrame,
     OutcomeFrame,
     PermissionCommand,
+    PermissionReply,
     PromptCommand,
     QuestionCommand,
     ReleaseCommand,
@@ -241,7 +242,9 @@ class SessionCore:
     def abort(self, message_id: str | None = None) -> None:
         self.on_action(Transmit([AbortCommand(message_id)]))
 
-    def reply_permission(self, request_id: str, reply: str, message: str | None = None) -> None:
+    def reply_permission(
+        self, request_id: str, reply: PermissionReply, message: str | None = None
+    ) -> None:
         self.on_action(Transmit([PermissionCommand(request_id, reply, message)]))
 
     def reply_question(self, request_id: str, answers: list[list[str]] | None) -> None:

@@ -146,6 +146,7 @@ CONTROL_TIMERS = TimerTable(
     (
         _t("first_connect", "5m", "wrapper start to its first hello"),
         _t("stale_heartbeat", "90s", "no heartbeat or frame from the wrapper (about 3 missed)"),
+        _t("ingest_hello", "10s", "an accepted ingest socket must send its hello (else 1008)"),
         _t("stale_grace", "15s", "stale wrapper may reconnect before it is replaced"),
         _t("hung_session", "5m", "a running session with no agent event"),
         _t("max_runtime", "30m", "a running session's hard cap"),

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -72,6 +72,7 @@ from fsm.protocol import (
     Hello,
     LifecycleFrame,
     OutcomeFrame,
+    OutcomeStatus,
     PermissionCommand,
     PromptCommand,
     QuestionCommand,
@@ -550,7 +551,8 @@ class WrapperCore:
             lambda seq: OutcomeFrame(
                 seq=seq,
                 message_id=outcome.message_id,
-                status=outcome.status,
+                # The turn machine's terminal states are exactly the three outcome statuses.
+                status=cast(OutcomeStatus, outcome.status),
                 reason=outcome.reason,
                 error=outcome.error,
             )

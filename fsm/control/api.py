@@ -3,12 +3,35 @@
 Clients authenticate with the API key (bearer); wrappers authenticate on ``/ingest/{session}``
 with their per-session token, compared in constant time *before* the socket is accepted, so a
 wrapper with a wrong token is refused with nothing written. Errors are JSON naming what was wrong.
+
+Every operation is declared once in ``operations()``: its handler, the type its body decodes to,
+the types it answers with. The routes and ``GET /openapi.json`` are both built from that list.
+Every input is bounded (``fsm.limits``, and the field bounds on the types); what is out of bounds
+is a 4xx naming the field, never a 5xx.
+
+The ingest socket is where the least trusted peer talks (a wrapper is only as trustworthy as the
+agent beside it), so it is admitted in steps, each with a close code and a reason:
+
+1. the token (refused before the socket is accepted: HTTP 403);
+2. a bounded number of connections waiting for their ``hello`` (``limits.pending_per_session``,
+   ``limits.pending_total``; 1013 past them), each for at most ``timers.ingest_hello`` (1008);
+3. the first frame must be a ``hello`` for this URL's session (1008);
+4. only then does it become the session's connection, and a previous one is closed (4000,
+   "replaced by a newer connection"): nothing the old one sends afterwards is applied or acked.
+
+Every frame is checked before it is decoded (text only, at most ``limits.frame_bytes`` — 1009 —
+and at most ``limits.frame_depth`` deep) and decoded into the bounded types of ``fsm.protocol``;
+any violation closes that socket with 1008 and the reason. Nothing from one socket can raise past
+its own task: another session never notices.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from itertools import accumulate
 from typing import Any
 
 import anyio
@@ -16,78 +39,137 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fsm.control.host import ControlHost, SessionEntry
-from fsm.httpjson import HTTPProblem, check_bearer, decode_body, json_response
-from fsm.protocol import Frame, Shutdown, decode_from_wrapper, encode
-from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody
+from fsm.control.views import (
+    Accepted,
+    CreateSessionBody,
+    Health,
+    MessageAccepted,
+    SessionDetail,
+    SessionStopping,
+    SessionSummary,
+)
+from fsm.httpjson import (
+    ErrorBody,
+    HTTPProblem,
+    check_bearer,
+    decode_body,
+    json_response,
+    path_id,
+)
+from fsm.limits import LimitValues
+from fsm.openapi import SSE, TEXT, Answer, Handler, Operation, Param, document, ident, routes
+from fsm.protocol import (
+    WRAPPER_VERSION,
+    EventsDropped,
+    Frame,
+    Hello,
+    Shutdown,
+    WrapperFrame,
+    decode_from_wrapper,
+    encode,
+)
+from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody, check_prompt
 from fsm.session_core import LogEntry
 
-
-class CreateSessionBody(msgspec.Struct, forbid_unknown_fields=True):
-    agent_session: str | None = None
-    user_id: str = "user"
-    workdir: str | None = None
-    wrapper_version: str | None = None
-    """Version the first wrapper announces (for exercising version pinning)."""
-
-
-Handler = Callable[[Request], Awaitable[Response]]
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_LATER = 1013
+CLOSE_REPLACED = 4000
+REPLACED = "replaced by a newer connection of this session"
+_LAST_EVENT_ID = re.compile(r"[0-9]{1,19}")
+_MAX_EVENT_ID = 2**63 - 1
 
 
 def build_app(host: ControlHost) -> Starlette:
-    key = host.settings.api_key
+    ops = operations(host)
 
-    def guarded(handler: Handler, *, auth: bool = True) -> Handler:
+    def wrap(op: Operation) -> Handler:
+        key = host.settings.api_key
+
         async def wrapped(request: Request) -> Response:
             try:
-                if auth:
+                if op.auth:
                     check_bearer(request, key)
-                return await handler(request)
+                return await op.handler(request)
             except HTTPProblem as problem:
                 return problem.response()
 
         return wrapped
 
+    async def ingest(ws: WebSocket) -> None:
+        await _ingest(host, ws)
+
+    return Starlette(routes=[*routes(ops, wrap), WebSocketRoute("/ingest/{session_id}", ingest)])
+
+
+def openapi_document(host: ControlHost) -> dict[str, Any]:
+    return document(
+        title="fsm-agent control plane",
+        version=WRAPPER_VERSION,
+        description=(
+            "Sessions of sandboxed coding agents: create one, send it messages, read its event "
+            "log (SSE, resumable with Last-Event-ID). Wrappers connect on the WebSocket "
+            "/ingest/{session_id} (not described here: see fsm/protocol.py)."
+        ),
+        operations=operations(host),
+        limits=host.limits,
+    )
+
+
+def operations(host: ControlHost) -> list[Operation]:
+    """Every client-API operation: the one declaration of routes, bodies and answers."""
+    limits = host.limits
+
     def entry_of(request: Request) -> SessionEntry:
-        sid = request.path_params["session_id"]
+        sid = path_id(request, "session_id")
         entry = host.sessions.get(sid)
         if entry is None:
             raise HTTPProblem(404, f"unknown session {sid}", "session_id")
         return entry
 
     async def create_session(request: Request) -> Response:
-        body = await decode_body(request, CreateSessionBody)
-        entry = host.create_session(
+        body = await decode_body(request, CreateSessionBody, limits.body_bytes)
+        entry, token = host.create_session(
             agent_session=body.agent_session,
             user_id=body.user_id,
             workdir=body.workdir,
             wrapper_version=body.wrapper_version,
         )
-        return json_response(host.session_view(entry, detail=True), 201)
+        return json_response(host.session_detail(entry, token=token), 201)
 
     async def list_sessions(_request: Request) -> Response:
-        return json_response([host.session_view(e) for e in host.sessions.values()])
+        return json_response([host.session_summary(e) for e in host.sessions.values()])
 
     async def get_session(request: Request) -> Response:
-        return json_response(host.session_view(entry_of(request), detail=True))
+        return json_response(host.session_detail(entry_of(request)))
 
     async def delete_session(request: Request) -> Response:
         entry = entry_of(request)
         host.delete_session(entry.row.id)
-        return json_response({"id": entry.row.id, "state": entry.core.state}, 202)
+        return json_response(SessionStopping(entry.row.id, entry.core.state), 202)
 
     async def send_message(request: Request) -> Response:
         entry = entry_of(request)
-        body = await decode_body(request, PromptBody)
-        if not body.prompt.strip():
-            raise HTTPProblem(400, "prompt must not be empty", "prompt")
-        if body.model is not None and "/" not in body.model:
-            raise HTTPProblem(400, "model must be 'provider/model'", "model")
+        body = await decode_body(request, PromptBody, limits.body_bytes)
+        check_prompt(body, limits)
         if entry.core.machine.terminal:
             raise HTTPProblem(409, f"session is {entry.core.state}; create a new one", "session_id")
+        if body.message_id is None or body.message_id not in entry.core.messages:
+            unfinished = sum(
+                m.state in ("queued", "accepted") for m in entry.core.messages.values()
+            )
+            if unfinished >= limits.queued_messages:
+                raise HTTPProblem(
+                    429,
+                    f"{unfinished} messages of this session are unfinished; the limit is "
+                    f"{limits.queued_messages} (limits.queued_messages)",
+                    "prompt",
+                )
         message = entry.core.send_message(
             body.prompt,
             body.message_id,
@@ -96,42 +178,43 @@ def build_app(host: ControlHost) -> Starlette:
             agent=body.agent,
             auto_commit=body.auto_commit,
         )
-        return json_response({"id": message.id, "state": message.state}, 202)
+        return json_response(MessageAccepted(message.id, message.state), 202)
 
     async def abort(request: Request) -> Response:
         entry = entry_of(request)
-        body = await decode_body(request, AbortBody)
+        body = await decode_body(request, AbortBody, limits.body_bytes)
         if body.message_id is not None and body.message_id not in entry.core.messages:
             raise HTTPProblem(404, f"unknown message {body.message_id}", "message_id")
         entry.core.abort(body.message_id)
-        return json_response({"ok": True}, 202)
+        return json_response(Accepted(True), 202)
 
     async def permission(request: Request) -> Response:
         entry = entry_of(request)
-        body = await decode_body(request, PermissionBody)
-        entry.core.reply_permission(request.path_params["request_id"], body.reply, body.message)
-        return json_response({"ok": True}, 202)
+        request_id = path_id(request, "request_id")
+        body = await decode_body(request, PermissionBody, limits.body_bytes)
+        entry.core.reply_permission(request_id, body.reply, body.message)
+        return json_response(Accepted(True), 202)
 
     async def question(request: Request) -> Response:
         entry = entry_of(request)
-        body = await decode_body(request, QuestionBody)
+        request_id = path_id(request, "request_id")
+        body = await decode_body(request, QuestionBody, limits.body_bytes)
         if body.reject == (body.answers is not None):
             raise HTTPProblem(400, "give either answers or reject=true", "answers")
         answers = None if body.reject else body.answers
-        entry.core.reply_question(request.path_params["request_id"], answers)
-        return json_response({"ok": True}, 202)
+        entry.core.reply_question(request_id, answers)
+        return json_response(Accepted(True), 202)
 
     async def events(request: Request) -> Response:
         entry = entry_of(request)
-        raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-        if not raw.isdigit():
-            raise HTTPProblem(
-                400, f"Last-Event-ID must be an integer, got {raw!r}", "Last-Event-ID"
-            )
-        follow = request.query_params.get("follow", "1") != "0"
+        after = _event_cursor(request)
+        follow_raw = request.query_params.get("follow", "1")
+        if follow_raw not in ("0", "1"):
+            raise HTTPProblem(400, f"follow must be 0 or 1, got {follow_raw[:20]!r}", "follow")
+        host.check_stream_limits(entry)
         host.flush_session(entry.row.id)
         return StreamingResponse(
-            _sse(host, entry, int(raw), follow),
+            _sse(host, entry, after, follow_raw == "1"),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -142,28 +225,172 @@ def build_app(host: ControlHost) -> Starlette:
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def healthz(_request: Request) -> Response:
-        return json_response({"ok": True, "sessions": len(host.sessions)})
+        return json_response(Health(True, len(host.sessions)))
 
-    async def ingest(ws: WebSocket) -> None:
-        await _ingest(host, ws)
+    async def openapi(_request: Request) -> Response:
+        return json_response(openapi_document(host))
 
-    routes = [
-        Route("/sessions", guarded(create_session), methods=["POST"]),
-        Route("/sessions", guarded(list_sessions), methods=["GET"]),
-        Route("/sessions/{session_id}", guarded(get_session), methods=["GET"]),
-        Route("/sessions/{session_id}", guarded(delete_session), methods=["DELETE"]),
-        Route("/sessions/{session_id}/messages", guarded(send_message), methods=["POST"]),
-        Route("/sessions/{session_id}/abort", guarded(abort), methods=["POST"]),
-        Route(
-            "/sessions/{session_id}/permissions/{request_id}", guarded(permission), methods=["POST"]
+    sid = ident("session_id", "the session's id (from POST /sessions)")
+    rid = ident("request_id", "the agent's permission or question request id (from its event)")
+    not_found = Answer(404, "no such session (or message)", ErrorBody)
+    sessions_tag = ("sessions",)
+    return [
+        Operation(
+            "POST",
+            "/sessions",
+            create_session,
+            "Create a session; its wrapper starts at once",
+            (
+                Answer(201, "the new session", SessionDetail),
+                Answer(429, "limits.sessions reached", ErrorBody),
+            ),
+            body=CreateSessionBody,
+            tags=sessions_tag,
         ),
-        Route("/sessions/{session_id}/questions/{request_id}", guarded(question), methods=["POST"]),
-        Route("/sessions/{session_id}/events", guarded(events), methods=["GET"]),
-        Route("/metrics", guarded(metrics), methods=["GET"]),
-        Route("/healthz", guarded(healthz, auth=False), methods=["GET"]),
-        WebSocketRoute("/ingest/{session_id}", ingest),
+        Operation(
+            "GET",
+            "/sessions",
+            list_sessions,
+            "Every live session",
+            (Answer(200, "the sessions", list[SessionSummary]),),
+            tags=sessions_tag,
+        ),
+        Operation(
+            "GET",
+            "/sessions/{session_id}",
+            get_session,
+            "One session with its messages and timers",
+            (Answer(200, "the session", SessionDetail), not_found),
+            params=(sid,),
+            tags=sessions_tag,
+        ),
+        Operation(
+            "DELETE",
+            "/sessions/{session_id}",
+            delete_session,
+            "Stop a session and forget it once its wrapper is gone",
+            (Answer(202, "stopping", SessionStopping), not_found),
+            params=(sid,),
+            tags=sessions_tag,
+        ),
+        Operation(
+            "POST",
+            "/sessions/{session_id}/messages",
+            send_message,
+            "Send a prompt (idempotent by message_id)",
+            (
+                Answer(202, "queued (or the message already sent with this id)", MessageAccepted),
+                not_found,
+                Answer(409, "the session has ended", ErrorBody),
+                Answer(429, "limits.queued_messages unfinished messages", ErrorBody),
+            ),
+            body=PromptBody,
+            params=(sid,),
+            tags=("messages",),
+        ),
+        Operation(
+            "POST",
+            "/sessions/{session_id}/abort",
+            abort,
+            "Abort the running turn (or one message)",
+            (Answer(202, "sent to the wrapper", Accepted), not_found),
+            body=AbortBody,
+            params=(sid,),
+            tags=("messages",),
+        ),
+        Operation(
+            "POST",
+            "/sessions/{session_id}/permissions/{request_id}",
+            permission,
+            "Answer the agent's permission request",
+            (Answer(202, "sent to the wrapper", Accepted), not_found),
+            body=PermissionBody,
+            params=(sid, rid),
+            tags=("messages",),
+        ),
+        Operation(
+            "POST",
+            "/sessions/{session_id}/questions/{request_id}",
+            question,
+            "Answer (or reject) the agent's question",
+            (Answer(202, "sent to the wrapper", Accepted), not_found),
+            body=QuestionBody,
+            params=(sid, rid),
+            tags=("messages",),
+        ),
+        Operation(
+            "GET",
+            "/sessions/{session_id}/events",
+            events,
+            "The session's event log as Server-Sent Events, resumable with Last-Event-ID",
+            (
+                Answer(200, "the log from after the given id, then the live tail", media=SSE),
+                not_found,
+                Answer(429, "limits.sse_per_session or limits.sse_total streams open", ErrorBody),
+            ),
+            params=(
+                Param(
+                    "Last-Event-ID",
+                    "header",
+                    {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                    "resume after this id (wins over ?after)",
+                ),
+                Param(
+                    "after",
+                    "query",
+                    {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                    "resume after this id",
+                ),
+                Param(
+                    "follow",
+                    "query",
+                    {"type": "string", "enum": ["0", "1"]},
+                    "0: the stored log only, then the stream ends",
+                ),
+            ),
+            tags=("events",),
+        ),
+        Operation(
+            "GET",
+            "/metrics",
+            metrics,
+            "Prometheus metrics",
+            (Answer(200, "text exposition format", media=TEXT),),
+            tags=("operations",),
+        ),
+        Operation(
+            "GET",
+            "/healthz",
+            healthz,
+            "Liveness (no authentication)",
+            (Answer(200, "the process serves", Health),),
+            auth=False,
+            tags=("operations",),
+        ),
+        Operation(
+            "GET",
+            "/openapi.json",
+            openapi,
+            "This document",
+            (Answer(200, "OpenAPI 3.1", dict[str, Any]),),
+            auth=False,
+            tags=("operations",),
+        ),
     ]
-    return Starlette(routes=routes)
+
+
+def _event_cursor(request: Request) -> int:
+    """``Last-Event-ID`` (or ``?after``): ASCII digits only (``str.isdigit`` takes '²'), at most
+    2^63 - 1 (the store's INTEGER), else 400 naming the one that was wrong."""
+    header = request.headers.get("last-event-id")
+    name, raw = (
+        ("Last-Event-ID", header) if header else ("after", request.query_params.get("after"))
+    )
+    if not raw:
+        return 0
+    if not _LAST_EVENT_ID.fullmatch(raw) or int(raw) > _MAX_EVENT_ID:
+        raise HTTPProblem(400, f"{name} must be an event id (0 to 2^63-1), got {raw[:40]!r}", name)
+    return int(raw)
 
 
 def _sse_line(entry: LogEntry) -> bytes:
@@ -172,11 +399,13 @@ def _sse_line(entry: LogEntry) -> bytes:
 
 
 async def _sse(
-    host: ControlHost, entry: SessionEntry, after: int, follow: bool
+    host: ControlHost,
+    entry: SessionEntry,
+    after: int,
+    follow: bool,
 ) -> AsyncIterator[bytes]:
     assert host.store is not None
-    send, receive = anyio.create_memory_object_stream[LogEntry](max_buffer_size=10_000)
-    entry.subscribers.add(send)  # subscribe first, then read the store: no gap, dedupe by id
+    send, receive = host.subscribe(entry)  # subscribed first, then the store is read: no gap
     last = after
     try:
         while True:
@@ -201,8 +430,85 @@ async def _sse(
     except (anyio.EndOfStream, anyio.ClosedResourceError):
         return
     finally:
-        entry.subscribers.discard(send)
-        send.close()
+        host.unsubscribe(entry, send)
+
+
+# -- the ingest socket ------------------------------------------------------------------------
+
+
+class Violation(Exception):
+    """A peer broke the protocol: close its socket with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Disconnected(Exception):
+    pass
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = str.maketrans({"{": "(", "[": "(", "}": ")", "]": ")"})
+
+
+def nesting_depth(text: str) -> int:
+    """The JSON nesting depth of ``text`` (brackets inside strings do not count)."""
+    shape = "".join(c for c in _STRINGS.sub("", text).translate(_BRACKETS) if c in "()")
+    return max(accumulate(1 if c == "(" else -1 for c in shape), default=0)
+
+
+def check_frame(text: str, limits: LimitValues) -> WrapperFrame:
+    """Decode one ingest frame within the limits, or raise ``Violation``."""
+    if len(text) > limits.frame_bytes or len(text.encode("utf-8", "surrogatepass")) > (
+        limits.frame_bytes
+    ):
+        raise Violation(CLOSE_TOO_BIG, f"frame larger than {limits.frame_bytes} bytes")
+    # Counting brackets is C-speed; only a frame that could be too deep is measured exactly.
+    if text.count("{") + text.count("[") > limits.frame_depth and (
+        nesting_depth(text) > limits.frame_depth
+    ):
+        raise Violation(CLOSE_POLICY, f"frame nested deeper than {limits.frame_depth}")
+    try:
+        frame = decode_from_wrapper(text)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        raise Violation(CLOSE_POLICY, f"bad frame: {exc}") from None
+    if isinstance(frame, EventsDropped) and (
+        frame.last_seq < frame.seq or frame.count != frame.last_seq - frame.seq + 1
+    ):
+        raise Violation(CLOSE_POLICY, "bad frame: events_dropped must cover seq..last_seq")
+    return frame
+
+
+async def _receive(ws: WebSocket, limits: LimitValues) -> WrapperFrame:
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise Disconnected
+    text = message.get("text")
+    if text is None:
+        raise Violation(CLOSE_POLICY, "binary frames are not accepted: send JSON text")
+    return check_frame(text, limits)
+
+
+def _close_reason(reason: str) -> str:
+    # A close frame's reason is at most 123 bytes of UTF-8.
+    data = reason.encode("utf-8", "replace")[:123]
+    return data.decode("utf-8", "ignore")
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    # Already closed by the peer or by another task: nothing left to say.
+    with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+        await ws.close(code=code, reason=_close_reason(reason))
+
+
+class _Connection:
+    """One accepted ingest socket; the session's current one once its hello is admitted."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = anyio.create_memory_object_stream[Frame](max_buffer_size=10_000)
+        self.replaced = False
 
 
 async def _ingest(host: ControlHost, ws: WebSocket) -> None:
@@ -212,44 +518,102 @@ async def _ingest(host: ControlHost, ws: WebSocket) -> None:
     entry = host.check_wrapper_token(sid, token) if scheme.lower() == "bearer" else None
     if entry is None:
         host.metrics.refused_connections += 1
-        host.log.warning("wrapper refused: wrong token or unknown session", session=sid)
-        await ws.close(code=1008)
+        host.log.warning("wrapper refused: wrong token or unknown session", session=sid[:140])
+        await ws.close(code=CLOSE_POLICY)
         return
+    limits = host.limits
     await ws.accept()
-    send, receive = anyio.create_memory_object_stream[Frame](max_buffer_size=10_000)
-    previous, entry.outq = entry.outq, send
+    if entry.pending >= limits.pending_per_session or host.pending_total >= limits.pending_total:
+        host.metrics.refused_connections += 1
+        await _close(ws, CLOSE_TRY_LATER, "too many connections waiting for their hello")
+        return
+    conn = _Connection()
+    entry.pending += 1
+    host.pending_total += 1
+    try:
+        try:
+            with anyio.fail_after(host.values["ingest_hello"]):
+                first = await _receive(ws, limits)
+        except TimeoutError:
+            raise Violation(
+                CLOSE_POLICY, f"no hello within {host.values['ingest_hello']:g} s"
+            ) from None
+        if not isinstance(first, Hello):
+            raise Violation(CLOSE_POLICY, "the first frame must be a hello")
+        if first.session_id != sid:
+            raise Violation(CLOSE_POLICY, "hello names another session than this socket's URL")
+    except Violation as violation:
+        host.metrics.violations[violation.code] += 1
+        host.log.warning(
+            "ingest socket closed", session=sid, code=violation.code, reason=violation.reason
+        )
+        await _close(ws, violation.code, violation.reason)
+        conn.send.close()
+        return
+    except Disconnected:
+        conn.send.close()
+        return
+    finally:
+        entry.pending -= 1
+        host.pending_total -= 1
+    await _serve(host, entry, ws, conn, first)
+
+
+async def _serve(
+    host: ControlHost, entry: SessionEntry, ws: WebSocket, conn: _Connection, hello: Hello
+) -> None:
+    sid = entry.row.id
+    previous = entry.conn
+    entry.conn, entry.outq = conn, conn.send
     if previous is not None:
-        previous.close()  # a newer connection of the same session replaces the old one
+        previous.replaced = True
+        previous.send.close()  # its writer closes its socket: nothing more is acked there
 
     async def writer() -> None:
-        async with receive:
-            async for frame in receive:
-                await ws.send_text(encode(frame).decode())
-                if isinstance(frame, Shutdown):
-                    await ws.close(code=1000)
-                    return
+        try:
+            async with conn.receive:
+                async for frame in conn.receive:
+                    await ws.send_text(encode(frame).decode())
+                    if isinstance(frame, Shutdown):
+                        await _close(ws, 1000, "shutdown")
+                        return
+            if conn.replaced:
+                await _close(ws, CLOSE_REPLACED, REPLACED)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the socket is gone; the reader sees it too
 
+    closed: tuple[int, str] | None = None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer)
+            frame: WrapperFrame = hello
             try:
-                while True:
-                    text = await ws.receive_text()
-                    try:
-                        frame = decode_from_wrapper(text)
-                    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                        host.log.warning(
-                            "malformed frame from wrapper", session=sid, error=str(exc)
-                        )
-                        continue
+                while entry.conn is conn:
                     host.metrics.frames_in[frame.__class__.__name__.lower()] += 1
-                    entry.core.frame(frame)
-            except (WebSocketDisconnect, RuntimeError):
+                    try:
+                        entry.core.frame(frame)
+                    except Exception as exc:  # a bug, but only this socket may pay for it
+                        host.log.error(
+                            "a wrapper frame could not be applied",
+                            session=sid,
+                            error=f"{type(exc).__name__}: {exc}",
+                        )
+                        closed = (CLOSE_INTERNAL, "the control plane could not apply a frame")
+                        break
+                    frame = await _receive(ws, host.limits)
+            except Violation as violation:
+                closed = (violation.code, violation.reason)
+            except (Disconnected, WebSocketDisconnect, RuntimeError, OSError):
                 pass
             tg.cancel_scope.cancel()
+        if closed is not None:
+            host.metrics.violations[closed[0]] += 1
+            host.log.warning("ingest socket closed", session=sid, code=closed[0], reason=closed[1])
+            await _close(ws, *closed)
     finally:
-        if entry.outq is send:
+        if entry.conn is conn:
+            entry.conn = None
             entry.outq = None
             host.wrapper_disconnected(sid)
-        send.close()
-        host.log.info("wrapper disconnected", session=sid)
+        conn.send.close()
+        host.log.info("wrapper disconnected", session=sid, replaced=conn.replaced)

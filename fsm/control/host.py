@@ -35,17 +35,26 @@ import anyio
 import msgspec
 import uvicorn
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from adapters.runtime.base import RuntimePort, WrapperSpec
 from adapters.runtime.external import ExternalRuntime
 from adapters.runtime.local import LocalRuntime
-from adapters.store.sqlite import EventRow, MessageRow, SessionRow, SqliteStore, StoreError
+from adapters.store.sqlite import (
+    EventRow,
+    MessageRow,
+    SessionRow,
+    SqliteStore,
+    hash_token,
+)
 from fsm.clock import RealClock
 from fsm.collector import settle_collector
 from fsm.control.metrics import Metrics
+from fsm.control.views import SessionDetail, SessionSummary, WrapperAccess
 from fsm.effects import Effect, StartWrapper, StopWrapper
 from fsm.engine import Record, Snapshot
+from fsm.httpjson import HTTPProblem
+from fsm.limits import LimitValues, defaults
 from fsm.logs import JsonLog, capture_stdlib
 from fsm.protocol import Ack, Frame, ReleaseCommand, Shutdown, Welcome
 from fsm.session_core import LogEntry, Message, SessionCore
@@ -68,13 +77,25 @@ class ControlSettings:
     kilo_bin: str | None = None
     wrapper_command: list[str] | None = None
     runtime: Literal["local", "external"] = "local"
+    limits: LimitValues = field(default_factory=defaults)
 
 
 @dataclass
 class SessionEntry:
     core: SessionCore
     row: SessionRow
+    token: str | None = None
+    """The current wrapper's token, in memory only (the store keeps its hash): minted anew for
+    every wrapper the local runtime starts, so a replaced wrapper's token opens nothing."""
     outq: MemoryObjectSendStream[Frame] | None = None
+    conn: Any = None
+    """The admitted ingest connection (``fsm.control.api``); None while disconnected."""
+    pending: int = 0
+    """Ingest sockets of this session accepted and waiting for their hello."""
+    write_failures: int = 0
+    retry_at: float = 0.0
+    """After a failed store write, the session's data waits in memory until then (backoff)."""
+    events_refused: int = 0
     commands: list[Frame] = field(default_factory=list)
     held: list[Frame] = field(default_factory=list)
     events: list[LogEntry] = field(default_factory=list)
@@ -105,6 +126,7 @@ class ControlHost:
         self.metrics = Metrics()
         self.sessions: dict[str, SessionEntry] = {}
         self._dirty: set[str] = set()
+        self.pending_total = 0
         """Sessions with data waiting to be stored (or frames waiting for that)."""
         self.store: SqliteStore | None = None
         self.runtime: RuntimePort | None = None
@@ -137,6 +159,7 @@ class ControlHost:
                 lifespan="off",
                 access_log=False,
                 ws="websockets-sansio",
+                ws_max_size=self.limits.frame_bytes,
             )
         )
         try:
@@ -176,6 +199,10 @@ class ControlHost:
             self._flush()
             self.store.close()
 
+    @property
+    def limits(self) -> LimitValues:
+        return self.settings.limits
+
     def request_stop(self) -> None:
         self.stop_requested.set()
 
@@ -202,15 +229,29 @@ class ControlHost:
         user_id: str = "user",
         workdir: str | None = None,
         wrapper_version: str | None = None,
-    ) -> SessionEntry:
+    ) -> tuple[SessionEntry, str]:
+        """A new session and its wrapper token (shown once: only its hash is stored)."""
         assert self.store is not None
+        if len(self.sessions) >= self.limits.sessions:
+            raise HTTPProblem(
+                429,
+                f"{len(self.sessions)} sessions are live; the limit is {self.limits.sessions} "
+                "(limits.sessions)",
+                "sessions",
+            )
         sid = f"s_{uuid.uuid4().hex[:12]}"
-        path = Path(workdir) if workdir else self.settings.base_dir / sid / "workspace"
-        path.mkdir(parents=True, exist_ok=True)
+        path = self._workdir(workdir) if workdir else self.settings.base_dir / sid / "workspace"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HTTPProblem(
+                400, f"workdir {path} cannot be created: {exc.strerror or exc}", "workdir"
+            ) from None
         now = self.clock.now()
+        token = secrets.token_urlsafe(32)
         row = SessionRow(
             id=sid,
-            token=secrets.token_urlsafe(32),
+            token_hash=hash_token(token),
             agent_session=agent_session or f"agent_{sid}",
             user_id=user_id,
             workdir=str(path),
@@ -222,10 +263,28 @@ class ControlHost:
             updated_at=now,
         )
         self.store.create_session(row)
-        entry = SessionEntry(self._new_core(sid), row, first_version=wrapper_version)
+        entry = SessionEntry(self._new_core(sid), row, token, first_version=wrapper_version)
         self.sessions[sid] = entry
         entry.core.start()
-        return entry
+        return entry, token
+
+    def _workdir(self, given: str) -> Path:
+        """A client's workdir, confined to the workspace root: relative paths are taken from the
+        root, and the result (symlinks resolved) must lie strictly inside it and must not hold
+        the control plane's own files."""
+        root = self.settings.base_dir.resolve()
+        if "\0" in given:
+            raise HTTPProblem(400, "workdir must not contain NUL", "workdir")
+        path = (root / given).resolve()
+        if path == root or not path.is_relative_to(root):
+            raise HTTPProblem(
+                400, f"workdir must be a directory inside the workspace root {root}", "workdir"
+            )
+        if self.settings.db.resolve().is_relative_to(path):
+            raise HTTPProblem(
+                400, "workdir must not contain the control plane's database", "workdir"
+            )
+        return path
 
     def _load_sessions(self) -> None:
         assert self.store is not None
@@ -282,8 +341,8 @@ class ControlHost:
 
     def check_wrapper_token(self, session_id: str, given: str) -> SessionEntry | None:
         entry = self.sessions.get(session_id)
-        expected = entry.row.token if entry is not None else secrets.token_urlsafe(32)
-        ok = hmac.compare_digest(given.encode(), expected.encode())
+        expected = entry.row.token_hash if entry is not None else hash_token(secrets.token_hex())
+        ok = hmac.compare_digest(hash_token(given[:512]).encode(), expected.encode())
         return entry if ok and entry is not None else None
 
     # -- effects and records --------------------------------------------------------------------
@@ -337,12 +396,23 @@ class ControlHost:
             entry.exits_seen += 1
             self.log.info("wrapper start skipped", session=row.id, state=entry.core.state)
             return
+        # An external starter was given the session's token once, at creation, and keeps it
+        # (after a restart of ours only its hash is left, which is all the socket needs).
+        token = entry.token or ""
+        if self.settings.runtime != "external":
+            # Every wrapper we start gets a token of its own: the one it replaces opens nothing
+            # any more.
+            token = secrets.token_urlsafe(32)
+            assert self.store is not None
+            self.store.set_token_hash(row.id, hash_token(token))
+            row.token_hash = hash_token(token)
+            entry.token = token
         spec = WrapperSpec(
             session_id=row.id,
             agent_session=row.agent_session,
             user_id=row.user_id,
             ingest_url=f"{self.ingest_base}/{row.id}",
-            token=row.token,
+            token=token,
             workdir=Path(row.workdir),
             config=self.settings.config,
             kilo_bin=self.settings.kilo_bin,
@@ -424,6 +494,21 @@ class ControlHost:
         entry = self.sessions.get(session_id)
         if entry is None:
             return
+        if entry_.kind == "event" and entry_.id > self.limits.session_events:
+            # The log is full of agent events: the first one past the bound is stored as the
+            # marker that says so, the rest are counted (messages, outcomes and transitions are
+            # still stored: they are bounded by limits.queued_messages).
+            entry.events_refused += 1
+            self.metrics.events_dropped += 1
+            if entry.events_refused > 1:
+                return
+            self.log.warning("session event log full", session=session_id)
+            entry_ = LogEntry(
+                entry_.id,
+                entry_.at,
+                "events_dropped",
+                {"reason": "limits.session_events", "limit": self.limits.session_events},
+            )
         entry.events.append(entry_)
         self._dirty.add(session_id)
         if entry_.kind == "message":
@@ -441,9 +526,11 @@ class ControlHost:
     def flush_session(self, session_id: str) -> None:
         """Store what is pending now, so a reader of the log sees what the API already shows."""
         entry = self.sessions.get(session_id)
-        if entry is not None and self.store is not None:
+        if entry is not None and self.store is not None and entry.retry_at <= time.monotonic():
             self._dirty.discard(session_id)
-            self._release(entry, self._write(session_id, entry))
+            events = self._write_contained(session_id, entry)
+            if events is not None:
+                self._release(entry, events)
 
     def _flush(self) -> None:
         """Write every session with pending data in one transaction, then release what waited
@@ -453,19 +540,49 @@ class ControlHost:
         if store is None or not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
+        now = time.monotonic()
         written: list[tuple[SessionEntry, list[LogEntry]]] = []
         with store.batch("store pending session data"):
             for sid in sorted(dirty):
                 entry = self.sessions.get(sid)
                 if entry is None:
                     continue
-                try:
-                    written.append((entry, self._write(sid, entry)))
-                except StoreError as exc:
-                    # Not acknowledged, so the wrapper resends; keep serving everyone else.
-                    self.log.error("storing a session failed", session=sid, error=str(exc))
+                if entry.retry_at > now:
+                    self._dirty.add(sid)  # still backing off after a failed write
+                    continue
+                events = self._write_contained(sid, entry)
+                if events is not None:
+                    written.append((entry, events))
         for entry, events in written:
             self._release(entry, events)
+
+    def _write_contained(self, sid: str, entry: SessionEntry) -> list[LogEntry] | None:
+        """One session's write in a savepoint of its own. Whatever it raises (any store error,
+        or anything else one session's data could cause) stays with that session: its partial
+        write is rolled back, its data waits in memory (unacknowledged, so nothing is lost) and
+        is retried with a backoff, and every other session's write goes on."""
+        assert self.store is not None
+        pending = entry.events
+        try:
+            with self.store.savepoint("session"):
+                events = self._write(sid, entry)
+        except Exception as exc:
+            entry.events = pending + entry.events
+            entry.write_failures += 1
+            delay = min(30.0, FLUSH_PERIOD * 2**entry.write_failures)
+            entry.retry_at = time.monotonic() + delay
+            self._dirty.add(sid)
+            self.metrics.store_failures += 1
+            self.log.error(
+                "storing a session failed; its data waits in memory",
+                session=sid,
+                error=f"{type(exc).__name__}: {exc}"[:500],
+                failures=entry.write_failures,
+                retry_in=round(delay, 3),
+            )
+            return None
+        entry.write_failures = 0
+        return events
 
     def _write(self, sid: str, entry: SessionEntry) -> list[LogEntry]:
         store = self.store
@@ -519,27 +636,57 @@ class ControlHost:
 
     # -- views for the API ----------------------------------------------------------------------
 
-    def session_view(self, entry: SessionEntry, *, detail: bool = False) -> dict[str, Any]:
+    def session_summary(self, entry: SessionEntry) -> SessionSummary:
+        return SessionSummary(
+            id=entry.row.id,
+            state=entry.core.state,
+            agent_session=entry.row.agent_session,
+            user_id=entry.row.user_id,
+            workdir=entry.row.workdir,
+            wrapper_id=entry.core.wrapper_id,
+            connected=entry.outq is not None,
+            created_at=entry.row.created_at,
+        )
+
+    def session_detail(self, entry: SessionEntry, *, token: str | None = None) -> SessionDetail:
+        """``token``: only when the session was just created, and only for an external runtime
+        (nobody else will start its wrapper; the token is never shown again)."""
         core = entry.core
-        view: dict[str, Any] = {
-            "id": entry.row.id,
-            "state": core.state,
-            "agent_session": entry.row.agent_session,
-            "user_id": entry.row.user_id,
-            "workdir": entry.row.workdir,
-            "wrapper_id": core.wrapper_id,
-            "connected": entry.outq is not None,
-            "created_at": entry.row.created_at,
-        }
-        if detail and self.settings.runtime == "external":
-            # Nobody else will start this session's wrapper: its starter needs these.
-            view["wrapper"] = {
-                "ingest_url": f"{self.ingest_base}/{entry.row.id}",
-                "token": entry.row.token,
-            }
-        if detail:
-            view["messages"] = [msgspec.to_builtins(m) for m in core.messages.values()]
-            view["timers"] = {k: round(v, 3) for k, v in core.machine.deadlines().items()}
-            view["restart_budget_left"] = core.machine.budget_remaining("wrapper_restarts")
-            view["now"] = round(time.time(), 3)
-        return view
+        summary = self.session_summary(entry)
+        access = None
+        if token is not None and self.settings.runtime == "external":
+            access = WrapperAccess(f"{self.ingest_base}/{entry.row.id}", token)
+        return SessionDetail(
+            **msgspec.structs.asdict(summary),
+            messages=list(core.messages.values()),
+            timers={k: round(v, 3) for k, v in core.machine.deadlines().items()},
+            restart_budget_left=core.machine.budget_remaining("wrapper_restarts"),
+            now=round(time.time(), 3),
+            wrapper=access,
+        )
+
+    # -- live event streams ---------------------------------------------------------------------
+
+    def check_stream_limits(self, entry: SessionEntry) -> None:
+        """429 past the stream limits. Counted from the live subscriptions themselves, so a
+        stream that never started cannot leak a slot."""
+        limits = self.limits
+        total = sum(len(e.subscribers) for e in self.sessions.values())
+        if len(entry.subscribers) >= limits.sse_per_session or total >= limits.sse_total:
+            raise HTTPProblem(
+                429,
+                f"too many event streams open (limits.sse_per_session {limits.sse_per_session}, "
+                f"limits.sse_total {limits.sse_total})",
+                "session_id",
+            )
+
+    def subscribe(
+        self, entry: SessionEntry
+    ) -> tuple[MemoryObjectSendStream[LogEntry], MemoryObjectReceiveStream[LogEntry]]:
+        send, receive = anyio.create_memory_object_stream[LogEntry](max_buffer_size=10_000)
+        entry.subscribers.add(send)
+        return send, receive
+
+    def unsubscribe(self, entry: SessionEntry, send: MemoryObjectSendStream[LogEntry]) -> None:
+        entry.subscribers.discard(send)
+        send.close()

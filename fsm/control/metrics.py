@@ -21,6 +21,9 @@ class Metrics:
         self.frames_out: Counter[str] = Counter()
         self.events_dropped = 0
         self.refused_connections = 0
+        self.violations: Counter[int] = Counter()
+        """Ingest sockets closed for a protocol violation, by close code."""
+        self.store_failures = 0
 
     def record(self, rec: Record) -> None:
         if rec.kind in ("transition", "internal"):
@@ -60,6 +63,11 @@ class Metrics:
         out.append(f"fsm_agent_events_dropped_total {self.events_dropped}")
         family("fsm_agent_refused_connections_total", "counter", "Wrappers refused (bad token).")
         out.append(f"fsm_agent_refused_connections_total {self.refused_connections}")
+        family("fsm_agent_ingest_closed_total", "counter", "Ingest sockets closed by close code.")
+        for code, count in sorted(self.violations.items()):
+            out.append(f'fsm_agent_ingest_closed_total{{code="{code}"}} {count}')
+        family("fsm_agent_store_failures_total", "counter", "Session writes that failed.")
+        out.append(f"fsm_agent_store_failures_total {self.store_failures}")
         family("fsm_agent_timer_seconds", "gauge", "Effective timer values in force.")
         for key, seconds in timers:
             out.append(f'fsm_agent_timer_seconds{{timer="{key}"}} {seconds:g}')

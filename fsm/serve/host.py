@@ -125,9 +125,15 @@ class WrapperHost:
         sock.bind((self.settings.listen_host, self.settings.listen_port))
         sock.listen(128)  # connections queue from now on: the port we log is already usable
         self.api_port = sock.getsockname()[1]
-        app = build_app(self.core, self.settings.token, self._agent_info)
+        app = build_app(self.core, self.settings.token, self._agent_info, self.settings.limits)
         server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                ws_max_size=self.settings.limits.frame_bytes,
+            )
         )
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -190,7 +196,12 @@ class WrapperHost:
             answer = await self.client.commit_message(str(self.settings.workdir))
             return str(answer.get("message") or "")
 
-        result = await auto_commit(self.settings.workdir, command.prompt, generate)
+        result = await auto_commit(
+            self.settings.workdir,
+            command.prompt,
+            generate,
+            private_paths=[self.settings.state_dir],
+        )
         self.log.info("auto-commit", message_id=mid, **result)
         self.core.note("auto_commit", {"message_id": mid, **result})
 

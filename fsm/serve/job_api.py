@@ -10,45 +10,94 @@ plane's commands reach — so HTTP and ingest commands cannot behave differently
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from fsm.httpjson import HTTPProblem, check_bearer, decode_body, json_response
-from fsm.protocol import PermissionCommand, PromptCommand, QuestionCommand
-from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody
+from fsm.httpjson import ErrorBody, HTTPProblem, check_bearer, decode_body, json_response, path_id
+from fsm.limits import LimitValues, defaults
+from fsm.openapi import Answer, Handler, Operation, document, ident, routes
+from fsm.protocol import WRAPPER_VERSION, PermissionCommand, PromptCommand, QuestionCommand
+from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody, check_prompt
 from fsm.wrapper_core import Unavailable, UnknownMessage, WrapperCore
 
-Handler = Callable[[Request], Awaitable[Response]]
+
+class PromptAccepted(msgspec.Struct):
+    message_id: str
+    state: str
+
+
+class AbortAnswer(msgspec.Struct):
+    aborted: list[str]
+    """The message ids whose turns were told to cancel."""
+
+
+class Ok(msgspec.Struct):
+    ok: bool
+
+
+class Health(msgspec.Struct):
+    ok: bool
+    wrapper: str
+
+
+class Readiness(msgspec.Struct):
+    ready: bool
+    wrapper: str
+    agent_link: str | None
 
 
 def build_app(
     core: WrapperCore,
     token: str,
     agent_info: Callable[[], dict[str, Any]],
+    limits: LimitValues | None = None,
 ) -> Starlette:
     """``agent_info`` reports the Kilo process (port, pid, health) for ``/job/status``."""
+    ops = operations(core, agent_info, limits or defaults())
 
-    def guarded(handler: Handler) -> Handler:
+    def wrap(op: Operation) -> Handler:
         async def wrapped(request: Request) -> Response:
             try:
-                check_bearer(request, token)
-                return await handler(request)
+                if op.auth:
+                    check_bearer(request, token)
+                return await op.handler(request)
             except HTTPProblem as problem:
                 return problem.response()
 
         return wrapped
 
+    return Starlette(routes=routes(ops, wrap))
+
+
+def openapi_document(
+    core: WrapperCore, agent_info: Callable[[], dict[str, Any]], limits: LimitValues
+) -> dict[str, Any]:
+    return document(
+        title="fsm-agent wrapper job API",
+        version=WRAPPER_VERSION,
+        description=(
+            "One wrapper's agent: send it prompts, abort, answer its permission requests and "
+            "questions, read its machines' status. Every route but /openapi.json needs the "
+            "wrapper's bearer token."
+        ),
+        operations=operations(core, agent_info, limits),
+        limits=limits,
+    )
+
+
+def operations(
+    core: WrapperCore, agent_info: Callable[[], dict[str, Any]], limits: LimitValues
+) -> list[Operation]:
+    """Every job-API operation: the one declaration of routes, bodies and answers."""
+
     async def prompt(request: Request) -> Response:
-        body = await decode_body(request, PromptBody)
-        if not body.prompt.strip():
-            raise HTTPProblem(400, "prompt must not be empty", "prompt")
-        if body.model is not None and "/" not in body.model:
-            raise HTTPProblem(400, "model must be 'provider/model'", "model")
+        body = await decode_body(request, PromptBody, limits.body_bytes)
+        check_prompt(body, limits)
         message_id = body.message_id or f"msg_{uuid.uuid4().hex[:20]}"
         command = PromptCommand(
             message_id=message_id,
@@ -62,56 +111,109 @@ def build_app(
             core.prompt(command)
         except Unavailable as exc:
             raise HTTPProblem(503, f"agent_unavailable: {exc}") from None
-        return json_response({"message_id": message_id, "state": core.turn(message_id).state}, 202)
+        return json_response(PromptAccepted(message_id, core.turn(message_id).state), 202)
 
     async def abort(request: Request) -> Response:
-        body = await decode_body(request, AbortBody)
+        body = await decode_body(request, AbortBody, limits.body_bytes)
         try:
             aborted = core.abort(body.message_id)
         except UnknownMessage:
             raise HTTPProblem(404, f"unknown message {body.message_id}", "message_id") from None
-        return json_response({"aborted": aborted})
+        return json_response(AbortAnswer(aborted))
 
     async def status(_request: Request) -> Response:
         return json_response({**core.status(), "agent": agent_info()})
 
     async def permission(request: Request) -> Response:
-        request_id = request.path_params["request_id"]
-        body = await decode_body(request, PermissionBody)
+        request_id = path_id(request, "request_id")
+        body = await decode_body(request, PermissionBody, limits.body_bytes)
         if core.pending_requests.get(request_id) != "permission":
             raise HTTPProblem(404, f"no pending permission request {request_id}", "request_id")
         core.reply_permission(PermissionCommand(request_id, body.reply, body.message))
-        return json_response({"ok": True})
+        return json_response(Ok(True))
 
     async def question(request: Request) -> Response:
-        request_id = request.path_params["request_id"]
-        body = await decode_body(request, QuestionBody)
+        request_id = path_id(request, "request_id")
+        body = await decode_body(request, QuestionBody, limits.body_bytes)
         if body.reject == (body.answers is not None):
             raise HTTPProblem(400, "give either answers or reject=true", "answers")
         if core.pending_requests.get(request_id) != "question":
             raise HTTPProblem(404, f"no pending question {request_id}", "request_id")
         core.reply_question(QuestionCommand(request_id, None if body.reject else body.answers))
-        return json_response({"ok": True})
+        return json_response(Ok(True))
 
     async def healthz(_request: Request) -> Response:
-        return json_response({"ok": True, "wrapper": core.wrapper.state})
+        return json_response(Health(True, core.wrapper.state))
 
     async def readyz(_request: Request) -> Response:
         ready = core.wrapper.state in ("ready", "running", "idle") and not core.degraded
-        body = {
-            "ready": ready,
-            "wrapper": core.wrapper.state,
-            "agent_link": core.link.state if core.link else None,
-        }
+        body = Readiness(ready, core.wrapper.state, core.link.state if core.link else None)
         return json_response(body, 200 if ready else 503)
 
-    routes = [
-        Route("/job/prompt", guarded(prompt), methods=["POST"]),
-        Route("/job/abort", guarded(abort), methods=["POST"]),
-        Route("/job/status", guarded(status), methods=["GET"]),
-        Route("/job/permissions/{request_id}", guarded(permission), methods=["POST"]),
-        Route("/job/questions/{request_id}", guarded(question), methods=["POST"]),
-        Route("/healthz", guarded(healthz), methods=["GET"]),
-        Route("/readyz", guarded(readyz), methods=["GET"]),
+    async def openapi(_request: Request) -> Response:
+        return json_response(openapi_document(core, agent_info, limits))
+
+    rid = ident("request_id", "the agent's request id (from its permission/question event)")
+    unavailable = Answer(503, "the agent is gone for good (agent_unavailable)", ErrorBody)
+    return [
+        Operation(
+            "POST",
+            "/job/prompt",
+            prompt,
+            "Run a prompt (idempotent by message_id)",
+            (Answer(202, "accepted; its turn's state", PromptAccepted), unavailable),
+            body=PromptBody,
+        ),
+        Operation(
+            "POST",
+            "/job/abort",
+            abort,
+            "Abort the running turn (or one message's)",
+            (
+                Answer(200, "whether a turn was aborted", AbortAnswer),
+                Answer(404, "unknown message", ErrorBody),
+            ),
+            body=AbortBody,
+        ),
+        Operation(
+            "GET",
+            "/job/status",
+            status,
+            "Every machine's state, timers, turns and the agent process",
+            (Answer(200, "the status", dict[str, Any]),),
+        ),
+        Operation(
+            "POST",
+            "/job/permissions/{request_id}",
+            permission,
+            "Answer a pending permission request",
+            (Answer(200, "sent to the agent", Ok), Answer(404, "no such request", ErrorBody)),
+            body=PermissionBody,
+            params=(rid,),
+        ),
+        Operation(
+            "POST",
+            "/job/questions/{request_id}",
+            question,
+            "Answer (or reject) a pending question",
+            (Answer(200, "sent to the agent", Ok), Answer(404, "no such question", ErrorBody)),
+            body=QuestionBody,
+            params=(rid,),
+        ),
+        Operation("GET", "/healthz", healthz, "Liveness", (Answer(200, "alive", Health),)),
+        Operation(
+            "GET",
+            "/readyz",
+            readyz,
+            "Readiness: the agent is up and its event link healthy",
+            (Answer(200, "ready", Readiness), Answer(503, "not ready", Readiness)),
+        ),
+        Operation(
+            "GET",
+            "/openapi.json",
+            openapi,
+            "This document",
+            (Answer(200, "OpenAPI 3.1", dict[str, Any]),),
+            auth=False,
+        ),
     ]
-    return Starlette(routes=routes)

@@ -3,17 +3,23 @@
 Identity (``--agent-session``, ``--user-id``, ``--session-id``) is fixed for the life of the
 process; per-execution settings arrive with each prompt. The config file holds timer overrides
 (``[timers]``), the outbox bounds (``[outbox]``) and Kilo's own configuration (``[kilo.config]``,
-passed verbatim as ``KILO_CONFIG_CONTENT``: providers, models, permissions).
+passed verbatim as ``KILO_CONFIG_CONTENT``: providers, models, permissions), plus
+``[kilo] pass_env = [...]``: the only variables of the wrapper's environment Kilo gets beyond its
+allow-list (``adapters/kilo/process.py``), for keys its config names with ``{env:NAME}``.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import sys
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from fsm.config import ConfigError, read_toml, timer_values
+from fsm.limits import LimitValues, defaults
+from fsm.logs import JsonLog
 from fsm.timers import TimerValues
 
 
@@ -29,11 +35,15 @@ class ServeSettings(msgspec.Struct, kw_only=True):
     state_dir: Path
     kilo_bin: str | None = None
     kilo_config: dict[str, Any] = msgspec.field(default_factory=dict)
+    kilo_pass_env: list[str] = []
+    """Names of variables handed to Kilo from our environment (``[kilo] pass_env``); the caller
+    of ``start_kilo`` passes them as ``pass_env``. Kilo and every tool it runs can read them."""
     outbox_frames: int = 1000
     outbox_bytes: int = 8 * 1024 * 1024
     flush_bound: float = 3.0
     version: str | None = None
     wrapper_id: str | None = None
+    limits: LimitValues = msgspec.field(default_factory=defaults)
 
 
 class FileSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -43,6 +53,7 @@ class FileSettings(msgspec.Struct, forbid_unknown_fields=True):
     outbox: dict[str, int] = {}
     kilo: dict[str, Any] = {}
     control: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
 
 
 def load_file(path: Path | None) -> tuple[FileSettings, TimerValues]:
@@ -69,3 +80,40 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not 0 <= number <= 65535:
         raise ValueError(f"--listen: port {number} is out of range 0-65535")
     return host.strip("[]"), number
+
+
+EXPOSED_WARNING = (
+    "listening on {host} without TLS: put a TLS-terminating proxy in front; tokens and prompts "
+    "cross the network in clear"
+)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1 (also as ``::ffff:127.x``): what only this
+    machine can reach. Any other name or address (``0.0.0.0``, ``::``, a host name) may be
+    reachable from the network."""
+    name = host.strip("[]").lower().rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def exposure_warning(host: str) -> str | None:
+    """The warning to print (and log) when binding ``host`` sends secrets over a network in
+    clear; None on loopback. Neither host speaks TLS itself: bearer tokens, the ingest link's
+    frames and every prompt would travel readable by anyone on the path."""
+    return None if is_loopback(host) else EXPOSED_WARNING.format(host=host)
+
+
+def warn_if_exposed(host: str, log: JsonLog) -> None:
+    """One human line on stderr and one log line when ``host`` is not loopback."""
+    warning = exposure_warning(host)
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+        log.warning(warning, host=host)

@@ -65,7 +65,7 @@ class SimControl:
         store.create_session(
             SessionRow(
                 id=session_id,
-                token="sim",
+                token_hash="sim",
                 agent_session="",
                 user_id="user",
                 workdir="/sim",
