@@ -120,14 +120,24 @@ def serve_command(
     ingest_url: Annotated[
         str, typer.Option(help="ws:// or wss:// URL of the control plane's ingest endpoint.")
     ],
-    token: Annotated[
-        str,
+    token_file: Annotated[
+        Path | None,
         typer.Option(
-            envvar="FSM_AGENT_TOKEN",
-            help="Bearer token for the job API and ingest (never logged).",
+            help="File holding the bearer token for the job API and ingest: ours, mode 0600 or "
+            "stricter, single-use (removed once read). Else --token-fd, else $FSM_AGENT_TOKEN.",
+            dir_okay=False,
             show_default=False,
         ),
-    ],
+    ] = None,
+    token_fd: Annotated[
+        int | None,
+        typer.Option(
+            help="Inherited descriptor (a pipe) to read the token from, to EOF; closed after.",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
+    token: Annotated[str | None, typer.Option(hidden=True, help="Refused: argv is public.")] = None,
     listen: Annotated[
         str, typer.Option(help="HOST:PORT of the job API (port 0 picks a free one).")
     ] = "127.0.0.1:0",
@@ -144,7 +154,8 @@ def serve_command(
     state_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Where Kilo keeps its state (default WORKDIR/.fsm-agent/kilo-state).",
+            help="Where Kilo keeps its state, outside the workspace (default "
+            "$XDG_STATE_HOME/fsm-agent/SESSION_ID, or ~/.local/state/fsm-agent/SESSION_ID).",
             file_okay=False,
         ),
     ] = None,
@@ -154,14 +165,14 @@ def serve_command(
     ] = None,
 ) -> None:
     """Run the wrapper: own a Kilo server, relay its events to the control plane, serve jobs."""
-    from fsm.serve.main import run_serve
+    from fsm.serve.main import read_token, run_serve
 
     code = run_serve(
         agent_session=agent_session,
         user_id=user_id,
         session_id=session_id,
         ingest_url=ingest_url,
-        token=token,
+        token=read_token(token_file=token_file, token_fd=token_fd, argv_value=token),
         listen=listen,
         workdir=workdir,
         config=config,
@@ -174,25 +185,51 @@ def serve_command(
 
 @app.command("control")
 def control_command(
-    api_key: Annotated[
-        str,
+    api_key_file: Annotated[
+        Path | None,
         typer.Option(
-            envvar="FSM_AGENT_API_KEY", help="Bearer key clients must present.", show_default=False
+            help="File holding the bearer key clients must present (ours, mode 0600 or "
+            "stricter; kept). Else $FSM_AGENT_API_KEY.",
+            dir_okay=False,
+            show_default=False,
         ),
-    ],
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(hidden=True, help="Refused: argv is public.")
+    ] = None,
     listen: Annotated[
         str, typer.Option(help="HOST:PORT for the API and ingest.")
     ] = "127.0.0.1:8700",
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="The control plane's own state (database, created 0700), never holding a "
+            "workspace (default .fsm-agent/control, or beside --db if only --db is given).",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    workspaces: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where sessions' workspaces (and, for now, wrapper logs) live (default "
+            ".fsm-agent/workspaces; DB_DIR/sessions if only --db is given).",
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
     db: Annotated[
-        Path, typer.Option(help="SQLite file (created if missing).", dir_okay=False)
-    ] = Path(".fsm-agent/control.db"),
+        Path | None,
+        typer.Option(
+            help="SQLite file (created if missing; default STATE_DIR/control.db).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOption = None,
     base_dir: Annotated[
         Path | None,
-        typer.Option(
-            help="Where sessions' workspaces and wrapper logs live (default: beside --db).",
-            file_okay=False,
-        ),
+        typer.Option(help="Older name of --workspaces.", file_okay=False, show_default=False),
     ] = None,
     kilo_bin: Annotated[str | None, typer.Option(help="Kilo binary handed to wrappers.")] = None,
     runtime: Annotated[
@@ -207,15 +244,19 @@ def control_command(
     if runtime not in ("local", "external"):
         typer.echo(f"error: --runtime must be 'local' or 'external', not {runtime!r}", err=True)
         raise typer.Exit(2)
-    from fsm.control.main import run_control
+    from fsm.control.main import read_api_key, run_control
 
+    if workspaces is not None and base_dir is not None and workspaces != base_dir:
+        typer.echo("error: --base-dir is the older name of --workspaces: give one", err=True)
+        raise typer.Exit(2)
     raise typer.Exit(
         run_control(
             listen=listen,
             db=db,
-            api_key=api_key,
+            api_key=read_api_key(api_key_file=api_key_file, argv_value=api_key),
             config=config,
-            base_dir=base_dir,
+            base_dir=workspaces or base_dir,
+            state_dir=state_dir,
             kilo_bin=kilo_bin,
             runtime=runtime,
         )

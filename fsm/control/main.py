@@ -1,4 +1,19 @@
-"""Entry point of ``fsm-agent control``: validate the command line, then run the host."""
+"""Entry point of ``fsm-agent control``: validate the command line, then run the host.
+
+Layout on disk. The control plane's own state (the database that holds every session's token)
+lives in a state directory created 0700, ``.fsm-agent/control`` by default; sessions' workspaces
+live elsewhere, ``.fsm-agent/workspaces`` by default, so no workspace is inside the state
+directory and nothing under a workspace is the control plane's. Given only ``--db`` (the older
+form), the workspaces stay beside it in ``DB_DIR/sessions``, as before.
+
+This separates the trees; it is not a boundary. Under one uid an agent can read any file the
+control plane can (``../../../control/control.db`` is one path away). The boundary is running the
+agent as another user in its container (issue 14); until then, this layout only keeps the
+database out of the tree the agent is told is its own.
+
+The API key never comes from argv: ``--api-key-file`` or ``FSM_AGENT_API_KEY``, which is removed
+from the environment once read (``fsm.secrets_input``).
+"""
 
 from __future__ import annotations
 
@@ -11,42 +26,112 @@ import anyio
 from fsm.config import ConfigError, timer_values
 from fsm.control.host import ControlHost, ControlSettings
 from fsm.logs import JsonLog
-from fsm.serve.settings import load_file, parse_listen
+from fsm.secrets_input import API_KEY_ENV, SecretInputError, control_api_key
+from fsm.serve.settings import load_file, parse_listen, warn_if_exposed
+
+DEFAULT_STATE_DIR = Path(".fsm-agent/control")
+DEFAULT_WORKSPACES = Path(".fsm-agent/workspaces")
+DB_NAME = "control.db"
+
+
+def read_api_key(*, api_key_file: Path | None, argv_value: str | None) -> str:
+    """The API key from ``--api-key-file`` or ``FSM_AGENT_API_KEY``; exit 2 naming the flag.
+
+    ``argv_value`` is what an ``--api-key VALUE`` carried: refused, since argv is public.
+    """
+    try:
+        if argv_value is not None:
+            raise SecretInputError(
+                "--api-key takes no value on the command line: argv is visible to every local "
+                f"user (ps, /proc/<pid>/cmdline); use --api-key-file PATH (0600) or the "
+                f"{API_KEY_ENV} environment variable"
+            )
+        return control_api_key(api_key_file=api_key_file)
+    except SecretInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def layout(
+    *, db: Path | None, state_dir: Path | None, workspaces: Path | None
+) -> tuple[Path, Path, Path]:
+    """``(state_dir, db, workspaces)``, resolved, from what was given (see the module docstring).
+
+    Raises ValueError when a workspace would be inside the state directory (or the reverse).
+    """
+    if db is not None and state_dir is None and workspaces is None:
+        db = db.resolve()
+        return db.parent, db, db.parent / "sessions"  # the older layout, as it was
+    state = (state_dir or DEFAULT_STATE_DIR).resolve()
+    db = (db or state / DB_NAME).resolve()
+    spaces = (workspaces or DEFAULT_WORKSPACES).resolve()
+    if spaces == state or spaces.is_relative_to(state):
+        raise ValueError(
+            f"--workspaces {spaces} is inside --state-dir {state}: an agent's workspace would hold "
+            "the control plane's state"
+        )
+    if state.is_relative_to(spaces):
+        raise ValueError(
+            f"--state-dir {state} is inside --workspaces {spaces}: the control plane's state "
+            "would sit among the agents' workspaces"
+        )
+    return state, db, spaces
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) with the leaf 0700 if it is missing: the database holds
+    every session's token. An existing directory is left as the operator made it."""
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
 
 
 def run_control(
     *,
     listen: str,
-    db: Path,
+    db: Path | None,
     api_key: str,
     config: Path | None,
     base_dir: Path | None,
     kilo_bin: str | None,
     runtime: str = "local",
+    state_dir: Path | None = None,
 ) -> int:
+    """``base_dir`` is where workspaces go (``--workspaces``/``--base-dir``)."""
     if not api_key:
-        print("error: --api-key (or FSM_AGENT_API_KEY) must not be empty", file=sys.stderr)
+        print(
+            f"error: the API key (--api-key-file or {API_KEY_ENV}) must not be empty",
+            file=sys.stderr,
+        )
         return 2
     try:
         host, port = parse_listen(listen)
         load_file(config)  # the same file is handed to wrappers: check it here, once
         values = timer_values(config)["control"]
+        state, db, workspaces = layout(db=db, state_dir=state_dir, workspaces=base_dir)
     except (ValueError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    db = db.resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        make_private_dir(state)
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: --state-dir {state}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     settings = ControlSettings(
         db=db,
         api_key=api_key,
         listen_host=host,
         listen_port=port,
-        base_dir=(base_dir or db.parent / "sessions").resolve(),
+        base_dir=workspaces,
         config=config.resolve() if config else None,
         kilo_bin=kilo_bin,
         runtime="external" if runtime == "external" else "local",
     )
-    control = ControlHost(settings, values, JsonLog())
+    log = JsonLog()
+    warn_if_exposed(host, log)
+    control = ControlHost(settings, values, log)
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
