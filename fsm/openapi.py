@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from fsm.httpjson import ErrorBody, json_response
@@ -75,6 +75,19 @@ def routes(
 ) -> list[BaseRoute]:
     """Starlette routes; ``wrap`` adds what every handler of one API shares (auth, errors)."""
     return [Route(op.path, wrap(op), methods=[op.method]) for op in operations]
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    error = "no such route" if status == 404 else f"{request.method} is not allowed here"
+    return JSONResponse({"error": error, "field": "path"}, status_code=status)
+
+
+ERROR_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    404: _no_route,
+    405: _no_route,
+}
+"""Starlette's own 404/405 answer in the same JSON shape as every other error."""
 
 
 def _status_errors(op: Operation) -> tuple[Answer, ...]:

@@ -61,7 +61,18 @@ from fsm.httpjson import (
     path_id,
 )
 from fsm.limits import LimitValues
-from fsm.openapi import SSE, TEXT, Answer, Handler, Operation, Param, document, ident, routes
+from fsm.openapi import (
+    ERROR_HANDLERS,
+    SSE,
+    TEXT,
+    Answer,
+    Handler,
+    Operation,
+    Param,
+    document,
+    ident,
+    routes,
+)
 from fsm.protocol import (
     WRAPPER_VERSION,
     EventsDropped,
@@ -104,7 +115,10 @@ def build_app(host: ControlHost) -> Starlette:
     async def ingest(ws: WebSocket) -> None:
         await _ingest(host, ws)
 
-    return Starlette(routes=[*routes(ops, wrap), WebSocketRoute("/ingest/{session_id}", ingest)])
+    return Starlette(
+        routes=[*routes(ops, wrap), WebSocketRoute("/ingest/{session_id}", ingest)],
+        exception_handlers=ERROR_HANDLERS,
+    )
 
 
 def openapi_document(host: ControlHost) -> dict[str, Any]:

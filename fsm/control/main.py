@@ -25,6 +25,7 @@ import anyio
 
 from fsm.config import ConfigError, timer_values
 from fsm.control.host import ControlHost, ControlSettings
+from fsm.limits import limit_values
 from fsm.logs import JsonLog
 from fsm.secrets_input import API_KEY_ENV, SecretInputError, control_api_key
 from fsm.serve.settings import load_file, parse_listen, warn_if_exposed
@@ -109,6 +110,7 @@ def run_control(
         host, port = parse_listen(listen)
         load_file(config)  # the same file is handed to wrappers: check it here, once
         values = timer_values(config)["control"]
+        limits = limit_values(config)
         state, db, workspaces = layout(db=db, state_dir=state_dir, workspaces=base_dir)
     except (ValueError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -128,6 +130,7 @@ def run_control(
         config=config.resolve() if config else None,
         kilo_bin=kilo_bin,
         runtime="external" if runtime == "external" else "local",
+        limits=limits,
     )
     log = JsonLog()
     warn_if_exposed(host, log)

@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from fsm.httpjson import ErrorBody, HTTPProblem, check_bearer, decode_body, json_response, path_id
 from fsm.limits import LimitValues, defaults
-from fsm.openapi import Answer, Handler, Operation, document, ident, routes
+from fsm.openapi import ERROR_HANDLERS, Answer, Handler, Operation, document, ident, routes
 from fsm.protocol import WRAPPER_VERSION, PermissionCommand, PromptCommand, QuestionCommand
 from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody, check_prompt
 from fsm.wrapper_core import Unavailable, UnknownMessage, WrapperCore
@@ -71,7 +71,7 @@ def build_app(
 
         return wrapped
 
-    return Starlette(routes=routes(ops, wrap))
+    return Starlette(routes=routes(ops, wrap), exception_handlers=ERROR_HANDLERS)
 
 
 def openapi_document(

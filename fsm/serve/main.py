@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 
 from fsm.config import ConfigError
+from fsm.limits import limit_values
 from fsm.logs import JsonLog
 from fsm.secrets_input import TOKEN_ENV, SecretInputError, make_undumpable, serve_token
 from fsm.serve.settings import ServeSettings, load_file, parse_listen, warn_if_exposed
@@ -138,6 +139,7 @@ def run_serve(
         file_settings, values = load_file(config)
         kilo = kilo_config(file_settings.kilo, config)
         pass_env = kilo_pass_env(file_settings.kilo, config)
+        limits = limit_values(config)
         state = state_dir if state_dir is not None else default_state_dir(session_id)
     except (ValueError, ConfigError) as exc:
         return usage_error(str(exc))
@@ -167,6 +169,7 @@ def run_serve(
         outbox_frames=file_settings.outbox.get("max_frames", 1000),
         outbox_bytes=file_settings.outbox.get("max_bytes", 8 * 1024 * 1024),
         version=version,
+        limits=limits,
     )
     from fsm.serve.host import WrapperHost
 

@@ -229,8 +229,12 @@ def running_control(
     timers: dict[str, str] | None = None,
     *,
     extra_args: list[str] | None = None,
+    limits: dict[str, int] | None = None,
 ) -> Iterator[Control]:
     config = write_config(tmp / "fsm-agent.toml", timers or {}, kilo_config)
+    if limits:
+        with config.open("a") as file:
+            file.write("\n[limits]\n" + "".join(f"{k} = {v}\n" for k, v in limits.items()))
     control = Control(tmp, config, free_port(), extra_args)
     control.start()
     try:
