@@ -4,19 +4,24 @@ connection read while one writes."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from adapters.store.sqlite import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     DuplicateEventError,
     EventOrderError,
     EventRow,
+    InvalidValueError,
     MessageRow,
     SchemaTooNewError,
     SessionExistsError,
@@ -24,6 +29,8 @@ from adapters.store.sqlite import (
     SessionRow,
     SqliteStore,
     StoreError,
+    hash_token,
+    token_matches,
 )
 from fsm.engine import ArmedTimer, Snapshot
 
@@ -31,7 +38,7 @@ from fsm.engine import ArmedTimer, Snapshot
 def session(sid: str = "s1", created_at: float = 100.0) -> SessionRow:
     return SessionRow(
         id=sid,
-        token=f"secret-token-{sid}",
+        token_hash=hash_token(f"secret-token-{sid}"),
         agent_session=f"agent_{sid}",
         user_id="u1",
         workdir=f"/work/{sid}",
@@ -146,13 +153,128 @@ def test_session_round_trip_and_save(store: SqliteStore) -> None:
     got = store.get_session("s1")
     assert got is not None
     assert (got.state, got.wrapper_id, got.last_seq, got.updated_at) == ("running", "w-1", 42, 150)
-    assert got.created_at == 100.0 and got.token == row.token
+    assert got.created_at == 100.0 and got.token_hash == row.token_hash
     assert msgspec.json.decode(got.snapshot, type=Snapshot) == snapshot()
 
 
-def test_the_token_stays_out_of_the_rows_repr(store: SqliteStore) -> None:
+def test_the_token_hash_stays_out_of_the_rows_repr(store: SqliteStore) -> None:
     row = session("s1")
-    assert row.token not in repr(row)
+    assert row.token_hash not in repr(row) and "token_hash='***'" in repr(row)
+
+
+# -- tokens at rest --------------------------------------------------------------------------------
+
+
+def test_hash_token_is_the_hex_sha256_of_the_token_and_never_raises() -> None:
+    token = secrets.token_urlsafe(32)
+    assert hash_token(token) == hashlib.sha256(token.encode()).hexdigest()
+    assert token_matches(token, hash_token(token))
+    assert not token_matches(token + "x", hash_token(token))
+    assert not token_matches("\ud800", hash_token(token))  # a header no minted token has
+
+
+def test_only_the_hash_of_a_token_is_stored(store: SqliteStore, db_path: Path) -> None:
+    token = secrets.token_urlsafe(32)
+    store.create_session(msgspec.structs.replace(session("s1"), token_hash=hash_token(token)))
+    got = store.get_session("s1")
+    assert got is not None and token_matches(token, got.token_hash)
+    raw = sqlite3.connect(db_path)
+    try:
+        columns = [r[1] for r in raw.execute("PRAGMA table_info(sessions)")]
+        assert "token" not in columns and "token_hash" in columns
+    finally:
+        raw.close()
+    on_disk = db_path.read_bytes() + Path(f"{db_path}-wal").read_bytes()
+    assert hash_token(token).encode() in on_disk and token.encode() not in on_disk
+
+
+def test_a_plain_token_is_refused_by_the_store_and_by_the_schema(
+    store: SqliteStore, db_path: Path
+) -> None:
+    token = secrets.token_urlsafe(32)
+    with pytest.raises(InvalidValueError, match=r"token_hash must be hash_token\(token\)"):
+        store.create_session(msgspec.structs.replace(session("s1"), token_hash=token))
+    assert store.get_session("s1") is None
+    store.create_session(session("s1"))
+    raw = sqlite3.connect(db_path)
+    try:
+        for sql, params in (
+            ("UPDATE sessions SET token_hash = ? WHERE id = 's1'", (token,)),
+            ("UPDATE sessions SET token_hash = ? WHERE id = 's1'", ("A" * 64,)),
+            ("UPDATE sessions SET token_hash = ? WHERE id = 's1'", (b"0" * 64,)),
+            (
+                "INSERT INTO sessions (id, token_hash, agent_session, user_id, workdir, state, "
+                "created_at, updated_at) VALUES ('s2', ?, 'a', 'u', '/w', 'x', 0, 0)",
+                (token,),
+            ),
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match="never the token"):
+                raw.execute(sql, params)
+        raw.rollback()
+    finally:
+        raw.close()
+
+
+def test_set_token_hash_replaces_the_hash_for_a_new_wrapper(store: SqliteStore) -> None:
+    store.create_session(session("s1"))
+    old, new = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    store.set_token_hash("s1", hash_token(new))
+    got = store.get_session("s1")
+    assert got is not None and token_matches(new, got.token_hash)
+    assert not token_matches(old, got.token_hash)
+    with pytest.raises(SessionNotFoundError, match="'ghost'"):
+        store.set_token_hash("ghost", hash_token(new))
+    with pytest.raises(InvalidValueError, match=r"'s1'.*token_hash.*got a 43-character string"):
+        store.set_token_hash("s1", new)  # the token itself, by mistake: and not quoted
+    assert token_matches(new, store.get_session("s1").token_hash)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("secure_delete", ["ON", "OFF"])
+def test_migration_2_replaces_each_stored_token_by_its_hash(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, secure_delete: str
+) -> None:
+    # SQLite's default for secure_delete is a build option (Debian's is ON): try both, since
+    # with OFF the bytes a row update frees keep the old token until the space is reused.
+    connect = sqlite3.connect
+
+    def connect_with_default(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db = connect(*args, **kwargs)
+        db.execute(f"PRAGMA secure_delete={secure_delete}")
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", connect_with_default)
+    # A file as fsm-agent wrote it at schema version 1, with plain tokens.
+    tokens = {f"s{i}": secrets.token_urlsafe(32) for i in range(50)}
+    db_path.parent.mkdir()
+    raw = sqlite3.connect(db_path, isolation_level=None)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("BEGIN")
+    for statement in MIGRATIONS[0]:
+        raw.execute(statement)
+    raw.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    raw.execute("INSERT INTO schema_version (version) VALUES (1)")
+    for sid, token in tokens.items():
+        raw.execute(
+            "INSERT INTO sessions (id, token, agent_session, user_id, workdir, state, "
+            "created_at, updated_at) VALUES (?, ?, 'a', 'u', '/w', 'running', 1, 1)",
+            (sid, token),
+        )
+    raw.execute("INSERT INTO events VALUES ('s1', 1, 1.0, 'event', '{}')")
+    raw.execute("COMMIT")
+    raw.close()
+
+    with SqliteStore(db_path) as store:
+        assert store._connection().execute("SELECT version FROM schema_version").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
+        for sid, token in tokens.items():
+            row = store.get_session(sid)
+            assert row is not None and row.token_hash == hash_token(token)
+        assert ids(store.events("s1")) == [1]
+        # No copy of a token is left in the file or its WAL, even before the store closes.
+        on_disk = db_path.read_bytes() + Path(f"{db_path}-wal").read_bytes()
+        assert [sid for sid, token in tokens.items() if token.encode() in on_disk] == []
+        store.create_session(session("new"))  # and the migrated file takes new rows
 
 
 def test_sessions_are_listed_oldest_first(store: SqliteStore) -> None:
