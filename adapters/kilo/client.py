@@ -18,13 +18,20 @@ Why the event subscription looks the way it does (``shared/kilo/README.md`` §6,
   silence window, not by a socket timeout that would fire on a healthy but quiet stream.
 * Leaving the ``subscribe_events`` context closes the HTTP connection at once, so an old
   generation's stream cannot keep delivering after its unsubscription.
+
+Ids that go into a URL path (Kilo's session ids, permission and question request ids) reach here
+from the job API and from Kilo's events, i.e. from peers. Each is checked against ``ID_PATTERN``
+and percent-quoted (``segment``) before use, so ``../session/x/abort`` can never address another
+route of Kilo's. The job API validates them too; this is the last line, where the path is built.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -33,6 +40,17 @@ from adapters.kilo import event_stream
 from fsm.kilo_events import error_text
 
 USERNAME = "kilo"
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+"""What a Kilo id looks like (``ses_…``, ``per_…``, ``que_…``), with room to spare."""
+
+
+def segment(value: str, what: str) -> str:
+    """``value`` as one URL path segment: validated by ``ID_PATTERN`` (``.`` and ``..`` refused:
+    they would climb the path), then quoted with nothing safe. Raises ValueError naming ``what``.
+    """
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or value in (".", ".."):
+        raise ValueError(f"{what}: {value!r} is not an id (letters, digits, '_', '.', '-')")
+    return quote(value, safe="")
 
 
 class KiloError(Exception):
@@ -163,7 +181,8 @@ class KiloClient:
         return msgspec.json.decode(await self._call("POST", "/session", json=body), type=Session)
 
     async def get_session(self, session_id: str) -> Session:
-        return msgspec.json.decode(await self._call("GET", f"/session/{session_id}"), type=Session)
+        sid = segment(session_id, "session id")
+        return msgspec.json.decode(await self._call("GET", f"/session/{sid}"), type=Session)
 
     async def session_status(self) -> dict[str, SessionStatus]:
         """Only non-idle sessions are listed: absence means idle."""
@@ -171,7 +190,8 @@ class KiloClient:
         return msgspec.json.decode(raw, type=dict[str, SessionStatus])
 
     async def session_messages(self, session_id: str, limit: int = 10) -> list[Message]:
-        raw = await self._call("GET", f"/session/{session_id}/message?limit={limit}")
+        sid = segment(session_id, "session id")
+        raw = await self._call("GET", f"/session/{sid}/message?limit={int(limit)}")
         return msgspec.json.decode(raw, type=list[Message])
 
     async def prompt_async(
@@ -191,10 +211,12 @@ class KiloClient:
             body["agent"] = agent
         if variant:
             body["variant"] = variant
-        await self._call("POST", f"/session/{session_id}/prompt_async", json=body)
+        await self._call(
+            "POST", f"/session/{segment(session_id, 'session id')}/prompt_async", json=body
+        )
 
     async def abort(self, session_id: str) -> bool:
-        raw = await self._call("POST", f"/session/{session_id}/abort")
+        raw = await self._call("POST", f"/session/{segment(session_id, 'session id')}/abort")
         return bool(msgspec.json.decode(raw))
 
     async def command(
@@ -204,12 +226,14 @@ class KiloClient:
         body: dict[str, Any] = {"command": command, "arguments": arguments}
         if model:
             body["model"] = model
-        raw = await self._call("POST", f"/session/{session_id}/command", json=body, timeout=None)
+        sid = segment(session_id, "session id")
+        raw = await self._call("POST", f"/session/{sid}/command", json=body, timeout=None)
         return msgspec.json.decode(raw, type=Message)
 
     async def summarize(self, session_id: str, model: str) -> bool:
+        sid = segment(session_id, "session id")
         raw = await self._call(
-            "POST", f"/session/{session_id}/summarize", json=split_model(model), timeout=None
+            "POST", f"/session/{sid}/summarize", json=split_model(model), timeout=None
         )
         return bool(msgspec.json.decode(raw))
 
@@ -229,15 +253,19 @@ class KiloClient:
         body: dict[str, Any] = {"reply": reply}
         if message is not None:
             body["message"] = message
-        raw = await self._call("POST", f"/permission/{request_id}/reply", json=body)
+        rid = segment(request_id, "permission request id")
+        raw = await self._call("POST", f"/permission/{rid}/reply", json=body)
         return bool(msgspec.json.decode(raw))
 
     async def reply_question(self, request_id: str, answers: list[list[str]]) -> bool:
-        raw = await self._call("POST", f"/question/{request_id}/reply", json={"answers": answers})
+        rid = segment(request_id, "question request id")
+        raw = await self._call("POST", f"/question/{rid}/reply", json={"answers": answers})
         return bool(msgspec.json.decode(raw))
 
     async def reject_question(self, request_id: str) -> bool:
-        raw = await self._call("POST", f"/question/{request_id}/reject")
+        raw = await self._call(
+            "POST", f"/question/{segment(request_id, 'question request id')}/reject"
+        )
         return bool(msgspec.json.decode(raw))
 
 
