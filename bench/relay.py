@@ -40,6 +40,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -103,10 +104,14 @@ class SinkProcess:
             self.proc.wait()
 
 
-def fake_kilo_exe(tmp: Path) -> Path:
-    """``--kilo-bin`` must be one executable: a shell line running the fake under ``-I -S``."""
+def fake_kilo_exe(tmp: Path, timing: Path | None = None) -> Path:
+    """``--kilo-bin`` must be one executable: a shell line running the fake under ``-I -S``.
+
+    ``timing`` is set in the script itself: Kilo gets an allow-listed environment from the
+    wrapper, so a variable of the bench's would not reach it."""
     exe = tmp / "kilo"
-    exe.write_text(f'#!/bin/sh\nexec {PY} -I -S {HERE / "fake_kilo.py"} "$@"\n')
+    env = f"FAKE_KILO_TIMING={shlex.quote(str(timing))} " if timing is not None else ""
+    exe.write_text(f'#!/bin/sh\n{env}exec {PY} -I -S {HERE / "fake_kilo.py"} "$@"\n')
     exe.chmod(0o755)
     return exe
 
@@ -162,7 +167,7 @@ class ServeRelay(Relay):
     name = "serve"
     auth = {"Authorization": f"Bearer {TOKEN}"}
 
-    def __init__(self, tmp: Path, sink: SinkProcess, kilo_exe: Path) -> None:
+    def __init__(self, tmp: Path, sink: SinkProcess) -> None:
         super().__init__()
         tmp.mkdir(parents=True)
         workdir = tmp / "workspace"
@@ -170,21 +175,25 @@ class ServeRelay(Relay):
         config = tmp / "fsm-agent.toml"
         config.write_text("[kilo]\nconfig = {}\n")  # default timers and outbox bounds
         self.log_path = tmp / "wrapper.log"
+        self.fake_timing = tmp / "fake.json"
+        kilo_exe = fake_kilo_exe(tmp, self.fake_timing)
+        token_file = tmp / "token"  # 0600 and removed by the wrapper once read
+        token_file.write_text(TOKEN)
+        token_file.chmod(0o600)
         command = [
             PY, "-m", "fsm", "serve",
             "--agent-session", "agent-1", "--user-id", "user-1", "--session-id", "sess-1",
             "--ingest-url", sink.url, "--listen", "127.0.0.1:0",
             "--workdir", str(workdir), "--config", str(config), "--kilo-bin", str(kilo_exe),
-            "--state-dir", str(tmp / "kilo-state"),
+            "--state-dir", str(tmp / "kilo-state"), "--token-file", str(token_file),
         ]  # fmt: skip
-        env = {**os.environ, "FSM_AGENT_TOKEN": TOKEN, "FAKE_KILO_TIMING": str(tmp / "fake.json")}
+        env = {k: v for k, v in os.environ.items() if k != "FSM_AGENT_TOKEN"}
         with self.log_path.open("wb") as err:
             self.started_wall = time.time()
             self.proc = subprocess.Popen(
                 command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=env
             )
         self.pid = self.proc.pid
-        self.fake_timing = tmp / "fake.json"
         try:
             listening = self._log_line(lambda r: r.get("message") == "job API listening")
             self.api = f"http://127.0.0.1:{listening['port']}"
@@ -520,7 +529,7 @@ def run() -> list[Figure]:
         sink = SinkProcess()
         try:
             for i in range(RUNS):
-                relay: Relay = ServeRelay(tmp / f"serve{i}", sink, kilo_exe)
+                relay: Relay = ServeRelay(tmp / f"serve{i}", sink)
                 try:
                     startup.append(relay.startup)  # type: ignore[attr-defined]
                     serve.append(measure(relay, sink))

@@ -19,6 +19,8 @@ from typing import Protocol
 
 import msgspec
 
+from fsm.secrets_input import TOKEN_ENV as _TOKEN_ENV
+
 __all__ = [
     "TOKEN_ENV",
     "OnExit",
@@ -30,8 +32,11 @@ __all__ = [
     "restart",
 ]
 
-TOKEN_ENV = "FSM_AGENT_TOKEN"
-"""Carries the wrapper's token: the environment, never argv, which any local user can read."""
+TOKEN_ENV = _TOKEN_ENV
+"""The variable ``fsm-agent serve`` takes its token from as a last resort: for starters that can
+pass neither a file nor a descriptor (an orchestrator given the token by ``--runtime external``).
+``LocalRuntime`` uses a pipe (``--token-fd``) instead; nothing should put the token in argv, which
+any local user can read, and the wrapper removes this variable from its environment once read."""
 
 OnExit = Callable[[str, int | None], None]
 """``on_exit(session_id, code)``: called once per started wrapper when it has exited."""

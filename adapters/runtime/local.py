@@ -3,10 +3,23 @@
 Theory of operation
 -------------------
 ``start`` launches ``fsm-agent serve`` (by default ``python -m fsm serve``) in a new session, so
-the wrapper and everything it spawns form one process group that can be signalled as a unit. The
-token goes through the environment (``FSM_AGENT_TOKEN``) because argv is world-readable in
-``/proc``; the control plane's own API key is removed from the environment the child inherits, so
-a wrapper (and the agent it runs) never holds the key that drives every session.
+the wrapper and everything it spawns form one process group that can be signalled as a unit.
+
+The wrapper runs next to an untrusted agent of the same uid, so what it is given matters:
+
+* **The token goes through an inherited pipe** (``--token-fd=N``): written into ``os.pipe()``,
+  the write end closed, the read end passed with ``pass_fds`` and closed here once the child has
+  it. Never argv (``ps`` shows it to every local user), never the environment (every child of the
+  wrapper inherits it and ``/proc/<pid>/environ`` shows it for good), never a file.
+* **The environment is an allow-list** (``WRAPPER_ENV``): what ``python -m fsm serve`` from this
+  venv and a login-like shell need, ``FSM_AGENT_KILO_BIN``, the names the config's
+  ``[kilo] pass_env`` lists (the wrapper hands them on to Kilo) and ``spec.extra_env``. Nothing
+  else of the control plane's: not its API key, not whatever else its operator exported.
+* **Kilo's state goes to** ``state_dir/kilo-state/<session_id>`` (``--state-dir``), not into the
+  workspace, where the agent would read and rewrite it as project files.
+
+Under one uid the agent can still read whatever files the control plane can; the boundary is a
+separate user for the agent (issue 14).
 
 Every child has one watcher task in the runtime's task group. The watcher is the only place an
 exit is observed: it reaps the child, kills whatever is left of its group (a wrapper's group does
@@ -22,7 +35,7 @@ Each wrapper's stdout and stderr are appended to ``log_dir/<session_id>.log``, b
 footer lines written by the runtime, so one file tells the story of every start and exit.
 
 Wrappers outlive a control plane that crashes (they are in their own sessions, and they reconnect
-to its successor). Each start writes ``base_dir/pids/<session_id>.json`` (pid + kernel start
+to its successor). Each start writes ``state_dir/pids/<session_id>.json`` (pid + kernel start
 time); the successor ``adopt``s a session's live wrapper from it, so it can still be stopped and
 its exit is still reported (by polling, since it is not our child), and ``start`` kills a live
 leftover no one adopted rather than run two wrappers for one session.
@@ -40,6 +53,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import anyio
 from anyio.abc import Process, TaskGroup
@@ -60,14 +74,41 @@ from adapters.runtime.base import (
     WrapperSpec,
     WrapperStartError,
 )
+from fsm.config import ConfigError, read_toml
+from fsm.secrets_input import API_KEY_ENV
 
-__all__ = ["API_KEY_ENV", "DEFAULT_COMMAND", "LocalRuntime"]
+__all__ = ["API_KEY_ENV", "DEFAULT_COMMAND", "WRAPPER_ENV", "LocalRuntime"]
 
 log = logging.getLogger("fsm_agent.runtime")
 
 DEFAULT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "fsm", "serve")
-API_KEY_ENV = "FSM_AGENT_API_KEY"
-"""The control plane's client API key: never handed down to a wrapper."""
+WRAPPER_ENV = frozenset(
+    {
+        # A login-like session for the wrapper and, through it, Kilo and its tools.
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        # CA bundles for a provider behind a private CA (paths, not secrets; Kilo's allow-list
+        # passes them on).
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "NODE_EXTRA_CA_CERTS",
+        # ``python -m fsm serve`` must find this venv's packages.
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+        # Which Kilo to run, when --kilo-bin does not say.
+        "FSM_AGENT_KILO_BIN",
+    }
+)
+"""Variables of the control plane's environment a wrapper inherits by name (plus ``LC_*``)."""
+TOKEN_PIPE_MAX = 4096
+"""A pipe holds at least one page with no reader, so writing the token can never block."""
 
 
 @dataclass(eq=False)
@@ -105,6 +146,33 @@ def _stamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def _token_pipe(token: str) -> int:
+    """The read end of a pipe holding ``token`` and then EOF (the write end is closed)."""
+    read, write = os.pipe()
+    try:
+        os.write(write, token.encode())  # at most TOKEN_PIPE_MAX bytes: fits, never blocks
+    except BaseException:
+        os.close(read)
+        raise
+    finally:
+        os.close(write)
+    return read
+
+
+def _config_pass_env(config: Path | None) -> list[str]:
+    """The names ``[kilo] pass_env`` lists in the wrapper's config. An unreadable or invalid
+    file gives none: the wrapper reads the same file and reports it."""
+    if config is None:
+        return []
+    try:
+        names = read_toml(config).get("kilo", {}).get("pass_env", [])
+    except (ConfigError, AttributeError):
+        return []
+    if not isinstance(names, list):
+        return []
+    return [n for n in names if isinstance(n, str) and not n.startswith("FSM_AGENT_")]
+
+
 class LocalRuntime:
     """``RuntimePort`` for wrappers running as local child process groups."""
 
@@ -116,19 +184,24 @@ class LocalRuntime:
         command: list[str] | None = None,
         log_dir: Path | None = None,
         exit_grace: float = 10.0,
+        state_dir: Path | None = None,
     ) -> None:
-        """``command`` replaces ``python -m fsm serve`` (tests use stand-ins); the session's
-        arguments are appended to it. ``exit_grace`` is the SIGTERM→SIGKILL delay used when the
-        context manager exits.
+        """``base_dir`` holds the fallback directory of a session without a workspace;
+        ``state_dir`` (default ``base_dir``) the runtime's own files: pidfiles, logs (unless
+        ``log_dir``) and each wrapper's Kilo state. Give the control plane's state directory, so
+        that none of it lies in the tree workspaces live in. ``command`` replaces
+        ``python -m fsm serve`` (tests use stand-ins); the session's arguments are appended to
+        it. ``exit_grace`` is the SIGTERM→SIGKILL delay used when the context manager exits.
         """
         self.base_dir = Path(base_dir)
-        self.log_dir = Path(log_dir) if log_dir is not None else self.base_dir / "logs"
+        self.state_dir = Path(state_dir) if state_dir is not None else self.base_dir
+        self.log_dir = Path(log_dir) if log_dir is not None else self.state_dir / "logs"
         self.command = list(command) if command is not None else list(DEFAULT_COMMAND)
         self.exit_grace = exit_grace
         self._on_exit = on_exit
         self._children: dict[str, _Child] = {}
         self._orphans: dict[str, _Orphan] = {}
-        self.pid_dir = self.base_dir / "pids"
+        self.pid_dir = self.state_dir / "pids"
         self._starting: set[str] = set()
         self._tg: TaskGroup | None = None
         self._closing = False
@@ -202,15 +275,22 @@ class LocalRuntime:
     def _pidfile(self, session_id: str) -> Path:
         return self.pid_dir / f"{session_id}.json"
 
-    def argv(self, spec: WrapperSpec, workdir: Path) -> list[str]:
+    def kilo_state_dir(self, session_id: str) -> Path:
+        """Where the session's wrapper keeps Kilo's state: beside the runtime's other files."""
+        return (self.state_dir / "kilo-state" / session_id).resolve()
+
+    def argv(self, spec: WrapperSpec, workdir: Path, token_fd: int) -> list[str]:
         """The wrapper's command line. ``--opt=value`` so a value starting with '-' stays a value;
-        paths absolute because the child runs in ``workdir``, not in our directory."""
+        paths absolute because the child runs in ``workdir``, not in our directory. The token is
+        not in it: ``token_fd`` is the inherited pipe it is read from."""
         args = [
             f"--agent-session={spec.agent_session}",
             f"--user-id={spec.user_id}",
             f"--session-id={spec.session_id}",
             f"--ingest-url={spec.ingest_url}",
             f"--workdir={workdir}",
+            f"--token-fd={token_fd}",
+            f"--state-dir={self.kilo_state_dir(spec.session_id)}",
         ]
         if spec.config is not None:
             args.append(f"--config={spec.config.resolve()}")
@@ -239,13 +319,17 @@ class LocalRuntime:
                 + (f" (pid {pid})" if pid is not None else " (starting)")
                 + "; stop it first, or use restart()"
             )
-        if TOKEN_ENV in spec.extra_env:
+        if TOKEN_ENV in spec.extra_env or API_KEY_ENV in spec.extra_env:
             raise WrapperStartError(
-                f"session {sid!r}: extra_env must not set {TOKEN_ENV}; the token comes from "
-                "spec.token"
+                f"session {sid!r}: extra_env must not set {TOKEN_ENV} or {API_KEY_ENV}; the "
+                "token comes from spec.token, through a pipe"
             )
         if not spec.token:
             raise WrapperStartError(f"session {sid!r}: the wrapper token is empty")
+        if len(spec.token.encode()) > TOKEN_PIPE_MAX:
+            raise WrapperStartError(
+                f"session {sid!r}: the wrapper token is longer than {TOKEN_PIPE_MAX} bytes"
+            )
         self._starting.add(sid)
         try:
             if kill_stale_group(self._pidfile(sid)):
@@ -337,10 +421,16 @@ class LocalRuntime:
         return workdir.resolve()
 
     def _environment(self, spec: WrapperSpec) -> dict[str, str]:
-        env = dict(os.environ)
-        env.pop(API_KEY_ENV, None)
+        """The wrapper's environment: ``WRAPPER_ENV`` and ``LC_*`` from ours, the config's
+        ``[kilo] pass_env`` names (the wrapper passes them on to Kilo), then ``spec.extra_env``.
+        Never the token, never our API key."""
+        wanted = WRAPPER_ENV | set(_config_pass_env(spec.config))
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if (name in wanted or name.startswith("LC_")) and name not in (TOKEN_ENV, API_KEY_ENV)
+        }
         env.update(spec.extra_env)
-        env[TOKEN_ENV] = spec.token
         # Output goes to a file: unbuffered, so a crash does not swallow the last lines.
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
@@ -348,34 +438,46 @@ class LocalRuntime:
     async def _spawn(self, spec: WrapperSpec) -> _Child:
         sid = spec.session_id
         workdir = self._workdir(spec)
-        argv = self.argv(spec, workdir)
         log_path = self.log_dir / f"{sid}.log"
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.kilo_state_dir(sid).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             log_file = log_path.open("ab")
         except OSError as exc:
             raise WrapperStartError(
                 f"session {sid!r}: cannot open the log {log_path}: {exc}"
             ) from exc
-        with log_file:
-            log_file.write(f"--- {_stamp()} starting: {shlex.join(argv)}\n".encode())
-            log_file.flush()
-            try:
-                # Shielded: a cancellation after the fork must not leave an unwatched child.
-                with anyio.CancelScope(shield=True):
-                    process = await anyio.open_process(
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log_file,
-                        stderr=subprocess.STDOUT,
-                        cwd=workdir,
-                        env=self._environment(spec),
-                        start_new_session=True,
-                    )
-            except OSError as exc:
-                raise WrapperStartError(
-                    f"cannot start the wrapper of session {sid!r} with {argv[0]!r}: {exc}"
-                ) from exc
+        token_fd = _token_pipe(spec.token)
+        try:
+            with log_file:
+                return await self._launch(spec, workdir, log_file, log_path, token_fd)
+        finally:
+            os.close(token_fd)  # the child has its copy (or there is no child)
+
+    async def _launch(
+        self, spec: WrapperSpec, workdir: Path, log_file: BinaryIO, log_path: Path, token_fd: int
+    ) -> _Child:
+        sid = spec.session_id
+        argv = self.argv(spec, workdir, token_fd)
+        log_file.write(f"--- {_stamp()} starting: {shlex.join(argv)}\n".encode())
+        log_file.flush()
+        try:
+            # Shielded: a cancellation after the fork must not leave an unwatched child.
+            with anyio.CancelScope(shield=True):
+                process = await anyio.open_process(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=workdir,
+                    env=self._environment(spec),
+                    start_new_session=True,
+                    pass_fds=(token_fd,),
+                )
+        except OSError as exc:
+            raise WrapperStartError(
+                f"cannot start the wrapper of session {sid!r} with {argv[0]!r}: {exc}"
+            ) from exc
         return _Child(sid, process, log_path, anyio.Event())
 
     def _signal(self, child: _Child, signum: signal.Signals) -> None:

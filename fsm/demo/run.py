@@ -115,7 +115,9 @@ def _free_socket() -> socket.socket:
 
 
 def _workspace(root: Path) -> Path:
-    ws = root / "workspace"
+    # Inside the control plane's workspace root (a session's workdir must be), and apart from
+    # its state directory (the database is no workspace's business).
+    ws = root / "workspaces" / "demo"
     ws.mkdir(parents=True)
     (ws / "README.md").write_text("# demo workspace\n")
     env = {
@@ -201,11 +203,12 @@ async def _demo(
         config = root / "fsm-agent.toml"
         config.write_text('[kilo]\nconfig_file = "kilo.json"\n')
         api_key = secrets.token_urlsafe(16)
+        (root / "control").mkdir(mode=0o700)
         host = ControlHost(
             ControlSettings(
-                db=root / "control.db",
+                db=root / "control" / "control.db",
                 api_key=api_key,
-                base_dir=root / "sessions",
+                base_dir=root / "workspaces",
                 config=config,
                 kilo_bin=kilo_bin,
             ),

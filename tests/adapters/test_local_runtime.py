@@ -1,5 +1,6 @@
-"""The local runtime starts each wrapper as its own process group with the token in the environment
-only, reports every exit exactly once, escalates SIGTERM to SIGKILL, and leaves no process behind.
+"""The local runtime starts each wrapper as its own process group with the token in an inherited
+pipe only (never argv, never the environment) and an allow-listed environment, reports every exit
+exactly once, escalates SIGTERM to SIGKILL, and leaves no process behind.
 
 Real processes: a tiny Python stand-in for ``fsm-agent serve`` whose behaviour is picked with the
 ``STANDIN_MODE`` variable (given through ``extra_env``).
@@ -7,6 +8,7 @@ Real processes: a tiny Python stand-in for ``fsm-agent serve`` whose behaviour i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -28,9 +30,16 @@ from adapters.runtime.local import API_KEY_ENV, LocalRuntime
 pytestmark = pytest.mark.anyio
 
 STANDIN = r"""
-import os, signal, subprocess, sys, time
+import hashlib, os, signal, subprocess, sys, time
 mode = os.environ.get("STANDIN_MODE", "serve")
 print("argv", " ".join(sys.argv[1:]), flush=True)
+for arg in sys.argv[1:]:  # like fsm-agent serve --token-fd: read to EOF, close
+    if arg.startswith("--token-fd="):
+        fd, data = int(arg.split("=", 1)[1]), b""
+        while chunk := os.read(fd, 4096):
+            data += chunk
+        os.close(fd)
+        print("token-sha256", hashlib.sha256(data).hexdigest(), flush=True)
 if mode == "crash":
     sys.stdout.write("last words, no newline")
     sys.exit(3)
@@ -111,10 +120,12 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, just not yet reaped
 
 
-async def test_start_runs_the_wrapper_with_its_identity_token_in_env_only(
+async def test_start_runs_the_wrapper_with_its_identity_and_its_token_through_a_pipe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(API_KEY_ENV, "the-control-planes-api-key")
+    monkeypatch.setenv(TOKEN_ENV, "a-token-in-our-own-environment")
+    monkeypatch.setenv("PLANTED_SECRET", "operator-secret-not-for-wrappers")
     exits = Exits()
     config = tmp_path / "timers.toml"
     s = spec(tmp_path, config=config, kilo_bin="kilo", version="0.0.0-old")
@@ -127,22 +138,24 @@ async def test_start_runs_the_wrapper_with_its_identity_token_in_env_only(
 
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert TOKEN.encode() not in b" ".join(argv)
-        assert [a for a in argv if a.startswith(b"--")] == [
+        flags = [a for a in argv if a.startswith(b"--")]
+        token_fd = next(int(a.split(b"=")[1]) for a in flags if a.startswith(b"--token-fd="))
+        assert flags == [
             b"--agent-session=agent_s1",
             b"--user-id=u1",
             b"--session-id=s1",
             b"--ingest-url=ws://127.0.0.1:9/ingest/s1",
             f"--workdir={s.workdir.resolve()}".encode(),
+            f"--token-fd={token_fd}".encode(),
+            f"--state-dir={(tmp_path / 'sessions' / 'kilo-state' / 's1').resolve()}".encode(),
             f"--config={config.resolve()}".encode(),
             b"--kilo-bin=kilo",
             b"--version=0.0.0-old",
         ]
-        env = dict(
-            item.split(b"=", 1)
-            for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            if b"=" in item
-        )
-        assert env[TOKEN_ENV.encode()] == TOKEN.encode()
+        raw_env = Path(f"/proc/{pid}/environ").read_bytes()
+        env = dict(item.split(b"=", 1) for item in raw_env.split(b"\0") if b"=" in item)
+        assert TOKEN.encode() not in raw_env and TOKEN_ENV.encode() not in env
+        assert b"operator-secret-not-for-wrappers" not in raw_env
         assert env[b"STANDIN_MODE"] == b"serve"
         assert API_KEY_ENV.encode() not in env  # the wrapper never holds the client API key
         assert Path(f"/proc/{pid}/cwd").resolve() == s.workdir.resolve()
@@ -151,6 +164,7 @@ async def test_start_runs_the_wrapper_with_its_identity_token_in_env_only(
 
     log = (rt.log_dir / "s1.log").read_text()
     assert "starting:" in log and "argv --agent-session=agent_s1" in log
+    assert f"token-sha256 {hashlib.sha256(TOKEN.encode()).hexdigest()}\n" in log  # the pipe
     assert TOKEN not in log
     assert exits.calls == [("s1", 0)]
 
@@ -283,6 +297,8 @@ async def test_bad_specs_and_commands_fail_naming_the_session(tmp_path: Path) ->
             await rt.start(spec(tmp_path, sid="../escape"))
         with pytest.raises(WrapperStartError, match=f"'s1'.*must not set {TOKEN_ENV}"):
             await rt.start(spec(tmp_path, extra_env={TOKEN_ENV: "other"}))
+        with pytest.raises(WrapperStartError, match=f"'s1'.*must not set .*{API_KEY_ENV}"):
+            await rt.start(spec(tmp_path, extra_env={API_KEY_ENV: "other"}))
         with pytest.raises(WrapperStartError, match=r"'s1'.*token is empty"):
             await rt.start(spec(tmp_path, token=""))
     async with LocalRuntime(

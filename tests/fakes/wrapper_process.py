@@ -1,7 +1,9 @@
 """Run a real ``fsm-agent serve`` process for a test: config file, workspace, log, job API client.
 
 Timers are shortened through the config file (never by patching code); the log is the wrapper's
-JSON stderr, kept in a file so a failing test can show it.
+JSON stderr, kept in a file so a failing test can show it. The token goes the way an operator
+would give it, in a 0600 file the wrapper removes once read (``--token-file``); Kilo's state goes
+beside the workspace, not into it.
 """
 
 from __future__ import annotations
@@ -127,6 +129,9 @@ def running_wrapper(
     workdir = git_workspace(tmp / "workspace")
     config = write_config(tmp / "fsm-agent.toml", timers or {}, kilo_config)
     log = tmp / "wrapper.log"
+    token_file = tmp / "wrapper-token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     command = [
         sys.executable,
         "-m",
@@ -146,9 +151,11 @@ def running_wrapper(
         str(workdir),
         "--config",
         str(config),
+        f"--token-file={token_file}",
+        f"--state-dir={tmp / 'kilo-state'}",  # extra_args may give another: the last one wins
         *(extra_args or []),
     ]
-    env = {**os.environ, "FSM_AGENT_TOKEN": TOKEN}
+    env = {k: v for k, v in os.environ.items() if k != "FSM_AGENT_TOKEN"}
     with log.open("wb") as err:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
     wrapper = Wrapper(process, log, workdir)
