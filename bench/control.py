@@ -136,7 +136,7 @@ def _step(pid: int, sessions: list[dict[str, str]]) -> dict[str, Any]:
 
 
 def _sqlite_throughput() -> list[float]:
-    from adapters.store.sqlite import EventRow, SessionRow, SqliteStore
+    from adapters.store.sqlite import EventRow, SessionRow, SqliteStore, hash_token
 
     rates = []
     for run in range(3):
@@ -145,7 +145,7 @@ def _sqlite_throughput() -> list[float]:
             store.create_session(
                 SessionRow(
                     id="s1",
-                    token="t",
+                    token_hash=hash_token("t"),
                     agent_session="a",
                     user_id="u",
                     workdir=tmp,

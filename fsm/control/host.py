@@ -45,6 +45,7 @@ from adapters.store.sqlite import (
     MessageRow,
     SessionRow,
     SqliteStore,
+    StoreError,
     hash_token,
 )
 from fsm.clock import RealClock
@@ -78,6 +79,9 @@ class ControlSettings:
     wrapper_command: list[str] | None = None
     runtime: Literal["local", "external"] = "local"
     limits: LimitValues = field(default_factory=defaults)
+    state_dir: Path | None = None
+    """The control plane's own files (pidfiles, wrapper logs, each wrapper's Kilo state); by
+    default ``base_dir``. Kept out of the workspace tree: no client's workdir may lie in it."""
 
 
 @dataclass
@@ -170,7 +174,8 @@ class ControlHost:
                     s.base_dir,
                     self._on_wrapper_exit,
                     command=s.wrapper_command,
-                    log_dir=s.base_dir / "logs",
+                    log_dir=(s.state_dir or s.base_dir) / "logs",
+                    state_dir=s.state_dir or s.base_dir,
                 )
             )
             async with runtime_cm as runtime, anyio.create_task_group() as tg:
@@ -280,10 +285,14 @@ class ControlHost:
             raise HTTPProblem(
                 400, f"workdir must be a directory inside the workspace root {root}", "workdir"
             )
-        if self.settings.db.resolve().is_relative_to(path):
-            raise HTTPProblem(
-                400, "workdir must not contain the control plane's database", "workdir"
-            )
+        own = [self.settings.db.resolve(), (self.settings.state_dir or root).resolve()]
+        if self.settings.state_dir is None:
+            own += [root / "logs", root / "pids", root / "kilo-state"]  # the runtime's, in root
+        for mine in own:
+            if mine != root and (mine.is_relative_to(path) or path.is_relative_to(mine)):
+                raise HTTPProblem(
+                    400, "workdir must not hold or lie in the control plane's own files", "workdir"
+                )
         return path
 
     def _load_sessions(self) -> None:
@@ -521,7 +530,10 @@ class ControlHost:
     async def _flush_loop(self) -> None:
         while True:
             await anyio.sleep(FLUSH_PERIOD)
-            self._flush()
+            try:
+                self._flush()
+            except Exception as exc:  # the loop that stores every session must never stop
+                self.log.error("flushing failed", error=f"{type(exc).__name__}: {exc}"[:500])
 
     def flush_session(self, session_id: str) -> None:
         """Store what is pending now, so a reader of the log sees what the API already shows."""
@@ -542,17 +554,29 @@ class ControlHost:
         dirty, self._dirty = self._dirty, set()
         now = time.monotonic()
         written: list[tuple[SessionEntry, list[LogEntry]]] = []
-        with store.batch("store pending session data"):
-            for sid in sorted(dirty):
-                entry = self.sessions.get(sid)
-                if entry is None:
-                    continue
-                if entry.retry_at > now:
-                    self._dirty.add(sid)  # still backing off after a failed write
-                    continue
-                events = self._write_contained(sid, entry)
-                if events is not None:
-                    written.append((entry, events))
+        try:
+            with store.batch("store pending session data"):
+                for sid in sorted(dirty):
+                    entry = self.sessions.get(sid)
+                    if entry is None:
+                        continue
+                    if entry.retry_at > now:
+                        self._dirty.add(sid)  # still backing off after a failed write
+                        continue
+                    events = self._write_contained(sid, entry)
+                    if events is not None:
+                        written.append((entry, events))
+        except StoreError as exc:
+            # SQLite gave up the whole transaction (a full disk, say): what every session wrote
+            # in it waits in memory again, unacknowledged, for the next flush.
+            for entry, events in written:
+                entry.events = events + entry.events
+                entry.dirty_messages.update(entry.core.messages)
+                entry.snapshot_due = True
+                self._dirty.add(entry.row.id)
+            self.metrics.store_failures += 1
+            self.log.error("storing the batch failed", error=f"{type(exc).__name__}: {exc}"[:500])
+            return
         for entry, events in written:
             self._release(entry, events)
 
@@ -569,7 +593,7 @@ class ControlHost:
         except Exception as exc:
             entry.events = pending + entry.events
             entry.write_failures += 1
-            delay = min(30.0, FLUSH_PERIOD * 2**entry.write_failures)
+            delay = min(5.0, FLUSH_PERIOD * 2**entry.write_failures)
             entry.retry_at = time.monotonic() + delay
             self._dirty.add(sid)
             self.metrics.store_failures += 1

@@ -131,6 +131,9 @@ def run_control(
         kilo_bin=kilo_bin,
         runtime="external" if runtime == "external" else "local",
         limits=limits,
+        # The older --db-only layout keeps the workspaces inside the db's folder: then the
+        # runtime's files stay beside the workspaces, as they were.
+        state_dir=None if workspaces.is_relative_to(state) else state,
     )
     log = JsonLog()
     warn_if_exposed(host, log)

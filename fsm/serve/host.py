@@ -261,6 +261,7 @@ class WrapperHost:
                     config=s.kilo_config,
                     kilo_bin=s.kilo_bin,
                     startup_timeout=self.values["agent_startup"],
+                    pass_env=s.kilo_pass_env,
                 )
             except Exception as exc:
                 self.log.error("Kilo did not start", error=f"{type(exc).__name__}: {exc}")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from adapters.store.sqlite import EventRow, MessageRow, SessionRow
+from adapters.store.sqlite import EventRow, MessageRow, SessionRow, hash_token
 from fsm.effects import Effect, StartWrapper, StopWrapper
 from fsm.engine import Record
 from fsm.protocol import Ack, Frame, SeqFrame, Shutdown, Welcome, WrapperFrame
@@ -65,7 +65,7 @@ class SimControl:
         store.create_session(
             SessionRow(
                 id=session_id,
-                token_hash="sim",
+                token_hash=hash_token("sim"),
                 agent_session="",
                 user_id="user",
                 workdir="/sim",
