@@ -110,6 +110,58 @@ def timers_command(config: ConfigOption = None) -> None:
             typer.echo(f"  {setting.key:<30} {shown:<22} {setting.doc}")
 
 
+@app.command("limits")
+def limits_command(config: ConfigOption = None) -> None:
+    """Print every input bound's effective value, its default, who enforces it and why."""
+    from fsm import limits
+
+    try:
+        values = limits.limit_values(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for setting in limits.SETTINGS:
+        effective = values[setting.key]
+        shown = limits.format_limit(setting, effective)
+        if effective != setting.default:
+            shown += f" (default {limits.format_limit(setting, setting.default)})"
+        typer.echo(f"  {setting.key:<22} {shown:<24} {setting.side:<8} {setting.doc}")
+
+
+@app.command("openapi")
+def openapi_command(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder to write the documents into.", file_okay=False)
+    ] = Path("docs/openapi"),
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Write nothing; exit 1 if the files differ from the code."),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Write the OpenAPI 3.1 documents of the control plane's and the wrapper's HTTP APIs."""
+    from fsm import openapi_files
+
+    try:
+        documents = openapi_files.render(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if check:
+        stale = openapi_files.stale(documents, out)
+        if stale:
+            typer.echo(
+                f"{out}/ is out of date with the code ({', '.join(stale)}): run "
+                "`fsm-agent openapi`.",
+                err=True,
+            )
+            raise typer.Exit(1)
+        typer.echo(f"{out}/ matches the API declarations ({len(documents)} documents).")
+        return
+    openapi_files.write(documents, out)
+    typer.echo(f"wrote {', '.join(sorted(documents))} to {out}/")
+
+
 @app.command("serve")
 def serve_command(
     agent_session: Annotated[

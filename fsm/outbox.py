@@ -7,6 +7,12 @@ are never dropped (the source system dropped the newest events and could drop an
 events are replaced in place by one ``events_dropped`` marker per contiguous run, carrying the
 count and seq range, so the control plane sees exactly where and how much was lost, and the order
 of what remains is untouched.
+
+An event the control plane would refuse (larger than its ``limits.frame_bytes``, or nested deeper
+than ``limits.frame_depth``: an agent chooses its tool calls' arguments, and so their depth) is
+replaced when it is pushed by a small one of the same type that says so, ``{"type": ...,
+"truncated": {"bytes": n, "reason": ...}}``: sent as it was, it would close the socket, be sent
+again after the reconnect, and hold the session's stream up forever.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from fsm.protocol import EventFrame, EventsDropped, SeqFrame
+from fsm.protocol import EventFrame, EventsDropped, SeqFrame, nesting_depth
 
 _MARKER_BYTES = 80
 
@@ -26,9 +32,19 @@ def _seq_of(entry: tuple[SeqFrame, int]) -> int:
 
 
 class Outbox:
-    def __init__(self, max_frames: int = 1000, max_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        max_frames: int = 1000,
+        max_bytes: int = 8 * 1024 * 1024,
+        *,
+        frame_bytes: int | None = None,
+        frame_depth: int | None = None,
+    ) -> None:
         self.max_frames = max_frames
         self.max_bytes = max_bytes
+        self.frame_bytes = frame_bytes
+        self.frame_depth = frame_depth
+        self.truncated_total = 0
         self._frames: list[tuple[SeqFrame, int]] = []
         self._bytes = 0
         self._next_seq = 1
@@ -55,11 +71,35 @@ class Outbox:
         """Append the frame ``build(seq)``; drops the oldest events if a bound is exceeded."""
         frame = build(self._next_seq)
         self._next_seq += 1
-        size = len(msgspec.json.encode(frame))
+        data = msgspec.json.encode(frame)
+        size = len(data)
+        if isinstance(frame, EventFrame) and (self.frame_bytes or self.frame_depth):
+            frame, size = self._within_limits(frame, data)
         self._frames.append((frame, size))
         self._bytes += size
         self._enforce_bounds()
         return frame
+
+    def _within_limits(self, frame: EventFrame, data: bytes) -> tuple[EventFrame, int]:
+        reason = ""
+        if self.frame_bytes is not None and len(data) > self.frame_bytes:
+            reason = f"larger than {self.frame_bytes} bytes"
+        elif (
+            self.frame_depth is not None
+            and data.count(b"{") + data.count(b"[") > self.frame_depth
+            and nesting_depth(data.decode()) > self.frame_depth
+        ):
+            reason = f"nested deeper than {self.frame_depth}"
+        if not reason:
+            return frame, len(data)
+        self.truncated_total += 1
+        kind = frame.event.get("type")
+        event = {
+            "type": kind if isinstance(kind, str) and len(kind) <= 200 else "unknown",
+            "truncated": {"bytes": len(data), "reason": reason},
+        }
+        small = EventFrame(seq=frame.seq, generation=frame.generation, event=event)
+        return small, len(msgspec.json.encode(small))
 
     def ack(self, seq: int) -> int:
         """Forget every frame up to ``seq`` (cumulative); returns how many were released."""

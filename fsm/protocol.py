@@ -11,6 +11,8 @@ sent by a client over HTTP and one relayed by the control plane are one type.
 
 from __future__ import annotations
 
+import re
+from itertools import accumulate
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -29,8 +31,10 @@ Seq = Annotated[int, msgspec.Meta(ge=0, le=INT63 - 1, description="0 <= seq < 2^
 Count = Annotated[int, msgspec.Meta(ge=0, le=INT63 - 1)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 """An identifier or a name chosen by a peer (wrapper id, session ids, user id, version)."""
-Short = Annotated[str, msgspec.Meta(max_length=256)]
-Text = Annotated[str, msgspec.Meta(max_length=64 * 1024)]
+SHORT_MAX = 256
+TEXT_MAX = 64 * 1024
+Short = Annotated[str, msgspec.Meta(max_length=SHORT_MAX)]
+Text = Annotated[str, msgspec.Meta(max_length=TEXT_MAX)]
 """Human text a peer reports (a reason, an agent's error message)."""
 Stamp = Annotated[float, msgspec.Meta(ge=0.0, le=1e12)]
 IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$(?!\n)"
@@ -165,6 +169,17 @@ ControlFrame = (
     | ReleaseCommand
 )
 Command = PromptCommand | AbortCommand | PermissionCommand | QuestionCommand | ReleaseCommand
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = str.maketrans({"{": "(", "[": "(", "}": ")", "]": ")"})
+
+
+def nesting_depth(text: str) -> int:
+    """The JSON nesting depth of ``text`` (brackets inside strings do not count): both sides
+    measure a frame with this, the control plane to refuse it and the wrapper not to send it."""
+    shape = "".join(c for c in _STRINGS.sub("", text).translate(_BRACKETS) if c in "()")
+    return max(accumulate(1 if c == "(" else -1 for c in shape), default=0)
+
 
 _encoder = msgspec.json.Encoder()
 _wrapper_decoder: msgspec.json.Decoder[WrapperFrame] = msgspec.json.Decoder(WrapperFrame)

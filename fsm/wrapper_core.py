@@ -62,6 +62,8 @@ from fsm.machines import agent_link, ingest_link, turn, wrapper
 from fsm.outbox import Outbox
 from fsm.protocol import (
     PROTOCOL_VERSION,
+    SHORT_MAX,
+    TEXT_MAX,
     WRAPPER_VERSION,
     AbortCommand,
     Ack,
@@ -208,10 +210,10 @@ class WrapperCore:
             self.outbox.push(
                 lambda seq: LifecycleFrame(
                     seq=seq,
-                    machine=record.machine_id,
+                    machine=record.machine_id[:SHORT_MAX],
                     state=record.dest,
                     source=record.source,
-                    trigger=record.trigger,
+                    trigger=record.trigger[:SHORT_MAX],
                     at=record.at,
                 )
             )
@@ -553,8 +555,10 @@ class WrapperCore:
                 message_id=outcome.message_id,
                 # The turn machine's terminal states are exactly the three outcome statuses.
                 status=cast(OutcomeStatus, outcome.status),
-                reason=outcome.reason,
-                error=outcome.error,
+                # Within the frame's bounds (an agent's error text can be anything): a frame
+                # the control plane refuses would be resent, and refused, forever.
+                reason=outcome.reason[:SHORT_MAX],
+                error=outcome.error[:TEXT_MAX],
             )
         )
         self._flush()

@@ -67,3 +67,35 @@ def test_byte_bound_and_lifecycle_frames_are_never_dropped() -> None:
     lifecycle = [f for f in box.pending() if isinstance(f, LifecycleFrame)]
     assert len(lifecycle) == 3
     assert box.size_bytes <= 600 or all(not isinstance(f, EventFrame) for f in box.pending())
+
+
+def test_an_event_the_control_plane_would_refuse_is_replaced_by_a_small_one_that_says_so() -> None:
+    """Sent as it was, a too-large or too-deep event would close the socket, be resent after the
+    reconnect, be refused again, and hold the session's stream up forever."""
+    from fsm.control.api import check_frame
+    from fsm.limits import resolve
+    from fsm.protocol import encode
+
+    limits = resolve({"frame_bytes": 4096, "frame_depth": 16})
+    box = Outbox(frame_bytes=limits.frame_bytes, frame_depth=limits.frame_depth)
+    big = {"type": "message.part.updated", "properties": {"text": "x" * 10_000}}
+    deep: dict[str, object] = {"type": "tool.input"}
+    node = deep
+    for _ in range(40):
+        child: dict[str, object] = {}
+        node["n"] = child
+        node = child
+    fine = {"type": "message.part.delta", "properties": {"delta": "hi"}}
+    frames = [
+        box.push(lambda seq, e=e: EventFrame(seq=seq, generation=1, event=e))
+        for e in (big, deep, fine)
+    ]
+    assert [f.seq for f in frames] == [1, 2, 3]
+    assert isinstance(frames[0], EventFrame) and isinstance(frames[1], EventFrame)
+    assert frames[0].event["truncated"]["reason"] == "larger than 4096 bytes"
+    assert frames[1].event["truncated"]["reason"] == "nested deeper than 16"
+    assert frames[0].event["type"] == "message.part.updated"
+    assert frames[2] == EventFrame(seq=3, generation=1, event=fine)
+    assert box.truncated_total == 2
+    for frame in frames:  # each one is a frame the control plane accepts
+        assert check_frame(encode(frame).decode(), limits) == frame

@@ -31,8 +31,7 @@ import contextlib
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
-from itertools import accumulate
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import msgspec
@@ -82,6 +81,7 @@ from fsm.protocol import (
     WrapperFrame,
     decode_from_wrapper,
     encode,
+    nesting_depth,
 )
 from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody, check_prompt
 from fsm.session_core import LogEntry
@@ -97,7 +97,7 @@ _MAX_EVENT_ID = 2**63 - 1
 
 
 def build_app(host: ControlHost) -> Starlette:
-    ops = operations(host)
+    ops = operations(host, host.limits)
 
     def wrap(op: Operation) -> Handler:
         key = host.settings.api_key
@@ -121,7 +121,9 @@ def build_app(host: ControlHost) -> Starlette:
     )
 
 
-def openapi_document(host: ControlHost) -> dict[str, Any]:
+def openapi_document(limits: LimitValues, host: ControlHost | None = None) -> dict[str, Any]:
+    """The client API's OpenAPI document with ``limits`` in force. Without a host (``fsm-agent
+    openapi``) the operations are built only to be described: their handlers are never run."""
     return document(
         title="fsm-agent control plane",
         version=WRAPPER_VERSION,
@@ -130,14 +132,13 @@ def openapi_document(host: ControlHost) -> dict[str, Any]:
             "log (SSE, resumable with Last-Event-ID). Wrappers connect on the WebSocket "
             "/ingest/{session_id} (not described here: see fsm/protocol.py)."
         ),
-        operations=operations(host),
-        limits=host.limits,
+        operations=operations(cast(ControlHost, host), limits),
+        limits=limits,
     )
 
 
-def operations(host: ControlHost) -> list[Operation]:
+def operations(host: ControlHost, limits: LimitValues) -> list[Operation]:
     """Every client-API operation: the one declaration of routes, bodies and answers."""
-    limits = host.limits
 
     def entry_of(request: Request) -> SessionEntry:
         sid = path_id(request, "session_id")
@@ -242,7 +243,7 @@ def operations(host: ControlHost) -> list[Operation]:
         return json_response(Health(True, len(host.sessions)))
 
     async def openapi(_request: Request) -> Response:
-        return json_response(openapi_document(host))
+        return json_response(openapi_document(limits, host))
 
     sid = ident("session_id", "the session's id (from POST /sessions)")
     rid = ident("request_id", "the agent's permission or question request id (from its event)")
@@ -463,14 +464,12 @@ class Disconnected(Exception):
     pass
 
 
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS = str.maketrans({"{": "(", "[": "(", "}": ")", "]": ")"})
-
-
-def nesting_depth(text: str) -> int:
-    """The JSON nesting depth of ``text`` (brackets inside strings do not count)."""
-    shape = "".join(c for c in _STRINGS.sub("", text).translate(_BRACKETS) if c in "()")
-    return max(accumulate(1 if c == "(" else -1 for c in shape), default=0)
+# A \u escape of a high surrogate not followed by a low one, or a low one not preceded by a high
+# one (an escaped backslash before the "u" makes it plain text, not an escape).
+_LONE_SURROGATE = re.compile(
+    r"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})(?<!\\)\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
 
 
 def check_frame(text: str, limits: LimitValues) -> WrapperFrame:
@@ -484,6 +483,9 @@ def check_frame(text: str, limits: LimitValues) -> WrapperFrame:
         nesting_depth(text) > limits.frame_depth
     ):
         raise Violation(CLOSE_POLICY, f"frame nested deeper than {limits.frame_depth}")
+    if "\\u" in text and _LONE_SURROGATE.search(text):
+        # Valid JSON, but a string with no UTF-8 form: it could never be stored.
+        raise Violation(CLOSE_POLICY, "bad frame: a \\u escape of a lone UTF-16 surrogate")
     try:
         frame = decode_from_wrapper(text)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:

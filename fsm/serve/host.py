@@ -89,7 +89,12 @@ class WrapperHost:
             values,
             identity,
             self._on_action,
-            outbox=Outbox(settings.outbox_frames, settings.outbox_bytes),
+            outbox=Outbox(
+                settings.outbox_frames,
+                settings.outbox_bytes,
+                frame_bytes=settings.limits.frame_bytes,
+                frame_depth=settings.limits.frame_depth,
+            ),
             on_record=self._on_record,
         )
         self.kilo: KiloServer | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from starlette.applications import Starlette
@@ -75,8 +75,12 @@ def build_app(
 
 
 def openapi_document(
-    core: WrapperCore, agent_info: Callable[[], dict[str, Any]], limits: LimitValues
+    limits: LimitValues,
+    core: WrapperCore | None = None,
+    agent_info: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The job API's OpenAPI document with ``limits`` in force. Without a core (``fsm-agent
+    openapi``) the operations are built only to be described: their handlers are never run."""
     return document(
         title="fsm-agent wrapper job API",
         version=WRAPPER_VERSION,
@@ -85,7 +89,7 @@ def openapi_document(
             "questions, read its machines' status. Every route but /openapi.json needs the "
             "wrapper's bearer token."
         ),
-        operations=operations(core, agent_info, limits),
+        operations=operations(cast(WrapperCore, core), agent_info or dict, limits),
         limits=limits,
     )
 
@@ -151,7 +155,7 @@ def operations(
         return json_response(body, 200 if ready else 503)
 
     async def openapi(_request: Request) -> Response:
-        return json_response(openapi_document(core, agent_info, limits))
+        return json_response(openapi_document(limits, core, agent_info))
 
     rid = ident("request_id", "the agent's request id (from its permission/question event)")
     unavailable = Answer(503, "the agent is gone for good (agent_unavailable)", ErrorBody)

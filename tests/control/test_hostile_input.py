@@ -222,6 +222,7 @@ def test_connections_waiting_for_hello_are_bounded_per_session(control: Control)
         ("not json", 1008, "bad frame"),
         ('{"type":"outcome","seq":5,"message_id":"m","status":"queued"}', 1008, "status"),
         ('{"type":"events_dropped","seq":5,"count":999999999,"last_seq":5}', 1008, "cover"),
+        ('{"type":"event","seq":5,"generation":1,"event":{"k":"\\ud800"}}', 1008, "surrogate"),
     ],
     ids=[
         "binary",
@@ -231,6 +232,7 @@ def test_connections_waiting_for_hello_are_bounded_per_session(control: Control)
         "not-json",
         "status",
         "dropped-count",
+        "lone-surrogate",
     ],
 )
 def test_malformed_frames_close_with_a_code_and_a_reason(
