@@ -455,3 +455,47 @@ def test_sessions_are_bounded(tmp_path: Path) -> None:
         ]
         refused = control.http.post("/sessions", json={})
         assert refused.json()["field"] == "sessions"
+
+
+def _memory_kib(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
+
+
+def test_a_stream_of_maximum_size_bodies_costs_little_memory(tmp_path: Path) -> None:
+    """Peak RSS under maximum-size and oversized bodies stays within 50 MiB of idle (issue 12's
+    acceptance; a 200 MB body once took the control plane from 106 to 486 MB)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with running_control(tmp_path, {}, {}, extra_args=["--runtime", "external"]) as control:
+        assert control.process is not None
+        sid = new_session(control).sid
+        url = f"/sessions/{sid}/messages"
+        body = b'{"prompt": "' + b"x" * (1024 * 1024 - 14) + b'"}'
+        assert len(body) == 1024 * 1024
+        control.http.post(url, content=body)  # warm up every code path once
+        idle = _memory_kib(control.process.pid)["VmRSS"]
+
+        def maximum(_: int) -> int:
+            return control.http.post(url, content=body).status_code
+
+        def oversized(_: int) -> int:
+            def chunks() -> Iterator[bytes]:
+                for _ in range(1000):  # 100 MB
+                    yield b"y" * 100_000
+
+            try:
+                return control.http.post(url, content=chunks(), timeout=60).status_code
+            except (httpx.RemoteProtocolError, httpx.WriteError):
+                return 413
+
+        with ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(maximum, range(120))) + list(pool.map(oversized, range(4)))
+        peak = _memory_kib(control.process.pid)["VmHWM"]
+        assert set(statuses) <= {400, 413}, statuses  # 1 MiB of prompt is past prompt_chars
+        assert peak - idle < 50 * 1024, f"idle {idle} KiB, peak {peak} KiB"
+        print(f"control plane RSS idle {idle / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB")
