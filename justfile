@@ -44,6 +44,11 @@ types:
 graph: setup
     {{venv}}/bin/fsm-agent graph
 
+# The fuzzers, long: schemathesis against both live APIs, hypothesis on ingest frames
+# (the suite runs them with few examples; FSM_AGENT_FUZZ_EXAMPLES sets how many).
+fuzz examples="3000": setup
+    FSM_AGENT_FUZZ_EXAMPLES={{examples}} {{py}} -m pytest -q tests/fuzz -p no:cacheprovider
+
 # Every benchmark (engine, simulator, relay, control plane, detection): one table, bench/results.{json,md}.
 bench *args: setup
     {{py}} -m pip install -q --disable-pip-version-check -e '.[bench]'
