@@ -10,6 +10,7 @@ description). ``GET /openapi.json`` serves the document of the running process.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,30 @@ Handler = Callable[[Request], Awaitable[Response]]
 JSON = "application/json"
 SSE = "text/event-stream"
 TEXT = "text/plain"
+
+
+def sse_event_schema() -> dict[str, Any]:
+    """One Server-Sent Event of these APIs (keep-alive comments are not events).
+
+    Before OpenAPI 3.2's ``itemSchema``, the schema of a ``text/event-stream`` answer describes
+    each event, as tools (schemathesis among them) read it: the stream is not one string."""
+    return {
+        "type": "object",
+        "description": (
+            "one event: id is the log entry's id (give it back as Last-Event-ID to resume after "
+            "it), event its kind, data its JSON object"
+        ),
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+            "event": {"type": "string", "minLength": 1},
+            "data": {
+                "type": "string",
+                "contentMediaType": JSON,
+                "contentSchema": {"type": "object"},
+            },
+        },
+        "required": ["id", "event", "data"],
+    }
 
 
 @dataclass(frozen=True)
@@ -121,7 +146,8 @@ def document(
         unique, ref_template="#/components/schemas/{name}"
     )
     ref_of = dict(zip(unique, schemas, strict=True))
-    _apply_limits(components, limits)
+    bodies = {ref_of[op.body]["$ref"].rsplit("/", 1)[-1] for op in operations if op.body}
+    _apply_limits(components, bodies, limits)
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         item: dict[str, Any] = {
@@ -133,7 +159,8 @@ def document(
             item["description"] = op.doc
         if op.tags:
             item["tags"] = list(op.tags)
-        if op.params:
+        params = _params(op)
+        if params:
             item["parameters"] = [
                 {
                     "name": p.name,
@@ -142,7 +169,7 @@ def document(
                     "schema": p.schema,
                     "description": p.doc,
                 }
-                for p in op.params
+                for p in params
             ]
         if op.body is not None:
             item["requestBody"] = {
@@ -159,6 +186,8 @@ def document(
             response: dict[str, Any] = {"description": answer.doc}
             if answer.body is not None:
                 response["content"] = {answer.media: {"schema": ref_of[answer.body]}}
+            elif answer.media == SSE:
+                response["content"] = {SSE: {"schema": sse_event_schema()}}
             elif answer.media != JSON:
                 response["content"] = {answer.media: {"schema": {"type": "string"}}}
             item["responses"][str(answer.status)] = response
@@ -175,15 +204,34 @@ def document(
     }
 
 
+_TEMPLATE = re.compile(r"{([^{}:]+)(?::[^{}]*)?}")
+
+
+def _params(op: Operation) -> tuple[Param, ...]:
+    """The declared parameters, and every path parameter of the route's template that is not
+    among them: the template is what the router matches, so the document cannot lack one (each
+    is read with ``path_id``, hence an id)."""
+    declared = {p.name for p in op.params if p.where == "path"}
+    implied = tuple(
+        ident(name, f"the {name.replace('_', ' ')}")
+        for name in _TEMPLATE.findall(op.path)
+        if name not in declared
+    )
+    return (*implied, *op.params)
+
+
 def _op_name(path: str) -> str:
     parts = [p.strip("{}") for p in path.strip("/").split("/") if p]
     return "_".join(parts) or "root"
 
 
-def _apply_limits(components: dict[str, Any], limits: LimitValues) -> None:
-    """Write the configured prompt bound into every schema with a ``prompt`` field."""
-    for schema in components.values():
-        prompt = schema.get("properties", {}).get("prompt")
+def _apply_limits(components: dict[str, Any], bodies: set[str], limits: LimitValues) -> None:
+    """Write the configured prompt bound into every request body with a ``prompt`` field.
+
+    Only into what is decoded: a prompt the process answers with (a session's messages) was
+    accepted under the limit in force then, which an operator may since have lowered."""
+    for name in bodies:
+        prompt = components.get(name, {}).get("properties", {}).get("prompt")
         if isinstance(prompt, dict) and prompt.get("type") == "string":
             prompt["maxLength"] = limits.prompt_chars
 

@@ -19,8 +19,11 @@ class CreateSessionBody(msgspec.Struct, forbid_unknown_fields=True):
     user_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$(?!\n)")] = (
         "user"
     )
-    workdir: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)] | None = None
-    """Inside the control plane's workspace root; a relative path is taken from that root."""
+    workdir: (
+        Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=r"^[^\x00]*$")] | None
+    ) = None
+    """Inside the control plane's workspace root; a relative path is taken from that root. No
+    NUL (no path holds one): said by the type, so the document says it too."""
     wrapper_version: Short | None = None
     """Version the first wrapper announces (for exercising version pinning)."""
 
