@@ -55,7 +55,7 @@ SETTINGS: tuple[LimitSetting, ...] = (
     _l("frame_bytes", 1 * MiB, "bytes", "both", "largest ingest frame; larger closes with 1009"),
     _l("frame_depth", 64, "count", "both", "JSON nesting depth of an ingest frame (1008 past it)"),
     _l("pending_per_session", 2, "count", "control", "ingest sockets of one session before hello"),
-    _l("pending_total", 256, "count", "control", "ingest sockets of all sessions before hello"),
+    _l("pending_total", 1024, "count", "control", "ingest sockets of all sessions before hello"),
     # HTTP (both APIs)
     _l("body_bytes", 1 * MiB, "bytes", "both", "largest HTTP request body, enforced while read"),
     _l("prompt_chars", 256 * KiB, "chars", "both", "longest prompt"),

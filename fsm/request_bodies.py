@@ -23,7 +23,11 @@ from fsm.protocol import Answers, Ident, Short, Text
 Model = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[^/\s]+/\S+$", max_length=256, description="provider/model, e.g. openai/gpt-4o"
+        # ASCII classes only: the OpenAPI reader (ECMA regex) and msgspec (Python re) must
+        # agree on what the pattern admits.
+        pattern=r"^[A-Za-z0-9._:@+-]+/[A-Za-z0-9._:@+/-]+$(?!\n)",
+        max_length=256,
+        description="provider/model, e.g. openai/gpt-4o",
     ),
 ]
 

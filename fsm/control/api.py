@@ -94,6 +94,7 @@ CLOSE_REPLACED = 4000
 REPLACED = "replaced by a newer connection of this session"
 _LAST_EVENT_ID = re.compile(r"[0-9]{1,19}")
 _MAX_EVENT_ID = 2**63 - 1
+EVENT_ID = {"type": "integer", "minimum": 0, "maximum": _MAX_EVENT_ID}
 
 
 def build_app(host: ControlHost) -> Starlette:
@@ -344,18 +345,11 @@ def operations(host: ControlHost, limits: LimitValues) -> list[Operation]:
                 Answer(429, "limits.sse_per_session or limits.sse_total streams open", ErrorBody),
             ),
             params=(
+                sid,
                 Param(
-                    "Last-Event-ID",
-                    "header",
-                    {"type": "string", "pattern": "^[0-9]{1,19}$"},
-                    "resume after this id (wins over ?after)",
+                    "Last-Event-ID", "header", EVENT_ID, "resume after this id (wins over after)"
                 ),
-                Param(
-                    "after",
-                    "query",
-                    {"type": "string", "pattern": "^[0-9]{1,19}$"},
-                    "resume after this id",
-                ),
+                Param("after", "query", EVENT_ID, "resume after this id"),
                 Param(
                     "follow",
                     "query",
@@ -617,6 +611,8 @@ async def _serve(
                         closed = (CLOSE_INTERNAL, "the control plane could not apply a frame")
                         break
                     frame = await _receive(ws, host.limits)
+                    if isinstance(frame, Hello):
+                        raise Violation(CLOSE_POLICY, "one hello per connection")
             except Violation as violation:
                 closed = (violation.code, violation.reason)
             except (Disconnected, WebSocketDisconnect, RuntimeError, OSError):

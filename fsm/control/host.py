@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import logging
 import secrets
 import socket
 import time
@@ -126,6 +127,7 @@ class ControlHost:
         self.values = values
         self.log = log
         capture_stdlib(log)
+        capture_stdlib(log, "uvicorn", logging.WARNING)
         self.clock = RealClock(timebase="wall")
         self.metrics = Metrics()
         self.sessions: dict[str, SessionEntry] = {}
@@ -150,7 +152,11 @@ class ControlHost:
 
         s = self.settings
         s.base_dir.mkdir(parents=True, exist_ok=True)
-        sock = socket.socket(socket.AF_INET6 if ":" in s.listen_host else socket.AF_INET)
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in s.listen_host else socket.AF_INET,
+            socket.SOCK_STREAM,
+            socket.IPPROTO_TCP,  # asyncio sets TCP_NODELAY only on sockets that say TCP
+        )
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((s.listen_host, s.listen_port))
         sock.listen(128)  # connections queue from now on: the port we log is already usable
@@ -160,6 +166,7 @@ class ControlHost:
             uvicorn.Config(
                 build_app(self),
                 log_level="warning",
+                log_config=None,  # uvicorn's own lines go through our JSON log (capture_stdlib)
                 lifespan="off",
                 access_log=False,
                 ws="websockets-sansio",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import uuid
@@ -76,6 +77,7 @@ class WrapperHost:
         self.values = values
         self.log = log
         capture_stdlib(log)
+        capture_stdlib(log, "uvicorn", logging.WARNING)
         self.clock = RealClock()
         identity = Identity(
             wrapper_id=settings.wrapper_id or f"wrp_{uuid.uuid4().hex[:16]}",
@@ -124,7 +126,9 @@ class WrapperHost:
             overridden=self.values.overridden(),
         )
         sock = socket.socket(
-            socket.AF_INET6 if ":" in self.settings.listen_host else socket.AF_INET
+            socket.AF_INET6 if ":" in self.settings.listen_host else socket.AF_INET,
+            socket.SOCK_STREAM,
+            socket.IPPROTO_TCP,  # asyncio sets TCP_NODELAY only on sockets that say TCP
         )
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.listen_host, self.settings.listen_port))
@@ -135,6 +139,7 @@ class WrapperHost:
             uvicorn.Config(
                 app,
                 log_level="warning",
+                log_config=None,  # uvicorn's own lines go through our JSON log (capture_stdlib)
                 lifespan="off",
                 access_log=False,
                 ws_max_size=self.settings.limits.frame_bytes,
