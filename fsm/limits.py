@@ -57,6 +57,9 @@ SETTINGS: tuple[LimitSetting, ...] = (
     _l("pending_per_session", 2, "count", "control", "ingest sockets of one session before hello"),
     _l("pending_total", 1024, "count", "control", "ingest sockets of all sessions before hello"),
     # HTTP (both APIs)
+    _l(
+        "connections", 16_384, "count", "both", "open connections (HTTP and WebSocket); 503 past it"
+    ),
     _l("body_bytes", 1 * MiB, "bytes", "both", "largest HTTP request body, enforced while read"),
     _l("prompt_chars", 256 * KiB, "chars", "both", "longest prompt"),
     # the control plane's state

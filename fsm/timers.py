@@ -138,6 +138,8 @@ WRAPPER_TIMERS = TimerTable(
         _t("turn_hard_cap", "120m", "hard cap on one turn"),
         _t("turn_finalize_grace", "1s", "wait after turn close for the error that explains it"),
         _t("turn_abort_grace", "10s", "abort sent to Kilo, waiting for its turn close"),
+        # the job API
+        _t("job_first_request", "10s", "a new job-API connection must send its request"),
     ),
 )
 
@@ -147,6 +149,7 @@ CONTROL_TIMERS = TimerTable(
         _t("first_connect", "5m", "wrapper start to its first hello"),
         _t("stale_heartbeat", "90s", "no heartbeat or frame from the wrapper (about 3 missed)"),
         _t("ingest_hello", "10s", "an accepted ingest socket must send its hello (else 1008)"),
+        _t("http_first_request", "10s", "a new connection must send its first request's headers"),
         _t("stale_grace", "15s", "stale wrapper may reconnect before it is replaced"),
         _t("hung_session", "5m", "a running session with no agent event"),
         _t("max_runtime", "30m", "a running session's hard cap"),

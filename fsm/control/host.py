@@ -55,6 +55,7 @@ from fsm.control.metrics import Metrics
 from fsm.control.views import SessionDetail, SessionSummary, WrapperAccess
 from fsm.effects import Effect, StartWrapper, StopWrapper
 from fsm.engine import Record, Snapshot
+from fsm.http_guard import reap_silent_connections
 from fsm.httpjson import HTTPProblem
 from fsm.limits import LimitValues, defaults
 from fsm.logs import JsonLog, capture_stdlib
@@ -171,6 +172,7 @@ class ControlHost:
                 access_log=False,
                 ws="websockets-sansio",
                 ws_max_size=self.limits.frame_bytes,
+                limit_concurrency=self.limits.connections,
             )
         )
         try:
@@ -191,6 +193,12 @@ class ControlHost:
                 tg.start_soon(self.clock.run)
                 tg.start_soon(self._flush_loop)
                 start_guarded(tg, self.log, "API server", lambda: server.serve(sockets=[sock]))
+                start_guarded(
+                    tg,
+                    self.log,
+                    "silent connection reaper",
+                    lambda: reap_silent_connections(server, self.values["http_first_request"]),
+                )
                 self._load_sessions()
                 settle_collector()  # what was restored lives on; see fsm/collector.py
                 self.log.info(

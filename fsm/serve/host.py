@@ -57,6 +57,7 @@ from fsm.effects import (
     Unsubscribe,
 )
 from fsm.engine import Record
+from fsm.http_guard import reap_silent_connections
 from fsm.logs import JsonLog, capture_stdlib
 from fsm.outbox import Outbox
 from fsm.protocol import WRAPPER_VERSION, ControlFrame, PromptCommand
@@ -143,12 +144,19 @@ class WrapperHost:
                 lifespan="off",
                 access_log=False,
                 ws_max_size=self.settings.limits.frame_bytes,
+                limit_concurrency=self.settings.limits.connections,
             )
         )
         async with anyio.create_task_group() as tg:
             self._tg = tg
             tg.start_soon(self.clock.run)
             start_guarded(tg, self.log, "job API", lambda: server.serve(sockets=[sock]))
+            start_guarded(
+                tg,
+                self.log,
+                "silent connection reaper",
+                lambda: reap_silent_connections(server, self.values["job_first_request"]),
+            )
             tg.start_soon(self._signals)
             self.log.info(
                 "job API listening",

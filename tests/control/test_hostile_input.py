@@ -499,3 +499,20 @@ def test_a_stream_of_maximum_size_bodies_costs_little_memory(tmp_path: Path) -> 
         assert set(statuses) <= {400, 413}, statuses  # 1 MiB of prompt is past prompt_chars
         assert peak - idle < 50 * 1024, f"idle {idle} KiB, peak {peak} KiB"
         print(f"control plane RSS idle {idle / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB")
+
+
+def test_a_connection_that_sends_no_request_is_closed(tmp_path: Path) -> None:
+    """Half-open connections were unbounded: 50 that sent nothing stayed open indefinitely."""
+    with running_control(
+        tmp_path, {}, {"http_first_request": "1s"}, extra_args=["--runtime", "external"]
+    ) as control:
+        silent = [socket.create_connection(("127.0.0.1", control.port)) for _ in range(20)]
+        slow = socket.create_connection(("127.0.0.1", control.port))
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        started = time.monotonic()
+        for sock in [*silent, slow]:
+            sock.settimeout(10)
+            assert sock.recv(100) == b""  # closed by the server
+            sock.close()
+        assert time.monotonic() - started < 8
+        assert control.http.get("/healthz").status_code == 200
