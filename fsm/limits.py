@@ -82,6 +82,9 @@ class LimitValues(Mapping[str, int]):
 
     def __init__(self, values: Mapping[str, int]) -> None:
         self._values = dict(values)
+        # Plain attributes too: the ingest socket reads a bound per frame, and an attribute
+        # found in the instance costs a tenth of one found through __getattr__.
+        self.__dict__.update(self._values)
 
     def __getitem__(self, key: str) -> int:
         try:

@@ -468,15 +468,15 @@ _LONE_SURROGATE = re.compile(
 
 def check_frame(text: str, limits: LimitValues) -> WrapperFrame:
     """Decode one ingest frame within the limits, or raise ``Violation``."""
-    if len(text) > limits.frame_bytes or len(text.encode("utf-8", "surrogatepass")) > (
-        limits.frame_bytes
+    most, depth = limits.frame_bytes, limits.frame_depth
+    # A character is at most 4 bytes of UTF-8: only a long frame needs encoding to be measured.
+    if len(text) > most or (
+        len(text) * 4 > most and len(text.encode("utf-8", "surrogatepass")) > most
     ):
-        raise Violation(CLOSE_TOO_BIG, f"frame larger than {limits.frame_bytes} bytes")
+        raise Violation(CLOSE_TOO_BIG, f"frame larger than {most} bytes")
     # Counting brackets is C-speed; only a frame that could be too deep is measured exactly.
-    if text.count("{") + text.count("[") > limits.frame_depth and (
-        nesting_depth(text) > limits.frame_depth
-    ):
-        raise Violation(CLOSE_POLICY, f"frame nested deeper than {limits.frame_depth}")
+    if text.count("{") + text.count("[") > depth and nesting_depth(text) > depth:
+        raise Violation(CLOSE_POLICY, f"frame nested deeper than {depth}")
     if "\\u" in text and _LONE_SURROGATE.search(text):
         # Valid JSON, but a string with no UTF-8 form: it could never be stored.
         raise Violation(CLOSE_POLICY, "bad frame: a \\u escape of a lone UTF-16 surrogate")
