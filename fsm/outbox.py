@@ -113,8 +113,43 @@ class Outbox:
         return released
 
     def rewind(self) -> None:
-        """A new connection: everything unacknowledged must be sent again."""
+        """A new connection: everything unacknowledged must be sent again.
+
+        Adjacent markers are merged here, before anything is sent. While the head of the buffer
+        counted as sent, a drop next to it started a new marker rather than growing one the
+        control plane might hold (its ack of the marker's first seq would release the growth
+        unseen), so one run of drops could sit in the buffer as several markers; the reconnect
+        reported it as two adjacent ``events_dropped`` (counts 1 and 2,120). The host applies the
+        welcome's ack first, so every frame still here has a seq above what the control plane
+        holds: none of them was received, and merging them cannot hide anything.
+        """
         self._sent = 0
+        self._merge_adjacent_markers()
+
+    def _merge_adjacent_markers(self) -> None:
+        merged: list[tuple[SeqFrame, int]] = []
+        for entry in self._frames:
+            frame = entry[0]
+            prev = merged[-1][0] if merged else None
+            if (
+                isinstance(frame, EventsDropped)
+                and isinstance(prev, EventsDropped)
+                and prev.last_seq + 1 == frame.seq
+            ):
+                merged[-1] = (
+                    EventsDropped(
+                        seq=prev.seq, count=frame.last_seq - prev.seq + 1, last_seq=frame.last_seq
+                    ),
+                    _MARKER_BYTES,
+                )
+                self._bytes -= entry[1]
+            else:
+                merged.append(entry)
+        if len(merged) != len(self._frames):
+            self._frames = merged
+            self._no_events = next(
+                (i for i, (f, _) in enumerate(merged) if isinstance(f, EventFrame)), len(merged)
+            )
 
     def take_unsent(self) -> list[SeqFrame]:
         frames = [f for f, _ in self._frames[self._sent :]]
@@ -147,8 +182,10 @@ class Outbox:
         frame, size = self._frames[i]
         self.dropped_total += 1
         prev = self._frames[i - 1][0] if i > 0 else None
-        # Merge into an adjacent marker unless that marker already went out on this connection
-        # (then the control plane has it, and a fresh marker keeps the seq ranges honest).
+        # Merge into an adjacent marker unless that marker counts as sent on this connection: the
+        # control plane may hold it (or the event it replaced) and acks it by its first seq, an
+        # ack that would release the growth unseen. A fresh marker keeps the ranges honest until
+        # ``rewind`` merges the two.
         if isinstance(prev, EventsDropped) and i - 1 >= self._sent:
             merged = EventsDropped(seq=prev.seq, count=prev.count + 1, last_seq=frame.seq)
             self._frames[i - 1] = (merged, _MARKER_BYTES)

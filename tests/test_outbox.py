@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fsm.outbox import Outbox
-from fsm.protocol import EventFrame, EventsDropped, LifecycleFrame, OutcomeFrame, SeqFrame
+from fsm.protocol import (
+    EventFrame,
+    EventsDropped,
+    LifecycleFrame,
+    OutcomeFrame,
+    SeqFrame,
+    encode,
+)
 
 
 def event(n: int) -> Callable[[int], SeqFrame]:
@@ -99,3 +106,89 @@ def test_an_event_the_control_plane_would_refuse_is_replaced_by_a_small_one_that
     assert box.truncated_total == 2
     for frame in frames:  # each one is a frame the control plane accepts
         assert check_frame(encode(frame).decode(), limits) == frame
+
+
+def _outage(acked: int) -> tuple[Outbox, list[SeqFrame]]:
+    """Two events sent, the socket lost, 38 more pushed, a welcome with ``acked``, the resend."""
+    box = Outbox(max_frames=6)
+    box.push(event(0))
+    box.push(event(1))
+    assert [f.seq for f in box.take_unsent()] == [1, 2]
+    for i in range(2, 40):  # no flush while disconnected
+        box.push(event(i))
+    box.ack(acked)
+    box.rewind()
+    return box, box.take_unsent()
+
+
+def test_one_run_of_drops_across_a_reconnect_is_one_marker() -> None:
+    """The head of the buffer was sent before the link dropped; the drops during the outage then
+    started a new marker next to the one standing for it (counts 1 and 2,120 on a real run). What
+    the reconnect sends reports the run once, with ``count == last_seq - seq + 1``."""
+    box, sent = _outage(acked=0)  # the control plane holds none of it
+    assert sent == [
+        EventsDropped(seq=1, count=37, last_seq=37),
+        *(EventFrame(seq=s, generation=1, event={"type": "x", "n": s - 1}) for s in (38, 39, 40)),
+    ]
+    assert box.dropped_total == 37
+    box.push(event(40))  # the merged marker is one frame of the bound
+    assert [f.seq for f in box.pending()] == [1, 38, 39, 40, 41]
+    assert (
+        box.size_bytes
+        == sum(len(encode(f)) for f in box.pending() if isinstance(f, EventFrame)) + 80
+    )
+
+
+def test_a_marker_the_control_plane_may_hold_is_not_grown_past_its_ack() -> None:
+    """The control plane got event 1 before the socket broke and acks it in the welcome: had the
+    drops been merged into the marker standing for seq 1, that ack would have released seqs
+    2..37 unreported. The rest of the run still goes out as one marker."""
+    _box, sent = _outage(acked=1)
+    assert sent[0] == EventsDropped(seq=2, count=36, last_seq=37)
+    assert [f.seq for f in sent[1:]] == [38, 39, 40]
+
+
+def test_random_outages_lose_nothing_and_each_resend_reports_a_run_once() -> None:
+    """A model of the control plane's ingest (a seq at or below the last one held is a duplicate;
+    a marker is acked by its first seq) against random pushes, deliveries, acks and reconnects:
+    every seq reaches it once, as itself or inside a marker, and no resend carries two adjacent
+    markers."""
+    import itertools
+    import random
+
+    rng = random.Random(13)
+    for _ in range(200):
+        box = Outbox(max_frames=rng.randint(2, 8))
+        held = 0  # the control plane's last seq
+        covered: list[int] = []
+        wire: list[SeqFrame] = []  # sent on the current connection, not yet delivered
+        connected = True
+        for step in range(rng.randint(5, 80)):
+            roll = rng.random()
+            if roll < 0.5:
+                box.push(outcome(f"m{step}") if rng.random() < 0.1 else event(step))
+                if connected:
+                    wire.extend(box.take_unsent())
+            elif roll < 0.75 and wire:  # deliver some of the wire, acking what was new
+                for frame in wire[: rng.randint(1, len(wire))]:
+                    wire.remove(frame)
+                    if frame.seq <= held:
+                        continue
+                    assert frame.seq == (covered[-1] if covered else 0) + 1, "a gap"
+                    last = frame.last_seq if isinstance(frame, EventsDropped) else frame.seq
+                    covered.extend(range(frame.seq, last + 1))
+                    held = frame.seq
+                    if rng.random() < 0.7:
+                        box.ack(held)
+            elif roll < 0.9:  # the socket is lost with whatever was on the wire
+                connected, wire = False, []
+            elif not connected:  # reconnect: the welcome carries what the control plane holds
+                connected = True
+                box.ack(held)
+                box.rewind()
+                wire = box.take_unsent()
+                assert not any(
+                    isinstance(a, EventsDropped) and isinstance(b, EventsDropped)
+                    for a, b in itertools.pairwise(wire)
+                ), wire
+        assert covered == list(range(1, len(covered) + 1))
