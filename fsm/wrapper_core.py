@@ -57,7 +57,7 @@ from fsm.effects import (
 )
 from fsm.engine import Record, StateMachine
 from fsm.events import Event
-from fsm.kilo_events import TurnTranslator
+from fsm.kilo_events import TurnTranslator, clip_error
 from fsm.machines import agent_link, ingest_link, turn, wrapper
 from fsm.outbox import Outbox
 from fsm.protocol import (
@@ -556,9 +556,10 @@ class WrapperCore:
                 # The turn machine's terminal states are exactly the three outcome statuses.
                 status=cast(OutcomeStatus, outcome.status),
                 # Within the frame's bounds (an agent's error text can be anything): a frame
-                # the control plane refuses would be resent, and refused, forever.
+                # the control plane refuses would be resent, and refused, forever. The error is
+                # the agent's own text, its first 1 KiB: the reason's detail the user is shown.
                 reason=outcome.reason[:SHORT_MAX],
-                error=outcome.error[:TEXT_MAX],
+                error=clip_error(outcome.error)[:TEXT_MAX],
             )
         )
         self._flush()

@@ -20,13 +20,28 @@ Timers:
 
 When the agent is lost (crash or hang), a turn that made no progress yet is resubmitted once (back
 to ``queued``, dispatched again when the agent is back); otherwise it fails ``agent_restarted``.
-A network wait (``session.network.asked``) is *not* a user question: the host feeds it as nothing
-at all, so it does not pause the no-progress clock.
+
+What counts as progress is declared once, in ``KILO_EVENTS`` below, next to the machine it drives:
+only real model output (non-empty text/reasoning, a tool call's state changes, a step's finish)
+is ``progress``. Kilo's own bookkeeping — the empty text part it opens before the first token, the
+"Initializing snapshot…" spinner, statuses, heartbeats, ``message.updated`` — is not: counting it
+made a hang at the first-token boundary look like a turn that had worked (failed
+``agent_restarted`` instead of resubmitted), and kept a hung turn alive forever. While a question
+or permission is pending (``waiting_user``) nothing but its answer, the close or a failure leaves
+that state: any event after ``question.asked`` used to flip the turn back to ``running``.
+
+A network wait (``session.network.asked``: the model endpoint unreachable or timed out) is not a
+user question either: nobody in fsm-agent answers it, so it is Kilo's final word on the turn
+(``agent_gave_up``): the turn fails at once with Kilo's own text and Kilo's turn is aborted, instead
+of waiting out the no-progress window and failing with an empty error. A ``retry`` status is not
+final (Kilo recovers from it by itself) and not progress; its message is kept as the detail a
+later failure carries when Kilo said nothing better.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import msgspec
 
@@ -45,6 +60,8 @@ class TurnContext(msgspec.Struct):
     close_reason: str = ""
     reason: str = ""
     error: str = ""
+    detail: str = ""
+    """Kilo's last retry message: the error text of a failure Kilo gave no error for."""
 
 
 ACTIVE = ("queued", "accepted", "running", "waiting_user", "finalizing")
@@ -88,10 +105,16 @@ DECLARATION = MachineDef(
         on("started", "accepted", "running"),
         on("progress", "accepted", "running", effects="note_progress"),
         on("progress", "running", None, effects="note_progress"),
-        on("progress", "waiting_user", "running", effects="note_progress"),
         on("tool_started", "accepted", "running", effects="note_tool_started"),
-        on("tool_started", "running", None, effects="note_tool_started"),
-        on("tool_finished", "running", None, effects="note_tool_finished"),
+        on("tool_started", ("running", "waiting_user"), None, effects="note_tool_started"),
+        on("tool_finished", ("running", "waiting_user"), None, effects="note_tool_finished"),
+        on("retrying", (*LOST, "finalizing"), None, effects="note_detail"),
+        on(
+            "agent_gave_up",
+            LOST,
+            "failed",
+            effects=("note_error", "abort_agent_turn", "reason_agent_error"),
+        ),
         on("asked", ("accepted", "running"), "waiting_user"),
         on("answered", "waiting_user", "running"),
         on("no_progress", "running", None, guard="tool_running"),
@@ -140,6 +163,7 @@ def _submit(ctx: TurnContext, _event: Event) -> SubmitPrompt:
 
 def _note_progress(ctx: TurnContext, _event: Event) -> None:
     ctx.progressed = True
+    ctx.detail = ""  # Kilo recovered from whatever it was retrying
 
 
 def _tool_started(ctx: TurnContext, event: Event) -> None:
@@ -163,6 +187,10 @@ def _note_error(ctx: TurnContext, event: Event) -> None:
     ctx.error = str(event.data.get("error", "unknown error"))
 
 
+def _note_detail(ctx: TurnContext, event: Event) -> None:
+    ctx.detail = str(event.data.get("error", ""))
+
+
 def _mark_resubmitted(ctx: TurnContext, _event: Event) -> None:
     ctx.resubmitted = True
     ctx.tools_running.clear()
@@ -171,7 +199,9 @@ def _mark_resubmitted(ctx: TurnContext, _event: Event) -> None:
 def _outcome(status: str) -> Callable[[TurnContext, Event], EmitOutcome]:
     def emit(ctx: TurnContext, _event: Event) -> EmitOutcome:
         reason = ctx.reason or status
-        return EmitOutcome(ctx.message_id, status, reason, ctx.error)
+        # A failure carries what the agent itself said: its error, else its last retry message.
+        error = ctx.error or (ctx.detail if status == "failed" else "")
+        return EmitOutcome(ctx.message_id, status, reason, error)
 
     return emit
 
@@ -194,6 +224,7 @@ SPEC = MachineSpec(
         "note_tool_finished": _tool_finished,
         "note_close": _note_close,
         "note_error": _note_error,
+        "note_detail": _note_detail,
         "mark_resubmitted": _mark_resubmitted,
         "reason_no_progress": _reason("no_progress"),
         "reason_execution_limit": _reason("execution_limit"),
@@ -208,3 +239,145 @@ SPEC = MachineSpec(
         "emit_cancelled": _outcome("cancelled"),
     },
 )
+
+
+# -- what Kilo's events mean for a turn ---------------------------------------------------------
+
+
+class KiloShape(NamedTuple):
+    """One shape of Kilo event and what it means for the turn it belongs to."""
+
+    shape: str
+    """``type``, then for parts the part type and a qualifier (see ``fsm.kilo_events.shape_of``)."""
+    meaning: str
+    """One of ``MEANINGS``."""
+    seen: str
+    """Where it was measured: captures in ``shared/kilo/captures/`` (``t8`` = ``t8-*.jsonl``)."""
+    why: str
+
+
+MEANINGS = {
+    "progress": "real model output: pushes back the no-progress window, bars resubmission",
+    "tool_started": "a tool of the assistant runs: holds the no-progress clock (also progress)",
+    "tool_finished": "a tool of the assistant ended: releases the clock (also progress)",
+    "asked": "a question or permission is pending: waiting_user until answered",
+    "answered": "the pending question or permission was answered",
+    "open": "Kilo started working on the prompt",
+    "close": "Kilo closed the turn (with a reason)",
+    "error": "Kilo's error for the turn: explains the close that goes with it",
+    "gave_up": "Kilo waits on something nobody here answers: the turn fails now, with its text",
+    "retrying": "Kilo retries by itself: not progress, not final; its message is kept as detail",
+    "nothing": "not progress and no change: bookkeeping, statuses, heartbeats, other sessions",
+}
+
+KILO_EVENTS: tuple[KiloShape, ...] = (
+    KiloShape("session.turn.open", "open", "t2 t3 t4 t5 t8 t9 t11", "every turn starts so"),
+    KiloShape(
+        "session.turn.close", "close", "t2 t3 t4 t5 t8 t9", "completed|error|interrupted ends it"
+    ),
+    KiloShape(
+        "session.turn.close superseded",
+        "nothing",
+        "t9-busy",
+        "the next queued prompt's open follows at once: nothing ends",
+    ),
+    KiloShape("message.part.delta", "progress", "t2 t3 t5 t8 t11", "one per model token chunk"),
+    KiloShape("message.part.delta empty", "nothing", "(defensive)", "a chunk with no text"),
+    KiloShape("message.part.delta user", "nothing", "(defensive)", "the user's own prompt"),
+    KiloShape("message.part.updated text", "progress", "t2 t3 t8 t11", "text that grew"),
+    KiloShape(
+        "message.part.updated text empty",
+        "nothing",
+        "t2 t3 t5 t8 t11",
+        "opened before the first token: a hang right after it produced nothing",
+    ),
+    KiloShape(
+        "message.part.updated text same",
+        "nothing",
+        "t2 t3 t8 (final part after its deltas)",
+        "the full text again, already counted by its deltas",
+    ),
+    KiloShape(
+        "message.part.updated text synthetic",
+        "nothing",
+        "README §7 part types; real runs after a wrapper kill (~7/s)",
+        "the 'Initializing snapshot…' spinner is Kilo's, not the model's",
+    ),
+    KiloShape("message.part.updated reasoning", "progress", "(spec; fake LLM has none)", "thought"),
+    KiloShape("message.part.updated reasoning empty", "nothing", "(spec)", "as empty text"),
+    KiloShape("message.part.updated reasoning same", "nothing", "(spec)", "as repeated text"),
+    KiloShape(
+        "message.part.updated reasoning synthetic", "nothing", "(defensive)", "as the spinner"
+    ),
+    KiloShape(
+        "message.part.updated step-start",
+        "nothing",
+        "t2 t3 t8 t11",
+        "Kilo's snapshot before the model answers, not output",
+    ),
+    KiloShape("message.part.updated step-finish", "progress", "t2 t3 t8", "a model step ended"),
+    KiloShape(
+        "message.part.updated tool pending", "progress", "t2 t3 t5", "the model called a tool"
+    ),
+    KiloShape(
+        "message.part.updated tool running",
+        "tool_started",
+        "t2 t3 t5",
+        "repeated while its metadata.output grows: each one is the tool's output",
+    ),
+    KiloShape("message.part.updated tool completed", "tool_finished", "t2 t3", "tool done"),
+    KiloShape("message.part.updated tool error", "tool_finished", "t2 t5", "tool failed/aborted"),
+    KiloShape(
+        "message.part.updated user", "nothing", "t2 t3 t4 t5 t8 t9", "the user's own prompt parts"
+    ),
+    KiloShape(
+        "message.part.updated other",
+        "nothing",
+        "t9 (compaction)",
+        "compaction, file, patch, snapshot, …: Kilo's records, not model output",
+    ),
+    KiloShape("message.part.removed", "nothing", "README §7", "the spinner part removed"),
+    KiloShape(
+        "message.updated",
+        "nothing",
+        "all",
+        "metadata (tokens, time); a user message's id is remembered to ignore its parts",
+    ),
+    KiloShape("permission.asked", "asked", "t2 t5", "waits on the user"),
+    KiloShape("question.asked", "asked", "t3", "waits on the user"),
+    KiloShape("permission.replied", "answered", "t2", "the user answered"),
+    KiloShape("question.replied", "answered", "t3", "the user answered"),
+    KiloShape("question.rejected", "answered", "t3", "the user dismissed it"),
+    KiloShape("session.error", "error", "t4 t5 t7", "before or just after its close"),
+    KiloShape(
+        "session.network.asked",
+        "gave_up",
+        "t7 t8-connrefused",
+        "'Cannot connect to API…' / 'Request timed out': Kilo waits for a reply nobody sends",
+    ),
+    KiloShape(
+        "session.status retry",
+        "retrying",
+        "t4-500 t4-hang t7",
+        "attempt n of Kilo's own retries; it recovers or ends with session.error",
+    ),
+    KiloShape(
+        "session.status",
+        "nothing",
+        "all (busy many times, idle twice, offline)",
+        "Kilo's status is not the model's output",
+    ),
+    KiloShape(
+        "other",
+        "nothing",
+        "server.heartbeat server.connected sync session.updated session.diff session.idle "
+        "session.created session.queue.changed session.compacted session.drain.interrupted "
+        "session.network.replied command.executed message.removed",
+        "heartbeats and bookkeeping; an unknown kind never keeps a turn alive",
+    ),
+)
+"""The one place that says what each Kilo event means for a turn; ``fsm.kilo_events`` computes
+an event's shape and looks it up here. Every kind in the captures is covered (``tests/
+test_kilo_events.py`` checks that each captured event has a row)."""
+
+KILO_MEANING: dict[str, str] = {row.shape: row.meaning for row in KILO_EVENTS}
