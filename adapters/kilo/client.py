@@ -27,6 +27,7 @@ route of Kilo's. The job API validates them too; this is the last line, where th
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +43,31 @@ from fsm.kilo_events import error_text
 USERNAME = "kilo"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 """What a Kilo id looks like (``ses_…``, ``per_…``, ``que_…``), with room to spare."""
+
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def ascending_id(prefix: str, time_ms: int, seed: str) -> str:
+    """A Kilo id (``msg_…``, ``prt_…``) for ``seed`` made at ``time_ms``, in Kilo's own format.
+
+    Why Kilo's format and not just ``msg_<our id>``: Kilo's document only asks for the prefix
+    (``^msg``), but Kilo orders a session's messages by id, and its prompt loop stops when the
+    last assistant message's id sorts after the last user message's. A user message whose id
+    sorts before the previous answer would be taken as answered and never run. Kilo's ascending
+    ids are ``<prefix>_`` + 12 hex digits of ``time_ms * 0x1000 + counter`` (its low 48 bits) +
+    14 base-62 characters (``shared/kilo/README.md`` §3; e.g. ``msg_233e51e2a001…``). Ours use
+    counter 0, so what Kilo creates in the same millisecond afterwards (the answer) still sorts
+    after it; the tail is taken from a hash of ``seed``, so the same seed and time always give
+    the same id (a resubmission sends exactly the id of the first submission).
+    """
+    stamp = (time_ms * 0x1000) & 0xFFFF_FFFF_FFFF
+    number = int.from_bytes(hashlib.sha256(seed.encode()).digest(), "big")
+    tail = []
+    for _ in range(14):
+        number, digit = divmod(number, 62)
+        tail.append(BASE62[digit])
+    return f"{prefix}_{stamp:012x}{''.join(tail)}"
 
 
 def segment(value: str, what: str) -> str:
@@ -202,9 +228,23 @@ class KiloClient:
         model: str | None = None,
         agent: str | None = None,
         variant: str | None = None,
+        message_id: str | None = None,
     ) -> None:
-        """Queue a prompt (204 at once); the turn's end arrives as ``session.turn.close``."""
-        body: dict[str, Any] = {"parts": [{"type": "text", "text": text}]}
+        """Queue a prompt (204 at once); the turn's end arrives as ``session.turn.close``.
+
+        ``message_id`` (``msg_…``, see ``ascending_id``) names the user message Kilo stores: a
+        second prompt with the same id replaces it instead of adding another (measured on
+        7.7.9: the LLM runs again, the history keeps one user message). Its text part gets an
+        id derived from it (``prt_`` + the same tail): without one, Kilo appends a second part
+        with the same text to the replaced message, and the model reads the prompt twice.
+        """
+        part: dict[str, Any] = {"type": "text", "text": text}
+        body: dict[str, Any] = {"parts": [part]}
+        if message_id is not None:
+            if not message_id.startswith("msg_") or not ID_PATTERN.fullmatch(message_id):
+                raise ValueError(f"message id: {message_id!r} is not a Kilo message id (msg_…)")
+            body["messageID"] = message_id
+            part["id"] = "prt_" + message_id.removeprefix("msg_")
         if model:
             body["model"] = split_model(model)
         if agent:

@@ -26,12 +26,16 @@ nothing, and a control plane that stopped answering must not stall the agent lin
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
+import os
 import signal
 import socket
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -39,7 +43,7 @@ import uvicorn
 from anyio.abc import TaskGroup
 
 from adapters.ingest.websocket_client import IngestConnection
-from adapters.kilo.client import KiloClient
+from adapters.kilo.client import ID_PATTERN, KiloClient, KiloError, ascending_id
 from adapters.kilo.process import KiloServer, start_kilo
 from fsm.clock import RealClock
 from fsm.collector import settle_collector
@@ -70,6 +74,44 @@ from fsm.wrapper_core import AgentCall, Identity, PromptAgent, Transmit, Wrapper
 
 ACK_WAIT = 1.0
 """Longest the event subscription waits for acks when the outbox window is full."""
+
+SESSIONS_FILE = "agent-sessions.json"
+"""In the state dir: which Kilo session each agent-session name is (``_ensure_session``)."""
+
+MESSAGE_IDS_KEPT = 1024
+"""Kilo message ids remembered for resubmission; a resubmission follows its first submission
+within one turn's lifetime, and far fewer turns than this are ever open at once."""
+
+
+def recorded_sessions(state_dir: Path) -> dict[str, str]:
+    """The agent-session → Kilo session map kept in ``state_dir``; empty when absent or unreadable
+    (a lost map costs the old conversation, never the wrapper's start)."""
+    try:
+        data = json.loads((state_dir / SESSIONS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    sessions = data.get("sessions") if isinstance(data, dict) else None
+    if not isinstance(sessions, dict):
+        return {}
+    return {k: v for k, v in sessions.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def record_session(state_dir: Path, agent_session: str, kilo_session: str) -> None:
+    """Remember that ``agent_session`` is Kilo's ``kilo_session``: written to a temporary file,
+    synced and renamed over the old map, so a wrapper killed mid-write leaves the old map or the
+    new one, never half of either."""
+    sessions = recorded_sessions(state_dir)
+    if sessions.get(agent_session) == kilo_session:
+        return
+    sessions[agent_session] = kilo_session
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = state_dir / SESSIONS_FILE
+    tmp = path.with_name(f"{SESSIONS_FILE}.{os.getpid()}.tmp")
+    with tmp.open("w") as out:
+        json.dump({"version": 1, "sessions": sessions}, out)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)
 
 
 class WrapperHost:
@@ -112,6 +154,8 @@ class WrapperHost:
         self._tg: TaskGroup | None = None
         self.auto_commits: dict[str, PromptCommand] = {}
         """Prompts that asked for auto-commit, until their turn ends."""
+        self.kilo_message_ids: OrderedDict[str, str] = OrderedDict()
+        """Our message id → the Kilo message id its first submission used (``_kilo_message_id``)."""
         self._in_batch = False
         self._acked: anyio.Event | None = None
 
@@ -313,12 +357,57 @@ class WrapperHost:
             self.core.agent_exited(code)
 
     async def _ensure_session(self, client: KiloClient) -> str:
-        """Resume the agent's own session when it exists (idle cleanup keeps it), else create."""
-        wanted = self.kilo_session or self.settings.agent_session
-        if wanted.startswith("ses"):
-            with contextlib.suppress(Exception):
-                return (await client.get_session(wanted)).id
-        return (await client.create_session()).id
+        """Resume the agent's own Kilo session when it still exists, else create one.
+
+        Which session is ours: the one this process already used (a Kilo-only restart), else
+        the agent-session name itself when it is a Kilo id (``ses…``), else the one recorded for
+        that name in the state dir (``SESSIONS_FILE``). The control plane names agent sessions
+        ``agent_s_…``, which Kilo cannot take as an id, so without the record every wrapper
+        restart opened a new, empty conversation. The record lives in the state dir because
+        Kilo's own database lives there too (``start_kilo``): the record and the conversation
+        it points at survive, or are wiped, together; it is outside the workspace, so the agent
+        cannot edit it. Kilo's session title was not used to find it: Kilo's title agent
+        rewrites default titles after the first prompt, users may rename a session (``PATCH``),
+        and ``GET /session`` can search titles only, not metadata.
+
+        A session Kilo says it does not have (an HTTP error answer, e.g. 404 after its data was
+        wiped) is replaced by a new one, recorded in its place. A Kilo that does not answer at
+        all raises instead: creating a session then would silently fork the conversation,
+        while raising makes the caller restart Kilo and try again.
+        """
+        name = self.settings.agent_session
+        wanted = self.kilo_session
+        if wanted is None:
+            wanted = (
+                name
+                if name.startswith("ses")
+                else recorded_sessions(self.settings.state_dir).get(name)
+            )
+        if wanted is not None and wanted.startswith("ses") and ID_PATTERN.fullmatch(wanted):
+            try:
+                session = (await client.get_session(wanted)).id
+            except KiloError as exc:
+                self.log.warning(
+                    "agent session is gone: a new one is created",
+                    kilo_session=wanted,
+                    error=str(exc),
+                )
+            else:
+                self._record_session(session)
+                return session
+        session = (await client.create_session()).id
+        self._record_session(session)
+        return session
+
+    def _record_session(self, kilo_session: str) -> None:
+        """Record the agent-session → Kilo session pair; a failed write is logged, not fatal (the
+        conversation goes on; only a later wrapper restart would start a new one)."""
+        try:
+            record_session(self.settings.state_dir, self.settings.agent_session, kilo_session)
+        except OSError as exc:
+            self.log.warning(
+                "cannot record the agent session", kilo_session=kilo_session, error=str(exc)
+            )
 
     async def _stop_agent(self) -> None:
         if self.spawn_scope is not None:
@@ -425,9 +514,23 @@ class WrapperHost:
                 model=command.model or self.settings.kilo_config.get("model"),
                 agent=command.agent,
                 variant=command.variant,
+                message_id=self._kilo_message_id(command.message_id),
             )
         except Exception as exc:
             self.core.prompt_failed(command.message_id, f"{type(exc).__name__}: {exc}")
+
+    def _kilo_message_id(self, message_id: str) -> str:
+        """The Kilo message id for our ``message_id``: made at its first submission, the same for
+        every resubmission, so Kilo replaces the stored user message instead of adding a second
+        one. It cannot be a pure function of our id: Kilo orders messages by id, so the id must
+        carry the time of the first submission (``ascending_id``); that time is what is kept."""
+        known = self.kilo_message_ids.get(message_id)
+        if known is None:
+            known = ascending_id("msg", int(time.time() * 1000), message_id)
+            self.kilo_message_ids[message_id] = known
+            while len(self.kilo_message_ids) > MESSAGE_IDS_KEPT:
+                self.kilo_message_ids.popitem(last=False)
+        return known
 
     async def _abort(self) -> None:
         if self.client is not None and self.kilo_session is not None:

@@ -1,0 +1,128 @@
+"""The conversation survives a wrapper restart (issue 13, item 4), on the real Kilo server.
+
+The control plane starts wrappers with ``--agent-session agent_s_…``, a name Kilo cannot take as
+a session id. Before the fix, a new wrapper created a new, empty Kilo session for it and the
+agent forgot the chat; a Kilo-only restart kept it only because the old wrapper remembered the
+Kilo session id in memory. Now the wrapper records the Kilo session it made for the name in its
+state dir (beside Kilo's own database) and resumes it.
+
+The test kills the wrapper with SIGKILL (nothing of it runs on the way out; its Kilo dies by the
+``KILO_PARENT_PID`` watchdog, or is killed by the next wrapper through the pidfile), starts a new
+one with the same agent session and state dir, and reads the Kilo session's history straight
+from Kilo (``GET /session/{id}/message``; the password is in Kilo's ``/proc/<pid>/environ``, which
+the test's user may read: same user).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.fake_llm import FakeLLM
+from tests.fakes.ingest_server import FakeIngest
+from tests.fakes.wrapper_process import Wrapper, running_wrapper
+
+pytestmark = pytest.mark.kilo
+
+AGENT_SESSION = "agent_s_conversation1"
+"""Shaped like the control plane's names (``agent_s_…``), not like a Kilo id."""
+
+
+@pytest.fixture
+def second_ingest() -> Iterator[FakeIngest]:
+    """A fresh endpoint for the second wrapper: its frames restart at seq 1."""
+    server = FakeIngest()
+    server.start()
+    yield server
+    server.close()
+
+
+def _kilo_history(wrapper: Wrapper) -> tuple[str, list[dict[str, Any]]]:
+    """The wrapper's Kilo session id and that session's messages, as Kilo itself lists them."""
+    agent = wrapper.status()["agent"]
+    environ = Path(f"/proc/{agent['pid']}/environ").read_bytes().split(b"\0")
+    password = next(
+        v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"KILO_SERVER_PASSWORD=")
+    )
+    session = str(agent["session"])
+    response = httpx.get(
+        f"{agent['url']}/session/{session}/message", auth=("kilo", password), timeout=10
+    )
+    response.raise_for_status()
+    messages: list[dict[str, Any]] = response.json()
+    return session, messages
+
+
+def _user_texts(messages: list[dict[str, Any]]) -> list[str]:
+    return [
+        str(part.get("text"))
+        for message in messages
+        if message["info"]["role"] == "user"
+        for part in message["parts"]
+        if part.get("type") == "text"
+    ]
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_new_wrapper_resumes_the_kilo_session_of_its_agent_session(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest, second_ingest: FakeIngest
+) -> None:
+    args = ["--agent-session", AGENT_SESSION]  # after the helper's own: the last one wins
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config(), extra_args=args) as w1:
+        w1.wait_ready()
+        first = w1.prompt("remember the word pelican MODE:text")
+        outcome = ingest.wait_for(lambda: ingest.outcomes(), what="the first outcome")[0]
+        assert (outcome.message_id, outcome.status) == (first, "completed")
+        session, messages = _kilo_history(w1)
+        assert _user_texts(messages) == ["remember the word pelican MODE:text"]
+        kilo_pid = w1.kilo_pid()
+        w1.signal(signal.SIGKILL)
+        assert w1.wait_exit(10) == -signal.SIGKILL
+    assert _gone(kilo_pid, 15), "Kilo outlived its SIGKILLed wrapper"
+
+    with running_wrapper(
+        tmp_path, second_ingest.url, fake_llm.provider_config(), extra_args=args
+    ) as w2:
+        w2.wait_ready()
+        assert w2.kilo_pid() != kilo_pid
+        resumed, messages = _kilo_history(w2)
+        assert resumed == session, "the new wrapper opened another Kilo session"
+        assert _user_texts(messages) == ["remember the word pelican MODE:text"]
+        # The conversation goes on in it: the model is sent the first exchange too.
+        second = w2.prompt("which word was it? MODE:text")
+        done = second_ingest.wait_for(lambda: second_ingest.outcomes(), what="the 2nd outcome")
+        assert (done[0].message_id, done[0].status) == (second, "completed")
+        _, messages = _kilo_history(w2)
+        assert _user_texts(messages) == [
+            "remember the word pelican MODE:text",
+            "which word was it? MODE:text",
+        ]
+        turns = [
+            json.dumps(r)
+            for r in fake_llm.requests
+            if r.get("tools") and "which word was it?" in json.dumps(r)
+        ]
+        assert turns and "pelican" in turns[-1]
+    # The record is in the state dir, outside the workspace the agent edits.
+    record = json.loads((tmp_path / "kilo-state" / "agent-sessions.json").read_text())
+    assert record["sessions"] == {AGENT_SESSION: session}
+    assert not list((tmp_path / "workspace").glob("agent-sessions*"))
