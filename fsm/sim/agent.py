@@ -13,7 +13,16 @@ a prompt sent while busy is queued and the running turn then closes ``superseded
 What a prompt does is its *plan* (see ``fsm.sim.scenario.PLAN_HELP``), chosen by the prompt's
 text as the project's fake LLM chooses by a ``MODE:`` word: streamed text or reasoning at
 ``token_interval``, a tool that runs silently for a while, a stall, a question or permission that
-waits for an answer, a final error (before or after the turn's close).
+waits for an answer, a final error (before or after the turn's close). Two error names are Kilo's
+own waits rather than final errors: ``error network: <message>`` is a network wait
+(``session.network.asked`` + ``offline``, then nothing until aborted: the unreachable-model case)
+and ``error retry: <message>`` is one ``retry`` status Kilo recovers from (the plan goes on).
+
+Events have the shapes measured on the real Kilo (``shared/kilo/captures``), because what counts
+as progress depends on them (``fsm.machines.turn.KILO_EVENTS``): a stream opens its part *empty*
+and fills it with deltas, then repeats the full text; a question or permission is a tool part
+(``pending`` → ``asked`` → ``running``); a session's first turn shows the synthetic "Initializing
+snapshot…" spinner (~7 frames/s for 1.3 s, alongside the model's work).
 
 Faults are the ones measured on the real server (README §8): SIGKILL ends every stream about
 0.1 s later and fails every request in flight; SIGSTOP freezes the process — no events, no HTTP
@@ -100,6 +109,8 @@ class TurnRun:
         self.handle: TimerHandle | None = None
         self.waiting: str | None = None
         """Id of the permission/question this turn waits on."""
+        self.waiting_part = ""
+        """The tool part of that permission/question."""
         self.parts = itertools.count(1)
 
 
@@ -237,7 +248,32 @@ class KiloProcess:
         self.emit("session.turn.open")
         self.emit("session.status", status={"type": "busy"})
         self.emit("message.updated", info={"id": run.asst_id, "role": "assistant"})
+        if self.session_id not in self.kilo.snapshotted:
+            self.kilo.snapshotted.add(self.session_id)
+            self._spinner(run, SPINNER_FRAMES)
         self._next_segment(run)
+
+    def _spinner(self, run: TurnRun, left: int) -> None:
+        """Kilo's synthetic snapshot spinner: its own part, updated ~7/s, then removed."""
+        part = f"prt_s{run.asst_id}"
+        if self.run is not run:
+            return
+        if left == 0:
+            self.emit("message.part.removed", messageID=run.asst_id, partID=part)
+            return
+        frame = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"[left % 10]
+        self.emit(
+            "message.part.updated",
+            part={
+                "id": part,
+                "messageID": run.asst_id,
+                "type": "text",
+                "text": f"{frame} Initializing snapshot…",
+                "synthetic": True,
+                "metadata": {"kilocode.lifecycle": "transient"},
+            },
+        )
+        self.proc.call_later(1 / 7, lambda: self._spinner(run, left - 1))
 
     def _next_segment(self, run: TurnRun) -> None:
         if self.run is not run:
@@ -264,15 +300,41 @@ class KiloProcess:
             request = f"{prefix}_{self.number}_{next(self._request_ids)}"
             self.requests[request] = seg.kind
             run.waiting = request
+            run.waiting_part = f"prt_t{run.asst_id}_{next(run.parts)}"
+            tool = "question" if seg.kind == "question" else "bash"
+            self._tool(run, run.waiting_part, "pending", tool)
+            if seg.kind == "permission":  # measured order: running, then asked
+                self._tool(run, run.waiting_part, "running", tool)
             self.emit(f"{seg.kind}.asked", id=request)
+            if seg.kind == "question":  # measured order: asked, then running
+                self._tool(run, run.waiting_part, "running", tool)
+        elif seg.kind == "error" and seg.text.startswith("network: "):
+            message = seg.text.removeprefix("network: ")
+            request = f"que_{self.number}_{next(self._request_ids)}"
+            self.emit("session.network.asked", id=request, message=message, restored=False)
+            self.emit(
+                "session.status",
+                status={"type": "offline", "requestID": request, "message": message},
+            )
+        elif seg.kind == "error" and seg.text.startswith("retry: "):
+            message = seg.text.removeprefix("retry: ")
+            self.emit("session.status", status={"type": "retry", "attempt": 1, "message": message})
+            self.emit("session.status", status={"type": "busy"})
+            self._next_segment(run)
         elif seg.kind == "error":
             self._fail(run, seg.text, late=False)
         elif seg.kind == "late_error":
             self._fail(run, seg.text, late=True)
 
     def _stream(self, run: TurnRun, seg: Segment) -> None:
+        """Measured shape: step-start, the part opened empty, one delta per token chunk, then
+        the full text again in a last update."""
         part = f"prt_{run.asst_id}_{next(run.parts)}"
         tokens = max(1, int((seg.seconds or 0.0) / self.config.token_interval))
+        self.emit(
+            "message.part.updated",
+            part={"id": f"prt_ss{part}", "messageID": run.asst_id, "type": "step-start"},
+        )
         self.emit(
             "message.part.updated",
             part={"id": part, "messageID": run.asst_id, "type": seg.kind, "text": ""},
@@ -281,30 +343,35 @@ class KiloProcess:
         def token(left: int) -> None:
             if self.run is not run:
                 return
-            if seg.kind == "text":
-                self.emit("message.part.delta", messageID=run.asst_id, partID=part, delta=" w")
-            else:
-                self.emit(
-                    "message.part.updated",
-                    part={"id": part, "messageID": run.asst_id, "type": "reasoning"},
-                )
+            self.emit(
+                "message.part.delta", messageID=run.asst_id, partID=part, field="text", delta=" w"
+            )
             if left > 1:
                 run.handle = self.proc.call_later(
                     self.config.token_interval, lambda: token(left - 1)
                 )
             else:
+                self.emit(
+                    "message.part.updated",
+                    part={
+                        "id": part,
+                        "messageID": run.asst_id,
+                        "type": seg.kind,
+                        "text": " w" * tokens,
+                    },
+                )
                 self._next_segment(run)
 
         run.handle = self.proc.call_later(self.config.token_interval, lambda: token(tokens))
 
-    def _tool(self, run: TurnRun, part: str, status: str) -> None:
+    def _tool(self, run: TurnRun, part: str, status: str, tool: str = "bash") -> None:
         self.emit(
             "message.part.updated",
             part={
                 "id": part,
                 "messageID": run.asst_id,
                 "type": "tool",
-                "tool": "bash",
+                "tool": tool,
                 "state": {"status": status},
             },
         )
@@ -365,15 +432,20 @@ class KiloProcess:
         if kind is None or run is None or run.waiting != request_id:
             return  # a stale request: 200 true and nothing happens (README §7.8)
         run.waiting = None
+        tool = "bash"
         if kind == "permission":
             self.emit("permission.replied", requestID=request_id, reply=reply)
             rejected = reply == "reject"
         else:
+            tool = "question"
             rejected = answers is None
             if rejected:
                 self.emit("question.rejected", requestID=request_id)
             else:
                 self.emit("question.replied", requestID=request_id, answers=answers)
+        self._tool(
+            run, run.waiting_part, "error" if rejected and tool == "bash" else "completed", tool
+        )
         if rejected:
             self._finish(run, "completed")  # a rejection stops the loop, no further LLM call
         else:
@@ -433,6 +505,10 @@ class KiloProcess:
         self.kilo.scheduler.call_later(grace, lambda: exited(-9))
 
 
+SPINNER_FRAMES = 9
+"""About 1.3 s of "Initializing snapshot…" at ~7 frames/s, as measured on a first turn."""
+
+
 class FakeKilo:
     """Kilo as installed in one container: its sessions on disk, its processes over time."""
 
@@ -441,6 +517,8 @@ class FakeKilo:
         self.config = config
         self.note = note
         self.sessions: set[str] = set()
+        self.snapshotted: set[str] = set()
+        """Sessions whose first turn showed the snapshot spinner (it is on disk: once each)."""
         self.plans: dict[str, tuple[Segment, ...]] = {}
         self.refuse_starts = 0
         self.process: KiloProcess | None = None
