@@ -14,6 +14,7 @@ import inspect
 import json
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import httpx
 import jsonschema
 import pytest
 
-from adapters.kilo.client import KiloClient, KiloError
+from adapters.kilo.client import KiloClient, KiloError, ascending_id
 from adapters.kilo.process import KiloServer, start_kilo
 from tests.fakes.fake_llm import FakeLLM
 
@@ -208,7 +209,12 @@ async def _tour(client: KiloClient, workdir: Path) -> set[str]:
                 e.get("type") == kind and e.get("properties", {}).get("sessionID") == session.id
             )
 
-        await client.prompt_async(session.id, "say hello MODE:text", model="fake/fake-model")
+        # With a message id, as the wrapper sends every prompt (``messageID`` and the text
+        # part's ``id`` are checked against Kilo's schema below; the answer must follow it).
+        message_id = ascending_id("msg", int(time.time() * 1000), "contract")
+        await client.prompt_async(
+            session.id, "say hello MODE:text", model="fake/fake-model", message_id=message_id
+        )
         did("prompt_async")
         await _wait_for(events, of_session("session.turn.close"), "the turn's close")
         assert session.id not in await client.session_status()  # absent means idle
@@ -217,6 +223,7 @@ async def _tour(client: KiloClient, workdir: Path) -> set[str]:
         did("session_messages")
         assert [m.info.role for m in messages][-2:] == ["user", "assistant"]
         assert messages[-1].info.completed
+        assert messages[-2].info.id == message_id
 
         # A permission Kilo really asks for (the session's config says bash: ask).
         await client.prompt_async(session.id, "run it MODE:tool")
