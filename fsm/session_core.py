@@ -8,7 +8,20 @@ against a fake runtime and an in-memory channel. It keeps:
 * the ``session`` machine (wrapper lifecycle as seen from outside: first connect, stale heartbeat,
   hung session, max runtime, idle stop, restart budget, version pinning);
 * the session's messages, each ``queued → accepted → completed | failed | cancelled`` with exactly
-  one terminal outcome — a late or duplicate outcome is recorded and ignored;
+  one terminal outcome — a late or duplicate outcome is recorded and ignored. A message is
+  ``accepted`` only when the wrapper says Kilo has it (the lifecycle frame of its ``turn:<id>``
+  machine leaving ``queued``), never when the prompt is merely transmitted: until then nothing
+  ran, so a wrapper lost before that does not fail it — it stays ``queued`` and goes to the next
+  wrapper after its welcome (the wrapper is idempotent by message id), and runs once. Only
+  accepted messages fail with a lost wrapper. The wrapper's own outcome for a message it holds
+  ends it from either state (a wrapper that cannot take a prompt answers it ``failed`` at once);
+* what a welcomed wrapper is sent (``commands_after_welcome``): a prompt for every message still
+  queued, derived from the messages themselves — there is no queue of prompt commands that could
+  outlive its message's state (the old rule held a prompt for a wrapper that was then replaced,
+  failed its message, and the held prompt still ran on the next wrapper). Other commands (abort,
+  permission and question replies) held while the wrapper is disconnected go to *that* wrapper
+  when it reconnects; a replacement never gets them, since the requests they answer died with
+  the wrapper that asked;
 * the link bookkeeping: the wrapper's ``hello`` is answered ``welcome`` (with the highest seq
   already held, so a reconnect resumes) or ``shutdown`` (wrong version or protocol; the machine
   then restarts the wrapper with the pinned version); every sequenced frame is acknowledged and
@@ -34,6 +47,7 @@ from fsm.clock import Clock
 from fsm.effects import Effect, FailMessages, SendCommand, SendShutdown
 from fsm.engine import Record, Snapshot, StateMachine
 from fsm.events import Event
+from fsm.kilo_events import TurnTranslator
 from fsm.machines import session
 from fsm.protocol import (
     PROTOCOL_VERSION,
@@ -62,6 +76,8 @@ from fsm.timers import TimerValues
 from fsm.wrapper_core import Transmit
 
 TERMINAL = ("completed", "failed", "cancelled")
+TURN_ENDED = TERMINAL
+"""The wrapper's turn machine ends in exactly the three outcome statuses."""
 CONNECTED = ("ready", "running", "idle")
 
 
@@ -112,6 +128,14 @@ class SessionCore:
         self.duplicates = 0
         self.events_dropped = 0
         self.ignored_outcomes: list[str] = []
+        self.turn_states: dict[str, str] = {}
+        """The current wrapper's ``turn:<id>`` machines' states, from its lifecycle frames."""
+        self.tools_running: set[str] = set()
+        """Kilo's tool parts running now, read from the agent's events with the wrapper's own
+        classification (``TurnTranslator``): the wrapper holds a turn while a tool runs."""
+        self._tools = TurnTranslator()
+        self._held: list[tuple[str | None, Frame]] = []
+        """Commands (never prompts) for a disconnected wrapper, with the wrapper they were for."""
         self._log_ids = itertools.count(log_start + 1)
         self._message_ids = itertools.count(1)
         self.group = MachineGroup(clock, self._on_effect)
@@ -178,18 +202,44 @@ class SessionCore:
                 self._fail_accepted("agent_restarted")
             self.wrapper_id = frame.wrapper_id
             self.last_seq = 0
+            self.turn_states.clear()
+            self.tools_running.clear()
         answer = Welcome(acked=self.last_seq)
-        self.on_action(Transmit([answer]))
+        # Connected first, so that whoever transmits the welcome can ask at once what follows it
+        # (``commands_after_welcome``): the simulator sends it now, the host after its flush.
         self.group.send(self.machine.machine_id, Event("wrapper_connected"))
-        self._send_queued()
+        self.on_action(Transmit([answer]))
         return answer
+
+    def commands_after_welcome(self) -> list[Frame]:
+        """What a wrapper that was just welcomed must be sent, in order: the commands held for it
+        while it was away (only if it is the wrapper they were for), then a prompt for every
+        message still ``queued``. Called by the host that transmitted the welcome."""
+        held, self._held = self._held, []
+        frames = [frame for wrapper, frame in held if wrapper == self.wrapper_id]
+        if self.machine.state in CONNECTED:
+            frames.extend(self._prompt(m) for m in self.messages.values() if m.state == "queued")
+        return frames
+
+    def hold(self, frame: Frame) -> None:
+        """A command the host could not transmit now (no connection, or a welcome not sent yet).
+        A prompt is not kept: it belongs to its message, and the next welcome derives it again
+        from the message's state — so a message that ended meanwhile is never sent."""
+        if not isinstance(frame, PromptCommand):
+            self._held.append((self.wrapper_id, frame))
 
     def frame(self, frame: WrapperFrame) -> None:
         if isinstance(frame, Hello):
             self.hello(frame)
             return
         if isinstance(frame, Heartbeat):
-            self.group.send(self.machine.machine_id, Event("heartbeat", {"state": frame.state}))
+            # While a turn waits on the user or runs a tool, the wrapper has paused (or holds)
+            # that turn's no-progress clock; the hung backstop pauses with it (a live wrapper's
+            # heartbeat then counts as a frame), so a question answered late or a long tool is
+            # never killed here while the wrapper is healthy. Its hard cap still bounds both.
+            held = bool(self.tools_running) or "waiting_user" in self.turn_states.values()
+            trigger = "frame" if held else "heartbeat"
+            self.group.send(self.machine.machine_id, Event(trigger, {"state": frame.state}))
             return
         assert isinstance(frame, SeqFrame)
         if frame.seq <= self.last_seq:
@@ -201,12 +251,17 @@ class SessionCore:
             self._log("event", {"generation": frame.generation, "event": frame.event})
             # Kilo's own heartbeats prove the wrapper alive, not the session busy: they must not
             # hold off the hung-session timer (Kilo sends one every 10 s, even mid-hang).
-            alive_only = str(frame.event.get("type", "")).startswith("server.")
+            kind = str(frame.event.get("type", ""))
+            alive_only = kind.startswith("server.")
+            if kind == "message.part.updated":
+                self._track_tools(frame.event)
             self.group.send(self.machine.machine_id, Event("heartbeat" if alive_only else "frame"))
         elif isinstance(frame, OutcomeFrame):
             self._outcome(frame)
         elif isinstance(frame, LifecycleFrame):
             self._log("lifecycle", msgspec.to_builtins(frame))
+            if frame.machine.startswith("turn:"):
+                self._turn(frame.machine[5:], frame.state)
         elif isinstance(frame, EventsDropped):
             self.events_dropped += frame.count
             self._log(
@@ -230,7 +285,10 @@ class SessionCore:
         self._log("message", {"id": mid, "state": "queued"})
         if self.machine.state == "stopped":
             self.group.send(self.machine.machine_id, Event("resume"))
-        self._send_queued()
+        elif self.machine.state in CONNECTED:
+            # It stays ``queued``: the host may not be able to send it now (it then drops it,
+            # and the next welcome derives it again), and only the wrapper's word accepts it.
+            self.on_action(Transmit([self._prompt(message)]))
         return message
 
     def _new_message_id(self) -> str:
@@ -255,35 +313,55 @@ class SessionCore:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _send_queued(self) -> None:
-        if self.machine.state not in CONNECTED:
+    @staticmethod
+    def _prompt(message: Message) -> PromptCommand:
+        opts = message.options
+        return PromptCommand(
+            message_id=message.id,
+            prompt=message.prompt,
+            model=opts.get("model"),
+            variant=opts.get("variant"),
+            agent=opts.get("agent"),
+            auto_commit=bool(opts.get("auto_commit", False)),
+        )
+
+    def _track_tools(self, event: dict[str, Any]) -> None:
+        for name, data in self._tools.triggers(event):
+            part = str(data.get("part", ""))
+            if name == "tool_started":
+                self.tools_running.add(part)
+            elif name == "tool_finished":
+                self.tools_running.discard(part)
+
+    def _turn(self, message_id: str, state: str) -> None:
+        """The wrapper's turn for a message changed state. Leaving ``queued`` means Kilo has
+        the prompt: the message is ``accepted`` (and the session ``running``, its hung backstop
+        armed) only now — a turn queued while Kilo cold-starts is nobody working yet."""
+        self.turn_states[message_id] = state
+        if state in TURN_ENDED:
+            self.turn_states.pop(message_id, None)
+            if not self.turn_states:
+                self.tools_running.clear()  # a tool cut off by the turn's end never says so
+        message = self.messages.get(message_id)
+        if message is None or message.state != "queued" or state in ("queued", *TURN_ENDED):
             return
-        for message in self.messages.values():
-            if message.state != "queued":
-                continue
-            opts = message.options
-            command = PromptCommand(
-                message_id=message.id,
-                prompt=message.prompt,
-                model=opts.get("model"),
-                variant=opts.get("variant"),
-                agent=opts.get("agent"),
-                auto_commit=bool(opts.get("auto_commit", False)),
-            )
-            self.on_action(Transmit([command]))
-            self._set(message, "accepted")
-            self.group.send(self.machine.machine_id, Event("message_accepted", {"id": message.id}))
+        self._set(message, "accepted")
+        self.group.send(self.machine.machine_id, Event("message_accepted", {"id": message.id}))
 
     def _outcome(self, frame: OutcomeFrame) -> None:
         self._log("outcome", msgspec.to_builtins(frame))
         message = self.messages.get(frame.message_id)
-        if message is None or message.state != "accepted":
+        if message is None or message.state not in ("queued", "accepted"):
             self.ignored_outcomes.append(frame.message_id)
             state = message.state if message else "unknown"
             self._log("ignored", {"outcome": frame.message_id, "message_state": state})
             return
+        # A queued message's outcome comes from the wrapper that holds it and ended it before
+        # Kilo had it (cancelled, unavailable, hard cap): the truth, and not counted as running.
+        counted = message.state == "accepted"
         self._set(message, frame.status, frame.reason, frame.error)
-        self.group.send(self.machine.machine_id, Event("message_finished", {"id": message.id}))
+        if counted:
+            self.group.send(self.machine.machine_id, Event("message_finished", {"id": message.id}))
 
     def _fail_accepted(self, reason: str, include_queued: bool = False) -> None:
         for message in self.messages.values():

@@ -6,9 +6,12 @@ machines refer to rows by key, overrides are checked against the table (an unkno
 error naming the nearest known one), and the effective values are what the engine runs, what
 ``/job/status`` and the metrics show and what ``fsm-agent graph --config`` draws.
 
-Defaults follow ``shared/DESIGN.md``: the source design for the four health layers (15 s silence,
-90 s stale heartbeat, 5 min hung session, 30 min max runtime) and the refined control-plane
-document for the rest (7 min no-progress, 120 min hard cap, budgets and backoffs).
+Defaults follow ``shared/DESIGN.md``: the source design for the health layers (15 s silence, 90 s
+stale heartbeat) and the refined control-plane document for the rest (7 min no-progress, 120 min
+hard cap, budgets and backoffs). Timer ownership is the later Kilo design's: the wrapper owns a
+turn's clocks, and the control plane's hung session (16.5 min) and max runtime (125 min) are
+backstops above them — the source design's 5 min and 30 min killed a pending question or a long
+tool the wrapper was rightly holding.
 """
 
 from __future__ import annotations
@@ -151,8 +154,17 @@ CONTROL_TIMERS = TimerTable(
         _t("ingest_hello", "10s", "an accepted ingest socket must send its hello (else 1008)"),
         _t("http_first_request", "10s", "a new connection must send its first request's headers"),
         _t("stale_grace", "15s", "stale wrapper may reconnect before it is replaced"),
-        _t("hung_session", "5m", "a running session with no agent event"),
-        _t("max_runtime", "30m", "a running session's hard cap"),
+        _t(
+            "hung_session",
+            "16m30s",
+            "backstop: an accepted message, no agent event (paused while the user is asked); "
+            "above the wrapper's own turn_no_progress (7m), which owns the turn's clock",
+        ),
+        _t(
+            "max_runtime",
+            "125m",
+            "backstop: a running session's cap, above the wrapper's own turn_hard_cap (120m)",
+        ),
         _t("idle_stop", "10m", "idle session stops its wrapper (the agent's session is kept)"),
         _t("wrapper_restart_window", "10m", "window of the wrapper restart budget (5)"),
         _t("wrapper_backoff_initial", "1s", "first delay before restarting a wrapper"),

@@ -14,8 +14,12 @@ Decisions are the session machines'; this host executes them and keeps promises 
   Heartbeat re-arms are written at most every 30 s (as the source design debounced them).
 * **Streams are exact.** Live subscribers get entries only after they are stored, so a client
   resuming with ``Last-Event-ID`` reads the store and then the live tail, each id exactly once.
-* **Commands are not dropped** when a wrapper is momentarily disconnected: they wait for its next
-  ``welcome`` (prompts are idempotent on the wrapper by message id).
+* **Commands are not dropped** when a wrapper is momentarily disconnected: they wait in the core
+  (``SessionCore.hold``) for that wrapper's next ``welcome``, and whatever follows a welcome comes
+  from ``SessionCore.commands_after_welcome`` — the simulator's control plane calls the same two.
+  A prompt is never held here: the welcome derives one for every message still ``queued`` (the
+  wrapper is idempotent by message id), so a message that ended meanwhile is never sent, and a
+  replaced wrapper's abort or replies never reach its successor.
 """
 
 from __future__ import annotations
@@ -102,8 +106,8 @@ class SessionEntry:
     retry_at: float = 0.0
     """After a failed store write, the session's data waits in memory until then (backoff)."""
     events_refused: int = 0
-    commands: list[Frame] = field(default_factory=list)
     held: list[Frame] = field(default_factory=list)
+    """Acks and welcomes, released after the flush that stores what they acknowledge."""
     events: list[LogEntry] = field(default_factory=list)
     dirty_messages: set[str] = field(default_factory=set)
     snapshot_due: bool = True
@@ -387,7 +391,7 @@ class ControlHost:
                 ):
                     self._send(entry, frame)
                 else:
-                    entry.commands.append(frame)
+                    entry.core.hold(frame)  # prompts are not kept: the next welcome derives them
         elif isinstance(effect, StartWrapper):
             version = entry.first_version if effect.attempt == 1 else None
             entry.starts_requested += 1
@@ -658,10 +662,9 @@ class ControlHost:
     def _release(self, entry: SessionEntry, events: list[LogEntry]) -> None:
         for held in entry.held:
             self._send(entry, held)
-            if isinstance(held, Welcome):
-                for command in entry.commands:
+            if isinstance(held, Welcome) and entry.outq is not None:
+                for command in entry.core.commands_after_welcome():
                     self._send(entry, command)
-                entry.commands.clear()
         entry.held.clear()
         for log_entry in events:
             for sub in list(entry.subscribers):

@@ -7,7 +7,9 @@ stops a wrapper that still runs before starting the new one, and a start the mac
 wants is skipped and counted as if its wrapper had come and gone; the *first* start announces the
 scenario's wrapper version (so a mismatch can be simulated) and later ones the pinned version;
 wrapper exits are accounted so that an old wrapper's exit is never taken for the new one's death;
-commands meant for a wrapper that is not connected wait for the next ``welcome``; a newer ingest
+a command that cannot be sent now goes to ``SessionCore.hold`` and whatever follows a ``welcome``
+comes from ``SessionCore.commands_after_welcome`` — the host's rule, by the same code (a prompt is
+never held: the next welcome derives it from its message's state); a newer ingest
 connection replaces the older one for sending, while the older one's reader keeps feeding frames
 to the core (as the host's socket task does until it notices the close).
 
@@ -58,7 +60,6 @@ class SimControl:
         self._on_log_hook = on_log
         self._on_frame_hook = on_frame
         self.conn: Connection | None = None
-        self.commands: list[Frame] = []
         self.starts_requested = 0
         self.exits_seen = 0
         self.scheduler = scheduler
@@ -119,12 +120,12 @@ class SimControl:
                         conn.close_by_control()
                 elif isinstance(frame, Welcome):
                     self._send([frame])
-                    commands, self.commands = self.commands, []
-                    self._send(commands)
+                    if self.conn is not None:
+                        self._send(self.core.commands_after_welcome())
                 elif self.conn is not None:
                     self._send([frame])
                 else:
-                    self.commands.append(frame)
+                    self.core.hold(frame)
         elif isinstance(effect, StartWrapper):
             version = self.first_version if effect.attempt == 1 else None
             self.starts_requested += 1

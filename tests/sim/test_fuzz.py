@@ -87,7 +87,9 @@ def test_a_broken_machine_is_caught_with_a_readable_shrunk_trace(tmp_path: Path)
     assert f"FAIL seed {failure.seed}" in text
     # The trace shows the turn ending while the wrapper, last seen entering 'running', stays.
     assert "w1.wrapper         ready → running" in failure.timeline
-    assert "→ cancelled" in failure.timeline
+    # (How it ends depends on the schedule: with the control plane's backstops above the
+    # wrapper's clocks it is now the wrapper's own turn timer, not a 5-minute hung abort.)
+    assert any(f"emit_{end}" in failure.timeline for end in ("completed", "failed", "cancelled"))
     # The shrunk schedule is a scenario file that replays the failure.
     path = tmp_path / "shrunk.toml"
     path.write_text(schedule_toml(failure.shrunk, failure.seed))

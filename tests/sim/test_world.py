@@ -72,7 +72,8 @@ def test_a_partition_healed_before_keepalive_delivers_late_frames_in_order() -> 
     world.do(Action(at=10, do="prompt", message="m1", plan=(Segment("text", 10.0),)))
     world.do(Action(at=10, do="ingest.partition", duration=20))
     world.run_until(29)
-    assert world.state_of("s1", "message:m1") == "accepted"  # the prompt is held up, not lost
+    # The prompt is held up in the partition, not lost: queued until the wrapper has it.
+    assert world.state_of("s1", "message:m1") == "queued"
     world.run_until(45)  # healed at 30 s: the prompt arrives, the 10 s turn runs
     assert world.state_of("s1", "message:m1") == "completed"
     assert world.state_of("s1", "ingest_link") == "connected"  # never noticed: no reconnect
