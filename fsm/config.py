@@ -8,7 +8,10 @@ One TOML file serves both sides::
 
 Each key must name a row of one side's timer table; an unknown key or an unreadable duration is an
 error that names the file and the key, never a silently ignored line (a production config that
-silently overrode the stale threshold is the bug this design exists to prevent).
+silently overrode the stale threshold is the bug this design exists to prevent). Values that are
+fine alone but not together (a watchdog shorter than the heartbeat it watches, a control-plane
+backstop below the wrapper's own cap) are refused too, naming both keys: the relations are
+declared in ``fsm/timer_relations.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from fsm import timer_relations
 from fsm.timers import TABLES, TimerConfigError, TimerValues
 
 
@@ -37,9 +41,20 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def timer_values(
-    path: Path | None = None, overrides: dict[str, Any] | None = None
+    path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    relations: bool | None = None,
 ) -> dict[str, TimerValues]:
-    """Effective timer values per side, from an optional file and optional extra overrides."""
+    """Effective timer values per side, from an optional file and optional extra overrides.
+
+    ``relations`` says whether the values must also satisfy ``fsm.timer_relations``; by default
+    they must whenever a file is read, which is how every host and command loads timers. Overrides
+    alone are a world composed in code (the simulator's scenarios, tests): a backstop scenario
+    sets the wrapper's cap above the control plane's backstop on purpose, to model a wrapper whose
+    verdict never comes and see the backstop fire. Such a caller passes ``relations=True`` to be
+    held to them anyway.
+    """
     raw: dict[str, Any] = {}
     source = "overrides"
     if path is not None:
@@ -62,6 +77,15 @@ def timer_values(
             )
         per_side[sides[0]][key] = value
     try:
-        return {side: TABLES[side].resolve(per_side[side]) for side in TABLES}
+        values = {side: TABLES[side].resolve(per_side[side]) for side in TABLES}
     except TimerConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    # Each value is fine alone; a watchdog shorter than the heartbeat it watches, or a backstop
+    # below the cap it backs, is not (fsm/timer_relations.py). Checked here so every host and
+    # command that loads timers refuses such a file, naming both keys.
+    if relations or (relations is None and path is not None):
+        both = {key: value for side in values.values() for key, value in side.items()}
+        broken = timer_relations.problems(both, configured=raw.keys())
+        if broken:
+            raise ConfigError(f"{source}: " + "; ".join(broken))
+    return values
