@@ -1,0 +1,108 @@
+"""What counts as progress, and the reason a turn fails, on the real Kilo (issue 13, items 2, 6).
+
+Two stories the simulator tells with the fake Kilo (``tests/scenarios/
+unreachable_model_fails_fast.toml``, ``question_first_stays_waiting_user.toml``), told again with
+a real ``kilo serve``, so the shapes the classification table (``fsm.machines.turn.KILO_EVENTS``)
+was written from are the ones Kilo really sends:
+
+* a model endpoint nobody listens on: Kilo reports a network wait ("Cannot connect to API: …")
+  and waits for a reply nobody sends. The message fails at once with Kilo's own text; before, it
+  sat through the whole no-progress window (7 min) and failed ``no_progress`` with no error.
+* a question asked on a session's first turn (Kilo's snapshot spinner may still be updating):
+  nothing Kilo sends before the answer leaves ``waiting_user``, so with the no-progress window
+  shortened to 20 s (through the config file) the message is still open a while past it and then
+  completes once answered; before, an event after ``question.asked`` flipped the turn back to
+  ``running`` and the no-progress clock failed it.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.fake_llm import FakeLLM
+from tests.fakes.ingest_server import FakeIngest
+from tests.fakes.wrapper_process import running_wrapper
+
+pytestmark = pytest.mark.kilo
+
+FAST = {
+    # Just above Kilo's 10 s heartbeat: shorter would make a healthy idle stream look silent.
+    "stream_silence": "11s",
+    "health_probe_timeout": "1s",
+    "first_event_grace": "10s",
+    "agent_stop_grace": "1s",
+    "agent_restart_backoff_initial": "100ms",
+    "ingest_backoff_initial": "100ms",
+    "ingest_backoff_max": "500ms",
+    "ingest_heartbeat": "1s",
+}
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (bound, then released: connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_model_fails_the_message_at_once_with_kilos_error(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+) -> None:
+    config = fake_llm.provider_config()
+    options = config["provider"]["fake"]["options"]
+    options["baseURL"] = f"http://127.0.0.1:{_closed_port()}/v1"
+    with running_wrapper(tmp_path, ingest.url, config, FAST) as wrapper:
+        wrapper.wait_ready()
+        started = time.monotonic()
+        message_id = wrapper.prompt("hello MODE:text")
+        outcome = ingest.wait_for(lambda: ingest.outcomes(), 60, "an outcome")[0]
+        took = time.monotonic() - started
+        assert (outcome.message_id, outcome.status, outcome.reason) == (
+            message_id,
+            "failed",
+            "agent_error",
+        ), outcome
+        assert "Cannot connect to API" in outcome.error, outcome.error
+        assert len(outcome.error.encode()) <= 1024
+        # Far below the 7 min no-progress window the old code waited out.
+        assert took < 45, took
+        # Kilo's turn was aborted (it closes ``interrupted``): the next message gets an answer
+        # (it fails the same way, promptly, rather than queueing behind a network wait forever).
+        # It is sent after that close: a close still in flight would be taken by the next turn
+        # (Kilo's closes name no message; reported in the note, not fixed here).
+        ingest.wait_for(
+            lambda: "session.turn.close" in ingest.event_types(), 30, "Kilo's close of the abort"
+        )
+        second = wrapper.prompt("again MODE:text")
+        outcomes = ingest.wait_for(
+            lambda: [o for o in ingest.outcomes() if o.message_id == second], 60, "an outcome"
+        )
+        assert outcomes[0].status == "failed"
+        assert "Cannot connect to API" in outcomes[0].error
+        assert len(ingest.outcomes()) == 2
+
+
+def test_a_pending_question_outlives_the_no_progress_window_and_completes_when_answered(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+) -> None:
+    timers = {**FAST, "turn_no_progress": "20s"}
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config(), timers) as wrapper:
+        wrapper.wait_ready()
+        message_id = wrapper.prompt("ask me MODE:question")
+        asked = ingest.wait_for(
+            lambda: [e for e in ingest.events() if e.get("type") == "question.asked"],
+            60,
+            "question.asked",
+        )[0]
+        time.sleep(30)  # past the 20 s no-progress window
+        assert ingest.outcomes() == [], "the turn failed while the user was asked"
+        response = wrapper.request(
+            "POST", f"/job/questions/{asked['properties']['id']}", json={"answers": [["red"]]}
+        )
+        assert response.status_code == 200, response.text
+        outcome = ingest.wait_for(lambda: ingest.outcomes(), 60, "an outcome")[0]
+        assert (outcome.message_id, outcome.status) == (message_id, "completed"), outcome
