@@ -17,6 +17,22 @@ broken machine cannot hide its own mistake:
   fit the outbox is lost;
 * ``converged`` (after settling) — a live wrapper runs no turn whose message the control plane has
   already ended (the source system's first weakness).
+
+The user-visible truth (issue 13): what the user is told is what the agent did.
+
+* ``one_outcome`` above: every message ends exactly once (``settled``: it does end);
+* ``agree`` — a message's status on the control plane equals the wrapper's outcome for it
+  whenever both exist. Two differences are allowed, both verdicts the control plane had to take
+  without the wrapper's word: the echo of its own backstop (a turn it failed ``no_progress`` or
+  ``execution_limit`` and aborted comes back ``cancelled``; the backstop only decides when the
+  wrapper's own clock did not), and the late outcome of the very wrapper it gave up on unheard
+  (``agent_restarted``: a partition hid that wrapper, whose frames arrive after its
+  replacement). Any *other* wrapper's outcome must agree — the old rule's held prompt ran on the
+  replacement and reported ``completed`` for a message failed ``agent_restarted``;
+* ``after_end`` — a message that ended is never delivered or run afterwards: no wrapper starts a
+  turn for it (the old rule's held prompt did, on the replacing wrapper);
+* ``lost`` also covers messages: an ``accepted`` message never goes back to ``queued`` or
+  disappears — nothing accepted is lost (and ``settled`` says it ends).
 """
 
 from __future__ import annotations
@@ -29,12 +45,15 @@ import msgspec
 
 from fsm.engine import Record, StateMachine
 from fsm.model import MachineDef
-from fsm.protocol import EventsDropped, OutcomeFrame, SeqFrame
+from fsm.protocol import EventsDropped, LifecycleFrame, OutcomeFrame, SeqFrame
 from fsm.session_core import LogEntry
 from fsm.validate import timer_span
 
 TERMINAL = ("completed", "failed", "cancelled")
 REST = frozenset({("session", "stopped")})
+BACKSTOP_REASONS = ("no_progress", "execution_limit")
+"""What the control plane's own backstops (hung session, max runtime) fail a message with; they
+abort the wrapper's turn, which then ends ``cancelled``."""
 
 
 class Violation(msgspec.Struct, frozen=True):
@@ -67,6 +86,13 @@ class Invariants:
         self._event_id: dict[str, str] = {}
         self._next_seq: dict[str, tuple[str | None, int]] = {}
         self._timers: dict[str, dict[str, tuple[str, frozenset[str]]]] = {}
+        self._ended: dict[tuple[str, str], tuple[str, str]] = {}
+        """(session, message) → (status, reason) it ended with on the control plane."""
+        self._reported: dict[tuple[str, str], tuple[str, str | None]] = {}
+        """(session, message) → (the last outcome a wrapper reported for it, that wrapper)."""
+        self._accepted_on: dict[tuple[str, str], str | None] = {}
+        """(session, message) → the wrapper whose turn took it while it was unfinished."""
+        self._rank: dict[tuple[str, str], int] = {}
 
     @property
     def failed(self) -> bool:
@@ -78,6 +104,17 @@ class Invariants:
     # -- hooks -------------------------------------------------------------------------------------
 
     def on_record(self, session: str, who: str, record: Record) -> None:
+        if record.kind == "start" and record.machine == "turn":
+            mid = record.machine_id.split(":", 1)[1]
+            ended = self._ended.get((session, mid))
+            if ended is not None:
+                self._violate(
+                    record.at,
+                    "after_end",
+                    session,
+                    f"{who}: message {mid} was delivered and started after the control plane "
+                    f"ended it {ended[0]!r} ({ended[1]})",
+                )
         if not record.timer or record.kind in ("timer_dropped", "start"):
             return
         spans = self._timers.get(record.machine)
@@ -107,6 +144,13 @@ class Invariants:
         if entry.id <= last:
             self._violate(entry.at, "in_order", session, f"log id {entry.id} after {last}")
         self._log_id[session] = entry.id
+        if entry.kind == "message":
+            key = (session, str(entry.data["id"]))
+            state = str(entry.data.get("state"))
+            rank = 2 if state in TERMINAL else 1 if state == "accepted" else 0
+            if rank < self._rank.get(key, 0):
+                self._violate(entry.at, "lost", session, f"message {key[1]} went back to {state}")
+            self._rank[key] = rank
         if entry.kind == "message" and entry.data.get("state") in TERMINAL:
             key = (session, str(entry.data["id"]))
             if key in self._terminal:
@@ -114,6 +158,11 @@ class Invariants:
                     entry.at, "one_outcome", session, f"message {key[1]} ended a second time"
                 )
             self._terminal.add(key)
+            status, reason = str(entry.data["state"]), str(entry.data.get("reason", ""))
+            self._ended[key] = (status, reason)
+            reported = self._reported.get(key)
+            if reported is not None:
+                self._agree(entry.at, session, key[1], *reported)
         elif entry.kind == "event":
             event_id = str(entry.data["event"].get("id", ""))
             previous = self._event_id.get(session, "")
@@ -126,6 +175,19 @@ class Invariants:
                 )
             if event_id:
                 self._event_id[session] = max(previous, event_id)
+
+    def _agree(self, at: float, session: str, mid: str, reported: str, wrapper: str | None) -> None:
+        status, reason = self._ended[(session, mid)]
+        echo = reported == "cancelled" and reason in BACKSTOP_REASONS
+        given_up = reason == "agent_restarted" and self._accepted_on.get((session, mid)) == wrapper
+        if reported != status and not echo and not given_up:
+            self._violate(
+                at,
+                "agree",
+                session,
+                f"message {mid} is {status!r} ({reason}) on the control plane but its wrapper "
+                f"reported {reported!r}",
+            )
 
     def on_frame(self, session: str, at: float, frame: SeqFrame, wrapper_id: str | None) -> None:
         """A sequenced frame the control plane accepted (its seq was new)."""
@@ -142,7 +204,15 @@ class Invariants:
             )
         last = frame.last_seq if isinstance(frame, EventsDropped) else frame.seq
         self._next_seq[session] = (wrapper_id, last + 1)
+        if isinstance(frame, LifecycleFrame) and frame.machine.startswith("turn:"):
+            mkey = (session, frame.machine[5:])
+            if frame.state != "queued" and mkey not in self._ended:
+                self._accepted_on.setdefault(mkey, wrapper_id)
         if isinstance(frame, OutcomeFrame):
+            mkey = (session, frame.message_id)
+            self._reported[mkey] = (frame.status, wrapper_id)
+            if mkey in self._ended:
+                self._agree(at, session, frame.message_id, frame.status, wrapper_id)
             key = (session, wrapper_id, frame.message_id)
             if key in self._outcomes:
                 self._violate(
