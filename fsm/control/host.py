@@ -62,7 +62,7 @@ from fsm.engine import Record, Snapshot
 from fsm.http_guard import reap_silent_connections
 from fsm.httpjson import HTTPProblem
 from fsm.limits import LimitValues, defaults
-from fsm.logs import JsonLog, capture_stdlib
+from fsm.logs import JsonLog, capture_asyncio, capture_stdlib
 from fsm.protocol import Ack, Frame, ReleaseCommand, Shutdown, Welcome
 from fsm.session_core import LogEntry, Message, SessionCore
 from fsm.tasks import start_guarded
@@ -133,6 +133,7 @@ class ControlHost:
         self.log = log
         capture_stdlib(log)
         capture_stdlib(log, "uvicorn", logging.WARNING)
+        capture_asyncio(log)  # folded: a lost peer makes asyncio warn on every write
         self.clock = RealClock(timebase="wall")
         self.metrics = Metrics()
         self.sessions: dict[str, SessionEntry] = {}

@@ -62,7 +62,7 @@ from fsm.effects import (
 )
 from fsm.engine import Record
 from fsm.http_guard import reap_silent_connections
-from fsm.logs import JsonLog, capture_stdlib
+from fsm.logs import JsonLog, capture_asyncio, capture_stdlib
 from fsm.outbox import Outbox
 from fsm.protocol import WRAPPER_VERSION, ControlFrame, PromptCommand
 from fsm.serve.auto_commit import auto_commit
@@ -121,6 +121,7 @@ class WrapperHost:
         self.log = log
         capture_stdlib(log)
         capture_stdlib(log, "uvicorn", logging.WARNING)
+        capture_asyncio(log)  # folded: a lost peer makes asyncio warn on every write
         self.clock = RealClock()
         identity = Identity(
             wrapper_id=settings.wrapper_id or f"wrp_{uuid.uuid4().hex[:16]}",

@@ -80,6 +80,7 @@ TIMERS = {
     # Nothing in the run may end a session on its own: no stale, idle or connect deadline.
     "stale_heartbeat": "30m",
     "idle_stop": "2h",
+    "wrapper_idle": "3h",  # the wrapper's orphan backstop stays above the control's idle stop
     "first_connect": "2h",
 }
 VICTIM_HEARTBEAT = 0.5
