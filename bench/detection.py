@@ -43,6 +43,7 @@ SERVE_TIMERS = {
 CONTROL_TIMERS = {
     "ingest_heartbeat": "1s",
     "ingest_backoff_initial": "100ms",
+    "ingest_backoff_max": "500ms",  # below the stale window (fsm/timer_relations.py)
     "agent_stop_grace": "1s",
     "wrapper_backoff_initial": "100ms",
     "wrapper_stop_grace": "2s",
