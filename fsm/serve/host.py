@@ -360,39 +360,35 @@ class WrapperHost:
     async def _ensure_session(self, client: KiloClient) -> str:
         """Resume the agent's own Kilo session when it still exists, else create one.
 
-        Which session is ours: the one this process already used (a Kilo-only restart), else
-        the agent-session name itself when it is a Kilo id (``ses…``), else the one recorded for
-        that name in the state dir (``SESSIONS_FILE``). The control plane names agent sessions
-        ``agent_s_…``, which Kilo cannot take as an id, so without the record every wrapper
-        restart opened a new, empty conversation. The record lives in the state dir because
-        Kilo's own database lives there too (``start_kilo``): the record and the conversation
-        it points at survive, or are wiped, together; it is outside the workspace, so the agent
-        cannot edit it. Kilo's session title was not used to find it: Kilo's title agent
-        rewrites default titles after the first prompt, users may rename a session (``PATCH``),
-        and ``GET /session`` can search titles only, not metadata.
+        Which session is ours: the one this process already used (a Kilo-only restart), else the one
+        recorded for the agent-session name in the state dir (``SESSIONS_FILE``), else the name
+        itself when it is a Kilo id (``ses…``; a gone one is replaced and the replacement recorded,
+        so it is not replaced again at every start). The control plane names agent sessions
+        ``agent_s_…``, which Kilo cannot take as an id, so without the record every wrapper restart
+        opened a new, empty conversation. The record lives in the state dir because Kilo's own
+        database lives there too (``start_kilo``): the record and the conversation it points at
+        survive, or are wiped, together; it is outside the workspace, so the agent cannot edit it.
+        Kilo's session title was not used to find it: a title is the user's to rename (``PATCH
+        /session/{id}``), ``GET /session`` only searches titles as text (no exact match, never
+        metadata) and lists one directory's sessions, and a lookup would cost a listing per start.
 
         A session Kilo says it does not have (an HTTP error answer, e.g. 404 after its data was
-        wiped) is replaced by a new one, recorded in its place. A Kilo that does not answer at
-        all raises instead: creating a session then would silently fork the conversation,
-        while raising makes the caller restart Kilo and try again.
+        wiped) is replaced by a new one, recorded in its place. A Kilo that does not answer at all
+        raises instead: creating a session then would silently fork the conversation, while raising
+        makes the caller restart Kilo and try again.
         """
         name = self.settings.agent_session
-        wanted = self.kilo_session
-        if wanted is None:
-            wanted = (
-                name
-                if name.startswith("ses")
-                else recorded_sessions(self.settings.state_dir).get(name)
-            )
-        if wanted is not None and wanted.startswith("ses") and ID_PATTERN.fullmatch(wanted):
+        if self.kilo_session is not None:
+            candidates = [self.kilo_session]
+        else:
+            candidates = [recorded_sessions(self.settings.state_dir).get(name) or "", name]
+        for wanted in dict.fromkeys(candidates):
+            if not wanted.startswith("ses") or not ID_PATTERN.fullmatch(wanted):
+                continue
             try:
                 session = (await client.get_session(wanted)).id
             except KiloError as exc:
-                self.log.warning(
-                    "agent session is gone: a new one is created",
-                    kilo_session=wanted,
-                    error=str(exc),
-                )
+                self.log.warning("agent session is gone", kilo_session=wanted, error=str(exc))
             else:
                 self._record_session(session)
                 return session

@@ -15,6 +15,7 @@ the test's user may read: same user).
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import time
@@ -22,14 +23,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
+from adapters.kilo.client import KiloClient
+from fsm.config import timer_values
+from fsm.logs import JsonLog
+from fsm.serve.host import WrapperHost
+from fsm.serve.settings import ServeSettings
 from tests.fakes.fake_llm import FakeLLM
 from tests.fakes.ingest_server import FakeIngest
 from tests.fakes.wrapper_process import Wrapper, running_wrapper
-
-pytestmark = pytest.mark.kilo
 
 AGENT_SESSION = "agent_s_conversation1"
 """Shaped like the control plane's names (``agent_s_…``), not like a Kilo id."""
@@ -83,6 +88,7 @@ def _gone(pid: int, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.kilo
 def test_a_new_wrapper_resumes_the_kilo_session_of_its_agent_session(
     tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest, second_ingest: FakeIngest
 ) -> None:
@@ -126,3 +132,79 @@ def test_a_new_wrapper_resumes_the_kilo_session_of_its_agent_session(
     record = json.loads((tmp_path / "kilo-state" / "agent-sessions.json").read_text())
     assert record["sessions"] == {AGENT_SESSION: session}
     assert not list((tmp_path / "workspace").glob("agent-sessions*"))
+
+
+# -- without Kilo: which session a start picks -----------------------------------------------------
+
+
+class FakeKiloSessions(httpx.AsyncBaseTransport):
+    """``GET /session/{id}`` (404 unless known) and ``POST /session`` (a new id each time)."""
+
+    def __init__(self, known: set[str]) -> None:
+        self.known = known
+        self.created: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST" and path == "/session":
+            sid = f"ses_new{len(self.created)}"
+            self.created.append(sid)
+            self.known.add(sid)
+            return httpx.Response(200, json={"id": sid})
+        sid = path.removeprefix("/session/")
+        if request.method == "GET" and sid in self.known:
+            return httpx.Response(200, json={"id": sid})
+        return httpx.Response(404, json={"name": "NotFoundError"})
+
+
+def _start(tmp_path: Path, agent_session: str, kilo: FakeKiloSessions) -> str:
+    settings = ServeSettings(
+        agent_session=agent_session,
+        user_id="u",
+        session_id="s",
+        ingest_url="ws://127.0.0.1:9/ingest",
+        token="t",
+        workdir=tmp_path / "workspace",
+        state_dir=tmp_path / "state",
+    )
+    host = WrapperHost(settings, timer_values()["wrapper"], JsonLog(io.StringIO()))
+
+    async def ensure() -> str:
+        client = KiloClient("http://kilo.invalid", None, transport=kilo)
+        try:
+            return await host._ensure_session(client)
+        finally:
+            await client.aclose()
+
+    return anyio.run(ensure)
+
+
+def test_each_start_resumes_the_recorded_session_and_replaces_a_gone_one(
+    tmp_path: Path,
+) -> None:
+    kilo = FakeKiloSessions(set())
+    first = _start(tmp_path, AGENT_SESSION, kilo)
+    assert _start(tmp_path, AGENT_SESSION, kilo) == first  # a new process: from the record
+    assert _start(tmp_path, "agent_s_other", kilo) != first  # names do not share sessions
+    assert _start(tmp_path, AGENT_SESSION, kilo) == first
+    kilo.known.discard(first)  # Kilo's data was wiped
+    replaced = _start(tmp_path, AGENT_SESSION, kilo)
+    assert replaced != first
+    assert _start(tmp_path, AGENT_SESSION, kilo) == replaced
+    # A Kilo session id as the name: resumed as it is; once gone, its replacement sticks.
+    kilo.known.add("ses_given")
+    assert _start(tmp_path, "ses_given", kilo) == "ses_given"
+    kilo.known.discard("ses_given")
+    instead = _start(tmp_path, "ses_given", kilo)
+    assert instead not in ("ses_given", first, replaced)
+    assert _start(tmp_path, "ses_given", kilo) == instead
+    assert len(kilo.created) == 4
+
+
+def test_an_unreadable_record_costs_the_old_conversation_not_the_start(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "agent-sessions.json").write_text("{not json")
+    kilo = FakeKiloSessions(set())
+    session = _start(tmp_path, AGENT_SESSION, kilo)
+    assert kilo.created == [session]
+    assert _start(tmp_path, AGENT_SESSION, kilo) == session  # the record was rewritten whole
