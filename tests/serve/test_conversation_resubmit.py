@@ -15,6 +15,8 @@ with ``GET /session/{id}/message``. The others pin the id's format and order wit
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -33,7 +35,8 @@ from fsm.serve.host import WrapperHost
 from fsm.serve.settings import ServeSettings
 from fsm.wrapper_core import PromptAgent
 from tests.fakes.fake_llm import FakeLLM
-from tests.fakes.wrapper_process import git_workspace
+from tests.fakes.ingest_server import FakeIngest
+from tests.fakes.wrapper_process import Wrapper, git_workspace, running_wrapper
 
 pytestmark = pytest.mark.anyio
 
@@ -172,3 +175,56 @@ async def test_a_resubmitted_prompt_is_once_in_kilos_history(kilo_host: WrapperH
     assert roles == ["user", "assistant", "user", "assistant", "assistant"]
     ids = [m["info"]["id"] for m in messages]
     assert ids == sorted(ids)
+
+
+# -- the real wrapper: a resubmission after Kilo died mid-turn ------------------------------------
+
+FAST = {
+    "stream_silence": "11s",  # just above Kilo's 10 s heartbeat
+    "health_probe_timeout": "1s",
+    "first_event_grace": "10s",
+    "agent_stop_grace": "1s",
+    "agent_restart_backoff_initial": "100ms",
+    "ingest_backoff_initial": "100ms",
+    "ingest_backoff_max": "500ms",
+    "ingest_heartbeat": "1s",
+}
+
+
+def _history(wrapper: Wrapper) -> list[dict[str, object]]:
+    """The wrapper's Kilo session's messages, read from Kilo itself (its password is in its
+    ``/proc/<pid>/environ``, readable by the same user)."""
+    agent = wrapper.status()["agent"]
+    environ = Path(f"/proc/{agent['pid']}/environ").read_bytes().split(b"\0")
+    password = next(
+        v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"KILO_SERVER_PASSWORD=")
+    )
+    response = httpx.get(
+        f"{agent['url']}/session/{agent['session']}/message", auth=("kilo", password), timeout=10
+    )
+    response.raise_for_status()
+    messages: list[dict[str, object]] = response.json()
+    return messages
+
+
+@pytest.mark.kilo
+def test_a_prompt_resubmitted_after_kilo_died_is_once_in_kilos_history(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+) -> None:
+    """Kilo is SIGKILLed while the model has not answered a token (``MODE:hang``): no progress,
+    so the turn is resubmitted once to the restarted Kilo, in the same Kilo session."""
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config(), FAST) as wrapper:
+        wrapper.wait_ready()
+        hangs = fake_llm.modes.count("hang")
+        wrapper.prompt("wait for me MODE:hang")
+        ingest.wait_for(lambda: fake_llm.modes.count("hang") > hangs, 30, "the model request")
+        before = wrapper.status()["agent"]
+        os.kill(before["pid"], signal.SIGKILL)
+        ingest.wait_for(
+            lambda: fake_llm.modes.count("hang") > hangs + 1, 60, "the resubmission's request"
+        )
+        after = wrapper.status()["agent"]
+        assert after["pid"] != before["pid"] and after["session"] == before["session"]
+        assert ingest.outcomes() == []  # resubmitted, not failed
+        texts = _user_texts(_history(wrapper))
+        assert texts == ["wait for me MODE:hang"], texts
