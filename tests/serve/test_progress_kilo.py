@@ -17,6 +17,9 @@ was written from are the ones Kilo really sends:
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -106,3 +109,34 @@ def test_a_pending_question_outlives_the_no_progress_window_and_completes_when_a
         assert response.status_code == 200, response.text
         outcome = ingest.wait_for(lambda: ingest.outcomes(), 60, "an outcome")[0]
         assert (outcome.message_id, outcome.status) == (message_id, "completed"), outcome
+
+
+def test_a_kilo_hung_before_the_first_token_gets_the_turn_resubmitted_once(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+) -> None:
+    """The fake LLM's ``hang`` mode sends only the role chunk and then nothing: everything Kilo
+    sent for the turn (open, statuses, messages, any spinner or empty part) is bookkeeping. Kilo
+    is then stopped (SIGSTOP): the silence watchdog and the failed probe restart it, and the turn,
+    which made no progress, is resubmitted once — to a model that hangs again, so the shortened
+    no-progress window ends it ``no_progress`` (``agent_restarted`` would mean it was counted as
+    having worked)."""
+    timers = {**FAST, "turn_no_progress": "20s"}
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config(), timers) as wrapper:
+        wrapper.wait_ready()
+        before = wrapper.status()["agent"]
+        message_id = wrapper.prompt("wait for it MODE:hang")
+        ingest.wait_for(lambda: "hang" in fake_llm.modes, 60, "the model call")
+        time.sleep(1)  # whatever Kilo sends after the role chunk, before it is stopped
+        os.kill(before["pid"], signal.SIGSTOP)
+        try:
+            outcome = ingest.wait_for(lambda: ingest.outcomes(), 120, "an outcome")[0]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(before["pid"], signal.SIGCONT)
+        assert (outcome.message_id, outcome.status, outcome.reason) == (
+            message_id,
+            "failed",
+            "no_progress",
+        ), outcome
+        assert "restarting" in ingest.lifecycle("wrapper")
+        assert fake_llm.modes.count("hang") == 2, fake_llm.modes
