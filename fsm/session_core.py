@@ -76,9 +76,11 @@ from fsm.timers import TimerValues
 from fsm.wrapper_core import Transmit
 
 TERMINAL = ("completed", "failed", "cancelled")
+BACKSTOP_REASONS = ("no_progress", "execution_limit")
+"""What the control plane's backstops (hung session, max runtime) fail a message with."""
 TURN_ENDED = TERMINAL
 """The wrapper's turn machine ends in exactly the three outcome statuses."""
-CONNECTED = ("ready", "running", "idle")
+CONNECTED = session.CONNECTED
 
 
 class Message(msgspec.Struct):
@@ -134,6 +136,8 @@ class SessionCore:
         """Kilo's tool parts running now, read from the agent's events with the wrapper's own
         classification (``TurnTranslator``): the wrapper holds a turn while a tool runs."""
         self._tools = TurnTranslator()
+        self._backstopped: dict[str, str] = {}
+        """Accepted messages a backstop aborted, waiting for the wrapper's answer → reason."""
         self._held: list[tuple[str | None, Frame]] = []
         """Commands (never prompts) for a disconnected wrapper, with the wrapper they were for."""
         self._log_ids = itertools.count(log_start + 1)
@@ -283,6 +287,7 @@ class SessionCore:
         message = Message(mid, prompt, created_at=self.clock.now(), options=dict(options))
         self.messages[mid] = message
         self._log("message", {"id": mid, "state": "queued"})
+        self._queue_changed()
         if self.machine.state == "stopped":
             self.group.send(self.machine.machine_id, Event("resume"))
         elif self.machine.state in CONNECTED:
@@ -325,6 +330,17 @@ class SessionCore:
             auto_commit=bool(opts.get("auto_commit", False)),
         )
 
+    def _queue_changed(self) -> None:
+        """A session with a message waiting for Kilo is ``waiting``, not ready or idle: its idle
+        stop must not cancel a prompt that may be on its way to the wrapper."""
+        state = self.machine.state
+        if state in ("ready", "idle", "waiting"):
+            queued = any(m.state == "queued" for m in self.messages.values())
+            if queued and state != "waiting":
+                self.group.send(self.machine.machine_id, Event("message_queued"))
+            elif not queued and state == "waiting":
+                self.group.send(self.machine.machine_id, Event("queue_empty"))
+
     def _track_tools(self, event: dict[str, Any]) -> None:
         for name, data in self._tools.triggers(event):
             part = str(data.get("part", ""))
@@ -347,6 +363,7 @@ class SessionCore:
             return
         self._set(message, "accepted")
         self.group.send(self.machine.machine_id, Event("message_accepted", {"id": message.id}))
+        self._queue_changed()
 
     def _outcome(self, frame: OutcomeFrame) -> None:
         self._log("outcome", msgspec.to_builtins(frame))
@@ -358,16 +375,24 @@ class SessionCore:
             return
         # A queued message's outcome comes from the wrapper that holds it and ended it before
         # Kilo had it (cancelled, unavailable, hard cap): the truth, and not counted as running.
-        counted = message.state == "accepted"
-        self._set(message, frame.status, frame.reason, frame.error)
+        counted = message.state == "accepted" and message.id not in self._backstopped
+        backstop = self._backstopped.pop(message.id, None)
+        if backstop is not None and frame.status == "cancelled":
+            status = "cancelled" if backstop == "cancelled" else "failed"
+            self._set(message, status, backstop, frame.error)
+        else:
+            self._set(message, frame.status, frame.reason, frame.error)
         if counted:
             self.group.send(self.machine.machine_id, Event("message_finished", {"id": message.id}))
+        self._queue_changed()
 
     def _fail_accepted(self, reason: str, include_queued: bool = False) -> None:
+        self._backstopped.clear()
         for message in self.messages.values():
             if message.state == "accepted" or (include_queued and message.state == "queued"):
                 status = "cancelled" if reason == "cancelled" else "failed"
                 self._set(message, status, reason)
+        self._queue_changed()
 
     def _set(self, message: Message, state: str, reason: str = "", error: str = "") -> None:
         message.state = state
@@ -379,7 +404,21 @@ class SessionCore:
         self._log("message", data)
 
     def _on_effect(self, _machine_id: str, effect: Effect) -> None:
-        if isinstance(effect, FailMessages):
+        if isinstance(effect, FailMessages) and effect.reason in (*BACKSTOP_REASONS, "cancelled"):
+            # A backstop (hung, max runtime) or a stop aborts the wrapper's turn (or releases
+            # the wrapper) and lets the wrapper's answer end an accepted message: its
+            # ``cancelled`` ends it with this side's reason, but a turn that finished meanwhile
+            # (the abort came too late) ends as it did. A wrapper that never answers is lost in
+            # time (stale, exit), or stopped: then the message ends with this side's reason.
+            for message in self.messages.values():
+                if message.state == "accepted":
+                    self._backstopped[message.id] = effect.reason
+            if effect.reason == "cancelled":  # the session ends: what is queued ends with it
+                for message in list(self.messages.values()):
+                    if message.state == "queued":
+                        self._set(message, "cancelled", "cancelled")
+                self._queue_changed()
+        elif isinstance(effect, FailMessages):
             final = effect.reason in ("agent_unavailable", "cancelled")
             self._fail_accepted(effect.reason, include_queued=final)
         elif isinstance(effect, SendCommand):
@@ -402,6 +441,15 @@ class SessionCore:
                     "effects": list(record.effects),
                 },
             )
+        if record.kind == "transition" and record.dest in ("ready", "idle"):
+            self._queue_changed()  # e.g. connected, or back from stale, with messages queued
+        if record.kind == "transition" and record.dest == "stopped" and self._backstopped:
+            # The wrapper is gone without answering for these: this side's reason stands.
+            pending, self._backstopped = self._backstopped, {}
+            for mid, reason in pending.items():
+                message = self.messages.get(mid)
+                if message is not None and message.state == "accepted":
+                    self._set(message, "cancelled" if reason == "cancelled" else "failed", reason)
         if (
             record.kind == "transition"
             and record.dest == "stopped"

@@ -41,7 +41,10 @@ def test_timers_appear_on_edges_and_in_the_table() -> None:
     assert "running --> stale : after 90s / heartbeat_missed" in mmd
     assert "stale --> restarting : after 15s / replace [budget wrapper_restarts]" in mmd
     page = graph.markdown(catalog.ALL, values)
-    assert "| `ready, running, idle` | `stale` | `silence` | `stale_heartbeat` | `90s` |" in page
+    assert (
+        "| `ready, waiting, running, idle` | `stale` | `silence` | `stale_heartbeat` | `90s` |"
+        in page
+    )
 
 
 def test_graph_writes_every_format_and_the_check_accepts_it(tmp_path: Path) -> None:

@@ -13,14 +13,30 @@ kept, and a new message resumes it with a fresh wrapper.
 
 Every terminal decision this side takes about a turn (hung, max runtime, restart) is also sent to
 the wrapper as a command (abort), so the two sides converge on one outcome — the source system
-failed the execution locally and left the agent running.
+failed the execution locally and left the agent running. A backstop's abort is answered by the
+wrapper, and that answer ends the message (``cancelled`` → failed with the backstop's reason; a
+turn that completed before the abort reached it completes). Messages are counted here only once the
+wrapper reports that Kilo has them (``message_accepted``): a message still queued — Kilo cold
+starting, or no wrapper connected — is nobody working, so it neither makes the session
+``running`` nor arms the hung backstop (the session is ``waiting``), and a replaced wrapper does
+not fail it (it goes to the next one). A stale wrapper given up on fails its accepted messages
+``connection_lost`` (this side lost the connection, whatever the wrapper did); one that exited or
+was shut down, ``agent_restarted``.
+
+The hung and max-runtime timers are backstops: the wrapper owns the turn's clocks (no-progress
+7 min, paused while the user is asked, held by a running tool; hard cap 120 min), so their
+defaults lie above those (16.5 min, 125 min), and the core pauses hung while the wrapper's turn
+waits on the user or a tool runs (a heartbeat then re-arms it like a frame).
 
 Timers:
 * ``first_connect`` (state, ``starting``): wrapper start to its hello.
 * ``stale`` (silence over ready/running/idle): no heartbeat or frame.
-* ``hung`` (silence, ``running``): no agent event while running (heartbeats do not count).
-* ``max_runtime`` (span over running and stale): a running session's hard cap.
-* ``idle_stop``/``idle_after_connect`` (state, ``idle``/``ready``): stop an unused wrapper.
+* ``hung`` (silence, ``running``): no agent event while running (heartbeats do not count, but
+  while a turn waits on the user or runs a tool the core feeds them as frames); a backstop.
+* ``max_runtime`` (span over running and stale): a running session's cap; a backstop.
+* ``idle_stop``/``idle_after_connect`` (state, ``idle``/``ready``): stop an unused wrapper — not
+  in ``waiting``, while a message is queued for it (the core says ``message_queued`` when the
+  session is ready or idle with a queued message, ``queue_empty`` when none is left).
 * ``stale_grace`` (state, ``stale``), ``restart_delay`` (budget backoff), ``stop_grace``.
 """
 
@@ -51,7 +67,7 @@ class SessionContext(msgspec.Struct):
     starts: int = 0
 
 
-CONNECTED = ("ready", "running", "idle")
+CONNECTED = ("ready", "waiting", "running", "idle")
 LIVE = ("starting", *CONNECTED, "stale")
 
 DECLARATION = MachineDef(
@@ -82,11 +98,16 @@ DECLARATION = MachineDef(
                     "stale_heartbeat",
                     "heartbeat_missed",
                     rearmed_by=("heartbeat", "frame"),
-                    span=("running", "idle"),
+                    span=("waiting", "running", "idle"),
                 ),
                 state_timer("idle_after_connect", "idle_stop", "idle_timeout"),
             ),
             doc="wrapper connected, no message yet",
+        ),
+        State(
+            "waiting",
+            doc="messages queued for the wrapper, none of them with Kilo yet: nobody works (no "
+            "hung backstop), but the session is in use (no idle stop to cancel a prompt in flight)",
         ),
         State(
             "running",
@@ -124,8 +145,15 @@ DECLARATION = MachineDef(
         on("frame", CONNECTED, None),
         on("heartbeat", "stale", "running", guard="has_messages"),
         on("heartbeat", "stale", "idle"),
-        on("message_accepted", ("ready", "idle"), "running", effects="count_message"),
+        on("message_accepted", ("ready", "idle", "waiting"), "running", effects="count_message"),
         on("message_accepted", "running", None, effects="count_message"),
+        on(
+            "message_accepted",
+            "stale",
+            None,
+            effects="count_message",
+            doc="the wrapper's word may come with the first frame after a silence",
+        ),
         on("message_finished", "running", "idle", guard="last_message", effects="uncount_message"),
         on("message_finished", ("running", "stale"), None, effects="uncount_message"),
         on("hung", "running", "idle", effects=("abort_turn", "fail_hung")),
@@ -138,6 +166,8 @@ DECLARATION = MachineDef(
         on("max_runtime_exceeded", "stale", None, effects=("abort_turn", "fail_execution_limit")),
         on("heartbeat_missed", CONNECTED, "stale"),
         on("idle_timeout", ("ready", "idle"), "stopping"),
+        on("message_queued", ("ready", "idle"), "waiting"),
+        on("queue_empty", "waiting", "idle", doc="the queued messages ended before Kilo had them"),
         # Every way the wrapper can be lost replaces it within budget, else fails.
         on(
             "version_mismatch",
@@ -149,7 +179,14 @@ DECLARATION = MachineDef(
         on("version_mismatch", ("starting", *CONNECTED), "failed", effects="send_shutdown"),
         on("connect_timeout", "starting", "restarting", consumes="wrapper_restarts"),
         on("connect_timeout", "starting", "failed"),
-        on("replace", "stale", "restarting", consumes="wrapper_restarts"),
+        on(
+            "replace",
+            "stale",
+            "restarting",
+            consumes="wrapper_restarts",
+            effects="fail_connection_lost",
+            doc="the wrapper went silent: its accepted messages fail connection_lost",
+        ),
         on("replace", "stale", "failed"),
         on("wrapper_exited", LIVE, "restarting", consumes="wrapper_restarts"),
         on("wrapper_exited", LIVE, "failed"),
@@ -212,6 +249,7 @@ SPEC = MachineSpec(
         "fail_hung": _fail("no_progress"),
         "fail_execution_limit": _fail("execution_limit"),
         "fail_restarted": _fail("agent_restarted"),
+        "fail_connection_lost": _fail("connection_lost"),
         "fail_cancelled": _fail("cancelled", final=True),
         "fail_unavailable": _fail("agent_unavailable", final=True),
     },

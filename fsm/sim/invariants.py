@@ -26,11 +26,14 @@ The user-visible truth (issue 13): what the user is told is what the agent did.
   without the wrapper's word: the echo of its own backstop (a turn it failed ``no_progress`` or
   ``execution_limit`` and aborted comes back ``cancelled``; the backstop only decides when the
   wrapper's own clock did not), and the late outcome of the very wrapper it gave up on unheard
-  (``agent_restarted``: a partition hid that wrapper, whose frames arrive after its
-  replacement). Any *other* wrapper's outcome must agree — the old rule's held prompt ran on the
-  replacement and reported ``completed`` for a message failed ``agent_restarted``;
+  (``connection_lost``/``agent_restarted``: a partition hid that wrapper, whose frames arrive
+  after its replacement). Any *other* wrapper's outcome must agree — the old rule's held
+  prompt ran on the replacement and reported ``completed`` for a message failed
+  ``agent_restarted``;
 * ``after_end`` — a message that ended is never delivered or run afterwards: no wrapper starts a
-  turn for it (the old rule's held prompt did, on the replacing wrapper);
+  turn for it (the old rule's held prompt did, on the replacing wrapper). Not a prompt already
+  in flight when the session's stop cancelled its queued message: nothing can call it back, and
+  the wrapper's release follows it on the same ordered link;
 * ``lost`` also covers messages: an ``accepted`` message never goes back to ``queued`` or
   disappears — nothing accepted is lost (and ``settled`` says it ends).
 """
@@ -51,6 +54,8 @@ from fsm.validate import timer_span
 
 TERMINAL = ("completed", "failed", "cancelled")
 REST = frozenset({("session", "stopped")})
+GIVEN_UP = ("agent_restarted", "connection_lost")
+"""What the control plane fails a lost wrapper's accepted messages with."""
 BACKSTOP_REASONS = ("no_progress", "execution_limit")
 """What the control plane's own backstops (hung session, max runtime) fail a message with; they
 abort the wrapper's turn, which then ends ``cancelled``."""
@@ -88,6 +93,9 @@ class Invariants:
         self._timers: dict[str, dict[str, tuple[str, frozenset[str]]]] = {}
         self._ended: dict[tuple[str, str], tuple[str, str]] = {}
         """(session, message) → (status, reason) it ended with on the control plane."""
+        self._in_flight: set[tuple[str, str]] = set()
+        """Messages the session's stop cancelled while they were still queued: their prompt
+        may already be on its way, the wrapper's release right behind it."""
         self._reported: dict[tuple[str, str], tuple[str, str | None]] = {}
         """(session, message) → (the last outcome a wrapper reported for it, that wrapper)."""
         self._accepted_on: dict[tuple[str, str], str | None] = {}
@@ -107,7 +115,7 @@ class Invariants:
         if record.kind == "start" and record.machine == "turn":
             mid = record.machine_id.split(":", 1)[1]
             ended = self._ended.get((session, mid))
-            if ended is not None:
+            if ended is not None and (session, mid) not in self._in_flight:
                 self._violate(
                     record.at,
                     "after_end",
@@ -150,6 +158,12 @@ class Invariants:
             rank = 2 if state in TERMINAL else 1 if state == "accepted" else 0
             if rank < self._rank.get(key, 0):
                 self._violate(entry.at, "lost", session, f"message {key[1]} went back to {state}")
+            if (
+                rank == 2
+                and self._rank.get(key, 0) == 0
+                and entry.data.get("reason") == "cancelled"
+            ):
+                self._in_flight.add(key)
             self._rank[key] = rank
         if entry.kind == "message" and entry.data.get("state") in TERMINAL:
             key = (session, str(entry.data["id"]))
@@ -179,7 +193,7 @@ class Invariants:
     def _agree(self, at: float, session: str, mid: str, reported: str, wrapper: str | None) -> None:
         status, reason = self._ended[(session, mid)]
         echo = reported == "cancelled" and reason in BACKSTOP_REASONS
-        given_up = reason == "agent_restarted" and self._accepted_on.get((session, mid)) == wrapper
+        given_up = reason in GIVEN_UP and self._accepted_on.get((session, mid)) == wrapper
         if reported != status and not echo and not given_up:
             self._violate(
                 at,

@@ -17,12 +17,9 @@ def run(text: str) -> bool:
     return run_scenario(parse_scenario(text, "gap.toml")).passed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 3 names connection_lost; the session fails a replaced stale wrapper's messages "
-    "agent_restarted, and nothing produces the turn machine's connection_lost reason",
-)
 def test_ingest_down_past_the_window_fails_connection_lost() -> None:
+    """Was a strict xfail (the session failed a replaced stale wrapper's messages
+    ``agent_restarted``): giving up on a silent wrapper now fails them ``connection_lost``."""
     assert run(
         """
 name = "gap"
