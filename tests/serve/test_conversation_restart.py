@@ -32,7 +32,7 @@ from fsm.config import timer_values
 from fsm.logs import JsonLog
 from fsm.serve.host import WrapperHost
 from fsm.serve.settings import ServeSettings
-from tests.fakes.fake_llm import FakeLLM
+from tests.fakes.fake_llm import FakeLLM, running_fake_llm
 from tests.fakes.ingest_server import FakeIngest
 from tests.fakes.wrapper_process import Wrapper, running_wrapper
 
@@ -47,6 +47,14 @@ def second_ingest() -> Iterator[FakeIngest]:
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def own_llm(kilo_available: None) -> Iterator[FakeLLM]:
+    """A model server of this test's own: the session's shared one counts requests by mode for
+    other tests; and this test reads which requests carried the first exchange."""
+    with running_fake_llm() as fake:
+        yield fake
 
 
 def _kilo_history(wrapper: Wrapper) -> tuple[str, list[dict[str, Any]]]:
@@ -90,10 +98,10 @@ def _gone(pid: int, timeout: float) -> bool:
 
 @pytest.mark.kilo
 def test_a_new_wrapper_resumes_the_kilo_session_of_its_agent_session(
-    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest, second_ingest: FakeIngest
+    tmp_path: Path, own_llm: FakeLLM, ingest: FakeIngest, second_ingest: FakeIngest
 ) -> None:
     args = ["--agent-session", AGENT_SESSION]  # after the helper's own: the last one wins
-    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config(), extra_args=args) as w1:
+    with running_wrapper(tmp_path, ingest.url, own_llm.provider_config(), extra_args=args) as w1:
         w1.wait_ready()
         first = w1.prompt("remember the word pelican MODE:text")
         outcome = ingest.wait_for(lambda: ingest.outcomes(), what="the first outcome")[0]
@@ -106,7 +114,7 @@ def test_a_new_wrapper_resumes_the_kilo_session_of_its_agent_session(
     assert _gone(kilo_pid, 15), "Kilo outlived its SIGKILLed wrapper"
 
     with running_wrapper(
-        tmp_path, second_ingest.url, fake_llm.provider_config(), extra_args=args
+        tmp_path, second_ingest.url, own_llm.provider_config(), extra_args=args
     ) as w2:
         w2.wait_ready()
         assert w2.kilo_pid() != kilo_pid
@@ -124,7 +132,7 @@ def test_a_new_wrapper_resumes_the_kilo_session_of_its_agent_session(
         ]
         turns = [
             json.dumps(r)
-            for r in fake_llm.requests
+            for r in own_llm.requests
             if r.get("tools") and "which word was it?" in json.dumps(r)
         ]
         assert turns and "pelican" in turns[-1]

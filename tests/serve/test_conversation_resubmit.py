@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -34,7 +34,7 @@ from fsm.protocol import PromptCommand
 from fsm.serve.host import WrapperHost
 from fsm.serve.settings import ServeSettings
 from fsm.wrapper_core import PromptAgent
-from tests.fakes.fake_llm import FakeLLM
+from tests.fakes.fake_llm import FakeLLM, running_fake_llm
 from tests.fakes.ingest_server import FakeIngest
 from tests.fakes.wrapper_process import Wrapper, git_workspace, running_wrapper
 
@@ -191,6 +191,14 @@ FAST = {
 }
 
 
+@pytest.fixture
+def own_llm(kilo_available: None) -> Iterator[FakeLLM]:
+    """A model server of this test's own: the session's shared one counts requests by mode
+    for other tests, and the hanging calls made here must not show up in their counts."""
+    with running_fake_llm() as fake:
+        yield fake
+
+
 def _history(wrapper: Wrapper) -> list[dict[str, object]]:
     """The wrapper's Kilo session's messages, read from Kilo itself (its password is in its
     ``/proc/<pid>/environ``, readable by the same user)."""
@@ -209,19 +217,19 @@ def _history(wrapper: Wrapper) -> list[dict[str, object]]:
 
 @pytest.mark.kilo
 def test_a_prompt_resubmitted_after_kilo_died_is_once_in_kilos_history(
-    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+    tmp_path: Path, own_llm: FakeLLM, ingest: FakeIngest
 ) -> None:
     """Kilo is SIGKILLed while the model has not answered a token (``MODE:hang``): no progress,
     so the turn is resubmitted once to the restarted Kilo, in the same Kilo session."""
-    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config(), FAST) as wrapper:
+    with running_wrapper(tmp_path, ingest.url, own_llm.provider_config(), FAST) as wrapper:
         wrapper.wait_ready()
-        hangs = fake_llm.modes.count("hang")
+        hangs = own_llm.modes.count("hang")
         wrapper.prompt("wait for me MODE:hang")
-        ingest.wait_for(lambda: fake_llm.modes.count("hang") > hangs, 30, "the model request")
+        ingest.wait_for(lambda: own_llm.modes.count("hang") > hangs, 30, "the model request")
         before = wrapper.status()["agent"]
         os.kill(before["pid"], signal.SIGKILL)
         ingest.wait_for(
-            lambda: fake_llm.modes.count("hang") > hangs + 1, 60, "the resubmission's request"
+            lambda: own_llm.modes.count("hang") > hangs + 1, 60, "the resubmission's request"
         )
         after = wrapper.status()["agent"]
         assert after["pid"] != before["pid"] and after["session"] == before["session"]
