@@ -378,8 +378,7 @@ class SessionCore:
         counted = message.state == "accepted" and message.id not in self._backstopped
         backstop = self._backstopped.pop(message.id, None)
         if backstop is not None and frame.status == "cancelled":
-            status = "cancelled" if backstop == "cancelled" else "failed"
-            self._set(message, status, backstop, frame.error)
+            self._set(message, "failed", backstop, frame.error)
         else:
             self._set(message, frame.status, frame.reason, frame.error)
         if counted:
@@ -404,20 +403,16 @@ class SessionCore:
         self._log("message", data)
 
     def _on_effect(self, _machine_id: str, effect: Effect) -> None:
-        if isinstance(effect, FailMessages) and effect.reason in (*BACKSTOP_REASONS, "cancelled"):
-            # A backstop (hung, max runtime) or a stop aborts the wrapper's turn (or releases
-            # the wrapper) and lets the wrapper's answer end an accepted message: its
-            # ``cancelled`` ends it with this side's reason, but a turn that finished meanwhile
-            # (the abort came too late) ends as it did. A wrapper that never answers is lost in
-            # time (stale, exit), or stopped: then the message ends with this side's reason.
+        if isinstance(effect, FailMessages) and effect.reason in BACKSTOP_REASONS:
+            # A backstop (hung, max runtime) aborts the wrapper's turn and lets the wrapper's
+            # answer end the message: its ``cancelled`` fails it with the backstop's reason, but
+            # a turn that finished meanwhile (the abort came too late) ends as it did. A wrapper
+            # that never answers is lost in time (stale, exit), or stopped: then this side's
+            # reason stands. (A client's stop still cancels at once: the client asked for it,
+            # and a deleted session is gone as soon as its wrapper is.)
             for message in self.messages.values():
                 if message.state == "accepted":
                     self._backstopped[message.id] = effect.reason
-            if effect.reason == "cancelled":  # the session ends: what is queued ends with it
-                for message in list(self.messages.values()):
-                    if message.state == "queued":
-                        self._set(message, "cancelled", "cancelled")
-                self._queue_changed()
         elif isinstance(effect, FailMessages):
             final = effect.reason in ("agent_unavailable", "cancelled")
             self._fail_accepted(effect.reason, include_queued=final)
@@ -449,7 +444,7 @@ class SessionCore:
             for mid, reason in pending.items():
                 message = self.messages.get(mid)
                 if message is not None and message.state == "accepted":
-                    self._set(message, "cancelled" if reason == "cancelled" else "failed", reason)
+                    self._set(message, "failed", reason)
         if (
             record.kind == "transition"
             and record.dest == "stopped"

@@ -12,8 +12,12 @@ from fsm.clock import VirtualClock
 from fsm.effects import Effect, SpawnAgent, StartWrapper, StopAgent
 from fsm.protocol import (
     PROTOCOL_VERSION,
+    WRAPPER_VERSION,
+    AbortCommand,
     Hello,
+    LifecycleFrame,
     OutcomeFrame,
+    PromptCommand,
     decode_from_control,
     decode_from_wrapper,
     encode,
@@ -198,3 +202,55 @@ def test_new_wrapper_id_fails_accepted_messages_and_restored_session_keeps_deadl
     assert restored.machine.deadlines()[snap.timers[0].name] == stale_deadline
     clock.advance_by(0)  # overdue timers fire at once
     assert restored.state == "stale"
+
+
+def _session(actions: list[Effect]) -> SessionCore:
+    core = SessionCore(VirtualClock(), CONTROL_TIMERS.defaults(), "s1", actions.append)
+    core.start()
+    return core
+
+
+def _hello(wrapper_id: str) -> Hello:
+    return Hello(wrapper_id, WRAPPER_VERSION, PROTOCOL_VERSION, "agent", "u", "s1")
+
+
+def test_a_prompt_is_never_held_and_a_replaced_wrapper_gets_none_of_its_predecessors_commands() -> (
+    None
+):
+    """Issue 13, point 1, at the core both hosts call: what follows a welcome is derived from the
+    messages (a prompt per queued message), and commands held for a wrapper go to that wrapper
+    only. The old hosts held the PromptCommand itself and sent it to whichever wrapper came next."""
+    actions: list[Effect] = []
+    core = _session(actions)
+    core.hello(_hello("w1"))
+    assert core.commands_after_welcome() == []
+    message = core.send_message("hi", "m1")
+    sent = [f for a in actions if isinstance(a, Transmit) for f in a.frames]
+    assert any(isinstance(f, PromptCommand) and f.message_id == "m1" for f in sent)
+    assert message.state == "queued"  # transmitted is not accepted
+    # The link dropped: the host could not send these. The prompt is not kept; the abort is.
+    core.hold(PromptCommand("m1", "hi"))
+    core.hold(AbortCommand("m1"))
+    # The same wrapper comes back: its abort, then the prompt derived from the queued message.
+    core.hello(_hello("w1"))
+    again = core.commands_after_welcome()
+    assert again == [AbortCommand("m1"), core._prompt(message)]
+    # A replacement gets the prompt (the message is still queued, not failed), not the abort.
+    core.hold(AbortCommand("m1"))
+    core.hello(_hello("w2"))
+    assert message.state == "queued"
+    assert core.commands_after_welcome() == [core._prompt(message)]
+
+
+def test_a_message_is_accepted_when_the_wrapper_says_kilo_has_it_and_only_then_fails() -> None:
+    actions: list[Effect] = []
+    core = _session(actions)
+    core.hello(_hello("w1"))
+    message = core.send_message("hi", "m1")
+    core.frame(LifecycleFrame(1, "turn:m1", "queued", "", "start", 0.0))
+    assert (message.state, core.state) == ("queued", "waiting")  # Kilo still cold-starting
+    core.frame(LifecycleFrame(2, "turn:m1", "accepted", "queued", "dispatch", 0.0))
+    assert (message.state, core.state) == ("accepted", "running")
+    core.hello(_hello("w2"))  # a new wrapper: the accepted message is lost with the old one
+    assert (message.state, message.reason) == ("failed", "agent_restarted")
+    assert core.commands_after_welcome() == []  # an ended message is never sent again

@@ -22,14 +22,14 @@ The user-visible truth (issue 13): what the user is told is what the agent did.
 
 * ``one_outcome`` above: every message ends exactly once (``settled``: it does end);
 * ``agree`` — a message's status on the control plane equals the wrapper's outcome for it
-  whenever both exist. Two differences are allowed, both verdicts the control plane had to take
-  without the wrapper's word: the echo of its own backstop (a turn it failed ``no_progress`` or
+  whenever both exist. Allowed differences are verdicts the control plane had to take without
+  the wrapper's word: the echo of its own backstop (a turn it failed ``no_progress`` or
   ``execution_limit`` and aborted comes back ``cancelled``; the backstop only decides when the
   wrapper's own clock did not), and the late outcome of the very wrapper it gave up on unheard
   (``connection_lost``/``agent_restarted``: a partition hid that wrapper, whose frames arrive
-  after its replacement). Any *other* wrapper's outcome must agree — the old rule's held
-  prompt ran on the replacement and reported ``completed`` for a message failed
-  ``agent_restarted``;
+  after its replacement) or that a client's stop released (``cancelled`` at once, as asked).
+  Any *other* wrapper's outcome must agree — the old rule's held prompt ran on the replacement
+  and reported ``completed`` for a message failed ``agent_restarted``;
 * ``after_end`` — a message that ended is never delivered or run afterwards: no wrapper starts a
   turn for it (the old rule's held prompt did, on the replacing wrapper). Not a prompt already
   in flight when the session's stop cancelled its queued message: nothing can call it back, and
@@ -54,8 +54,10 @@ from fsm.validate import timer_span
 
 TERMINAL = ("completed", "failed", "cancelled")
 REST = frozenset({("session", "stopped")})
-GIVEN_UP = ("agent_restarted", "connection_lost")
-"""What the control plane fails a lost wrapper's accepted messages with."""
+GIVEN_UP = ("agent_restarted", "connection_lost", "cancelled")
+"""What the control plane ends a message with without its wrapper's word: a lost wrapper's
+accepted messages, and a client's stop (cancelled at once; a turn the wrapper finished in the
+instant before the release reached it is still shown cancelled — the one known gap)."""
 BACKSTOP_REASONS = ("no_progress", "execution_limit")
 """What the control plane's own backstops (hung session, max runtime) fail a message with; they
 abort the wrapper's turn, which then ends ``cancelled``."""
