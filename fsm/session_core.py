@@ -386,11 +386,14 @@ class SessionCore:
         self._queue_changed()
 
     def _fail_accepted(self, reason: str, include_queued: bool = False) -> None:
-        self._backstopped.clear()
+        backstopped, self._backstopped = self._backstopped, {}
         for message in self.messages.values():
             if message.state == "accepted" or (include_queued and message.state == "queued"):
-                status = "cancelled" if reason == "cancelled" else "failed"
-                self._set(message, status, reason)
+                # A message a backstop aborted whose wrapper went without answering: the
+                # backstop's verdict stands.
+                why = backstopped.get(message.id, reason)
+                status = "cancelled" if why == "cancelled" else "failed"
+                self._set(message, status, why)
         self._queue_changed()
 
     def _set(self, message: Message, state: str, reason: str = "", error: str = "") -> None:
@@ -407,9 +410,9 @@ class SessionCore:
             # A backstop (hung, max runtime) aborts the wrapper's turn and lets the wrapper's
             # answer end the message: its ``cancelled`` fails it with the backstop's reason, but
             # a turn that finished meanwhile (the abort came too late) ends as it did. A wrapper
-            # that never answers is lost in time (stale, exit), or stopped: then this side's
-            # reason stands. (A client's stop still cancels at once: the client asked for it,
-            # and a deleted session is gone as soon as its wrapper is.)
+            # that never answers is lost in time (stale, exit) or stopped idle: then the
+            # backstop's reason stands. (A client's stop still cancels at once: the client asked
+            # for it, and a deleted session is gone as soon as its wrapper is.)
             for message in self.messages.values():
                 if message.state == "accepted":
                     self._backstopped[message.id] = effect.reason
@@ -438,13 +441,6 @@ class SessionCore:
             )
         if record.kind == "transition" and record.dest in ("ready", "idle"):
             self._queue_changed()  # e.g. connected, or back from stale, with messages queued
-        if record.kind == "transition" and record.dest == "stopped" and self._backstopped:
-            # The wrapper is gone without answering for these: this side's reason stands.
-            pending, self._backstopped = self._backstopped, {}
-            for mid, reason in pending.items():
-                message = self.messages.get(mid)
-                if message is not None and message.state == "accepted":
-                    self._set(message, "failed", reason)
         if (
             record.kind == "transition"
             and record.dest == "stopped"
