@@ -71,11 +71,18 @@ class TurnTranslator:
         self._shown: dict[str, int] = {}
 
     def triggers(self, payload: dict[str, Any]) -> list[Trigger]:
-        if self.session_id is not None and session_of(payload) not in (None, self.session_id):
+        props: dict[str, Any] = payload.get("properties") or {}
+        if payload.get("type") == "message.part.delta" and isinstance(props.get("sessionID"), str):
+            # Most events of a turn: the same answer as below without its chain of tests.
+            if self.session_id is not None and props["sessionID"] != self.session_id:
+                return []
+            shape = self._delta_shape(props)
+        elif self.session_id is not None and session_of(payload) not in (None, self.session_id):
             return []
-        shape = self.shape_of(payload)
+        else:
+            shape = self.shape_of(payload)
         meaning = KILO_MEANING.get(shape, KILO_MEANING["other"])
-        return _TRIGGERS[meaning](payload.get("properties") or {})
+        return _TRIGGERS[meaning](props)
 
     def shape_of(self, payload: dict[str, Any]) -> str:
         """The event's row in ``KILO_EVENTS`` (and what it teaches: user ids, text shown)."""
@@ -92,18 +99,21 @@ class TurnTranslator:
         elif kind == "message.part.updated":
             return self._part_shape(props.get("part") or {})
         elif kind == "message.part.delta":
-            if props.get("messageID") in self._user_messages:
-                return "message.part.delta user"
-            delta = props.get("delta")
-            if not isinstance(delta, str) or not delta:
-                return "message.part.delta empty"
-            part = str(props.get("partID", ""))
-            self._shown[part] = self._shown.get(part, 0) + len(delta)
-            return kind
+            return self._delta_shape(props)
         elif kind == "session.status":
             status = props.get("status") or {}
             return "session.status retry" if status.get("type") == "retry" else kind
         return kind if kind in KILO_MEANING else "other"
+
+    def _delta_shape(self, props: dict[str, Any]) -> str:
+        if props.get("messageID") in self._user_messages:
+            return "message.part.delta user"
+        delta = props.get("delta")
+        if not isinstance(delta, str) or not delta:
+            return "message.part.delta empty"
+        part = str(props.get("partID", ""))
+        self._shown[part] = self._shown.get(part, 0) + len(delta)
+        return "message.part.delta"
 
     def _part_shape(self, part: dict[str, Any]) -> str:
         base = "message.part.updated"

@@ -18,6 +18,7 @@ again after the reconnect, and hold the session's stream up forever.
 from __future__ import annotations
 
 import bisect
+import sys
 from collections.abc import Callable
 
 import msgspec
@@ -25,6 +26,7 @@ import msgspec
 from fsm.protocol import EventFrame, EventsDropped, SeqFrame, nesting_depth
 
 _MARKER_BYTES = 80
+_encode = msgspec.json.Encoder().encode
 
 
 def _seq_of(entry: tuple[SeqFrame, int]) -> int:
@@ -44,6 +46,8 @@ class Outbox:
         self.max_bytes = max_bytes
         self.frame_bytes = frame_bytes
         self.frame_depth = frame_depth
+        self._most = frame_bytes if frame_bytes is not None else sys.maxsize
+        self._depth = frame_depth if frame_depth is not None else sys.maxsize
         self.truncated_total = 0
         self._frames: list[tuple[SeqFrame, int]] = []
         self._bytes = 0
@@ -71,9 +75,19 @@ class Outbox:
         """Append the frame ``build(seq)``; drops the oldest events if a bound is exceeded."""
         frame = build(self._next_seq)
         self._next_seq += 1
-        data = msgspec.json.encode(frame)
+        data = _encode(frame)
         size = len(data)
-        if isinstance(frame, EventFrame) and (self.frame_bytes or self.frame_depth):
+        # Most of a stream is text deltas, whose shape Kilo fixes (the agent's text is a string
+        # in them, never structure): only their size can be out of bounds. Anything else may
+        # carry structure the agent chose (a tool call's input) and is measured for depth too,
+        # in two C-speed scans before the exact count.
+        if isinstance(frame, EventFrame) and (
+            size > self._most
+            or (
+                frame.event.get("type") != "message.part.delta"
+                and data.count(b"{") + data.count(b"[") > self._depth
+            )
+        ):
             frame, size = self._within_limits(frame, data)
         self._frames.append((frame, size))
         self._bytes += size
