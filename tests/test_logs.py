@@ -31,10 +31,17 @@ def asyncio_logger() -> Iterator[logging.Logger]:
     """asyncio's logger as it was: these tests replace its handlers."""
     logger = logging.getLogger("asyncio")
     saved = (logger.handlers[:], logger.level, logger.propagate)
+    # Start from none: a test earlier in the session (an in-process host) may have left its own.
+    logger.handlers = []
     yield logger
     for handler in logger.handlers:
         handler.close()
     logger.handlers, logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def json_handlers(logger: logging.Logger) -> list[logging.Handler]:
+    """Ours only: pytest's own capture handlers may sit on the logger beside them."""
+    return [h for h in logger.handlers if type(h).__module__ == "fsm.logs"]
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -85,7 +92,7 @@ def test_a_count_still_pending_is_written_when_its_window_ends_or_the_log_closes
     ]
     for _ in range(3):
         asyncio_logger.warning("something else")
-    (handler,) = asyncio_logger.handlers
+    (handler,) = json_handlers(asyncio_logger)
     handler.flush()  # inside the window: nothing yet
     assert len(lines(stream)) == 3
     clock.now += 61
@@ -116,7 +123,7 @@ def test_real_asyncio_writes_after_a_lost_connection_are_folded(
         await server.wait_closed()
 
     asyncio.run(main())
-    logging.getLogger("asyncio").handlers[0].close()
+    json_handlers(logging.getLogger("asyncio"))[0].close()
     sent = [x for x in lines(stream) if x["message"] == SEND_FAILED]
     assert len(sent) == 2  # the first, and the count at close
     assert sent[1]["repeated"] >= 100
@@ -132,7 +139,7 @@ def test_capturing_again_replaces_the_handler_and_keeps_what_it_folded(
     asyncio_logger.warning(SEND_FAILED)
     capture_asyncio(JsonLog(second))
     assert [x.get("repeated") for x in lines(first)] == [None, 1]
-    assert len(asyncio_logger.handlers) == 1
+    assert len(json_handlers(asyncio_logger)) == 1
     asyncio_logger.warning(SEND_FAILED)
     assert len(lines(second)) == 1
 
@@ -141,7 +148,7 @@ def test_the_folding_table_is_bounded(asyncio_logger: logging.Logger) -> None:
     """A library logging ever-new texts cannot grow it: the oldest is written out and forgotten."""
     stream, clock = io.StringIO(), Clock()
     capture_stdlib(JsonLog(stream), "asyncio", logging.WARNING, fold_every=60.0, clock=clock)
-    (handler,) = asyncio_logger.handlers
+    (handler,) = json_handlers(asyncio_logger)
     asyncio_logger.warning("text 0")
     asyncio_logger.warning("text 0")
     for i in range(1, 300):
