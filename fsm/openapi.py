@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from fsm.httpjson import ErrorBody, json_response
+from fsm.httpjson import ErrorBody, HTTPProblem, check_bearer, json_response
 from fsm.limits import LimitValues
 from fsm.protocol import IDENT_PATTERN
 
@@ -95,11 +95,22 @@ class Operation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def routes(
-    operations: Sequence[Operation], wrap: Callable[[Operation], Handler]
-) -> list[BaseRoute]:
-    """Starlette routes; ``wrap`` adds what every handler of one API shares (auth, errors)."""
-    return [Route(op.path, wrap(op), methods=[op.method]) for op in operations]
+def routes(operations: Sequence[Operation], bearer: str) -> list[BaseRoute]:
+    """Starlette routes, each handler wrapped in what both APIs share: the bearer check of an
+    operation that needs it, and an ``HTTPProblem`` answered as its JSON error."""
+
+    def guarded(op: Operation) -> Handler:
+        async def handle(request: Request) -> Response:
+            try:
+                if op.auth:
+                    check_bearer(request, bearer)
+                return await op.handler(request)
+            except HTTPProblem as problem:
+                return problem.response()
+
+        return handle
+
+    return [Route(op.path, guarded(op), methods=[op.method]) for op in operations]
 
 
 async def _no_route(request: Request, exc: Exception) -> Response:

@@ -39,6 +39,7 @@ import anyio
 import httpx
 from anyio.abc import Process
 
+from adapters.environment import LOCALE_PREFIX, LOGIN_ENV
 from adapters.kilo.binary import find_kilo
 from adapters.pidfile import kill_stale_group, remove_pidfile, signal_group, write_pidfile
 
@@ -53,32 +54,12 @@ QUIET_ENV = {
     "KILO_TELEMETRY_LEVEL": "off",
 }
 USERNAME = "kilo"
-INHERITED_ENV = frozenset(
-    {
-        # What a shell and its tools need to work like a login session: where programs are, whose
-        # home, which shell, language/encoding, time zone, terminal type and where temp files go.
-        "PATH",
-        "HOME",
-        "USER",
-        "LOGNAME",
-        "SHELL",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "TERM",
-        "TMPDIR",
-        # Paths of extra CA certificates (a provider behind a private CA or a TLS-inspecting
-        # proxy): without them every model request fails TLS. Paths, not secrets.
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "NODE_EXTRA_CA_CERTS",
-    }
-)
+INHERITED_ENV = LOGIN_ENV | {"TERM"}  # a tool's terminal type
 """Variables Kilo inherits by name. Proxies (``HTTPS_PROXY``...) are left out on purpose: their
 URLs often carry credentials; list them in ``pass_env`` if the model is only reachable through
 one."""
 INHERITED_PREFIXES = (
-    "LC_",  # locale categories
+    LOCALE_PREFIX,
     # Kilo's own knobs, addressed to it by name (KILO_SESSION_RETRY_LIMIT, KILO_DISABLE_*...):
     # whoever sets one means it for Kilo. Like any key Kilo itself reads (KILO_API_KEY), the agent
     # can read it too. The ones this module sets below override inherited ones.

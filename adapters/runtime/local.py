@@ -58,6 +58,7 @@ from typing import BinaryIO
 import anyio
 from anyio.abc import Process, TaskGroup
 
+from adapters.environment import LOCALE_PREFIX, LOGIN_ENV
 from adapters.pidfile import (
     kill_stale_group,
     live_pid,
@@ -82,30 +83,13 @@ __all__ = ["API_KEY_ENV", "DEFAULT_COMMAND", "WRAPPER_ENV", "LocalRuntime"]
 log = logging.getLogger("fsm_agent.runtime")
 
 DEFAULT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "fsm", "serve")
-WRAPPER_ENV = frozenset(
-    {
-        # A login-like session for the wrapper and, through it, Kilo and its tools.
-        "PATH",
-        "HOME",
-        "USER",
-        "LOGNAME",
-        "SHELL",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "TMPDIR",
-        # CA bundles for a provider behind a private CA (paths, not secrets; Kilo's allow-list
-        # passes them on).
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "NODE_EXTRA_CA_CERTS",
-        # ``python -m fsm serve`` must find this venv's packages.
-        "PYTHONPATH",
-        "VIRTUAL_ENV",
-        # Which Kilo to run, when --kilo-bin does not say.
-        "FSM_AGENT_KILO_BIN",
-    }
-)
+WRAPPER_ENV = LOGIN_ENV | {
+    # ``python -m fsm serve`` must find this venv's packages.
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    # Which Kilo to run, when --kilo-bin does not say.
+    "FSM_AGENT_KILO_BIN",
+}
 """Variables of the control plane's environment a wrapper inherits by name (plus ``LC_*``)."""
 TOKEN_PIPE_MAX = 4096
 """A pipe holds at least one page with no reader, so writing the token can never block."""
@@ -428,7 +412,8 @@ class LocalRuntime:
         env = {
             name: value
             for name, value in os.environ.items()
-            if (name in wanted or name.startswith("LC_")) and name not in (TOKEN_ENV, API_KEY_ENV)
+            if (name in wanted or name.startswith(LOCALE_PREFIX))
+            and name not in (TOKEN_ENV, API_KEY_ENV)
         }
         env.update(spec.extra_env)
         # Output goes to a file: unbuffered, so a crash does not swallow the last lines.

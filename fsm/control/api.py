@@ -28,6 +28,7 @@ its own task: another session never notices.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -54,7 +55,6 @@ from fsm.control.views import (
 from fsm.httpjson import (
     ErrorBody,
     HTTPProblem,
-    check_bearer,
     decode_body,
     json_response,
     path_id,
@@ -65,7 +65,6 @@ from fsm.openapi import (
     SSE,
     TEXT,
     Answer,
-    Handler,
     Operation,
     Param,
     document,
@@ -100,24 +99,14 @@ EVENT_ID = {"type": "integer", "minimum": 0, "maximum": _MAX_EVENT_ID}
 def build_app(host: ControlHost) -> Starlette:
     ops = operations(host, host.limits)
 
-    def wrap(op: Operation) -> Handler:
-        key = host.settings.api_key
-
-        async def wrapped(request: Request) -> Response:
-            try:
-                if op.auth:
-                    check_bearer(request, key)
-                return await op.handler(request)
-            except HTTPProblem as problem:
-                return problem.response()
-
-        return wrapped
-
     async def ingest(ws: WebSocket) -> None:
         await _ingest(host, ws)
 
     return Starlette(
-        routes=[*routes(ops, wrap), WebSocketRoute("/ingest/{session_id}", ingest)],
+        routes=[
+            *routes(ops, host.settings.api_key),
+            WebSocketRoute("/ingest/{session_id}", ingest),
+        ],
         exception_handlers=ERROR_HANDLERS,
     )
 
@@ -244,8 +233,10 @@ def operations(host: ControlHost, limits: LimitValues) -> list[Operation]:
         return json_response(Health(True, len(host.sessions)))
 
     async def openapi(_request: Request) -> Response:
-        return json_response(openapi_document(limits, host))
+        return json_response(document_once())
 
+    # The document depends on the declarations and the limits only: built once, when asked.
+    document_once = functools.cache(lambda: openapi_document(limits, host))
     sid = ident("session_id", "the session's id (from POST /sessions)")
     rid = ident("request_id", "the agent's permission or question request id (from its event)")
     not_found = Answer(404, "no such session (or message)", ErrorBody)

@@ -9,6 +9,7 @@ plane's commands reach — so HTTP and ingest commands cannot behave differently
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from typing import Any, cast
@@ -18,9 +19,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fsm.httpjson import ErrorBody, HTTPProblem, check_bearer, decode_body, json_response, path_id
+from fsm.httpjson import ErrorBody, HTTPProblem, decode_body, json_response, path_id
 from fsm.limits import LimitValues, defaults
-from fsm.openapi import ERROR_HANDLERS, Answer, Handler, Operation, document, ident, routes
+from fsm.openapi import ERROR_HANDLERS, Answer, Operation, document, ident, routes
 from fsm.protocol import WRAPPER_VERSION, PermissionCommand, PromptCommand, QuestionCommand
 from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody, check_prompt
 from fsm.wrapper_core import Unavailable, UnknownMessage, WrapperCore
@@ -60,18 +61,7 @@ def build_app(
     """``agent_info`` reports the Kilo process (port, pid, health) for ``/job/status``."""
     ops = operations(core, agent_info, limits or defaults())
 
-    def wrap(op: Operation) -> Handler:
-        async def wrapped(request: Request) -> Response:
-            try:
-                if op.auth:
-                    check_bearer(request, token)
-                return await op.handler(request)
-            except HTTPProblem as problem:
-                return problem.response()
-
-        return wrapped
-
-    return Starlette(routes=routes(ops, wrap), exception_handlers=ERROR_HANDLERS)
+    return Starlette(routes=routes(ops, token), exception_handlers=ERROR_HANDLERS)
 
 
 def openapi_document(
@@ -155,8 +145,10 @@ def operations(
         return json_response(body, 200 if ready else 503)
 
     async def openapi(_request: Request) -> Response:
-        return json_response(openapi_document(limits, core, agent_info))
+        return json_response(document_once())
 
+    # The document depends on the declarations and the limits only: built once, when asked.
+    document_once = functools.cache(lambda: openapi_document(limits, core, agent_info))
     rid = ident("request_id", "the agent's request id (from its permission/question event)")
     unavailable = Answer(503, "the agent is gone for good (agent_unavailable)", ErrorBody)
     return [
