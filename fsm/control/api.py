@@ -504,6 +504,13 @@ async def _close(ws: WebSocket, code: int, reason: str) -> None:
         await ws.close(code=code, reason=_close_reason(reason))
 
 
+async def _refuse(host: ControlHost, ws: WebSocket, sid: str, code: int, reason: str) -> None:
+    """Close a socket that broke the protocol: counted, logged, and told why."""
+    host.metrics.violations[code] += 1
+    host.log.warning("ingest socket closed", session=sid, code=code, reason=reason)
+    await _close(ws, code, reason)
+
+
 class _Connection:
     """One accepted ingest socket; the session's current one once its hello is admitted."""
 
@@ -528,7 +535,6 @@ async def _ingest(host: ControlHost, ws: WebSocket) -> None:
         host.metrics.refused_connections += 1
         await _close(ws, CLOSE_TRY_LATER, "too many connections waiting for their hello")
         return
-    conn = _Connection()
     entry.pending += 1
     host.pending_total += 1
     try:
@@ -544,26 +550,19 @@ async def _ingest(host: ControlHost, ws: WebSocket) -> None:
         if first.session_id != sid:
             raise Violation(CLOSE_POLICY, "hello names another session than this socket's URL")
     except Violation as violation:
-        host.metrics.violations[violation.code] += 1
-        host.log.warning(
-            "ingest socket closed", session=sid, code=violation.code, reason=violation.reason
-        )
-        await _close(ws, violation.code, violation.reason)
-        conn.send.close()
+        await _refuse(host, ws, sid, violation.code, violation.reason)
         return
     except Disconnected:
-        conn.send.close()
         return
     finally:
         entry.pending -= 1
         host.pending_total -= 1
-    await _serve(host, entry, ws, conn, first)
+    await _serve(host, entry, ws, first)
 
 
-async def _serve(
-    host: ControlHost, entry: SessionEntry, ws: WebSocket, conn: _Connection, hello: Hello
-) -> None:
+async def _serve(host: ControlHost, entry: SessionEntry, ws: WebSocket, hello: Hello) -> None:
     sid = entry.row.id
+    conn = _Connection()
     previous = entry.conn
     entry.conn, entry.outq = conn, conn.send
     if previous is not None:
@@ -610,9 +609,7 @@ async def _serve(
                 pass
             tg.cancel_scope.cancel()
         if closed is not None:
-            host.metrics.violations[closed[0]] += 1
-            host.log.warning("ingest socket closed", session=sid, code=closed[0], reason=closed[1])
-            await _close(ws, *closed)
+            await _refuse(host, ws, sid, *closed)
     finally:
         if entry.conn is conn:
             entry.conn = None
