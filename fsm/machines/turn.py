@@ -77,7 +77,14 @@ DECLARATION = MachineDef(
             timers=(span_timer("hard_cap", "turn_hard_cap", "hard_cap", span=ACTIVE[1:]),),
             doc="received; waiting for the agent to be ready",
         ),
-        State("accepted", doc="Kilo has the prompt (prompt_async answered)"),
+        State(
+            "accepted",
+            # Kilo can answer prompt_async and never open the turn (seen after an abort raced
+            # the prompt: `session.drain.interrupted`, then idle): the no-progress window runs
+            # from the hand-over too, or the turn would wait out the hard cap.
+            timers=(state_timer("not_started", "turn_no_progress", "no_progress"),),
+            doc="Kilo has the prompt (prompt_async answered)",
+        ),
         State(
             "running",
             timers=(
@@ -120,7 +127,7 @@ DECLARATION = MachineDef(
         on("no_progress", "running", None, guard="tool_running"),
         on(
             "no_progress",
-            "running",
+            ("accepted", "running"),
             "failed",
             effects=("abort_agent_turn", "reason_no_progress"),
         ),
