@@ -148,3 +148,19 @@ def test_a_turn_lost_after_progress_fails_agent_restarted() -> None:
 def test_cancel_aborts_the_agent_turn() -> None:
     d = running()
     assert d.send("cancel") == [AbortAgentTurn("m1"), EmitOutcome("m1", "cancelled", "cancelled")]
+
+
+def test_a_prompt_kilo_took_but_never_started_fails_no_progress_not_at_the_hard_cap() -> None:
+    """Kilo answered prompt_async and then never opened the turn (an abort raced the prompt):
+    before, ``accepted`` had no timer but the 120 min cap."""
+    d = Driver(turn.SPEC, context=TurnContext(message_id="m1"))
+    d.start()
+    d.send("dispatch")
+    d.take_effects()
+    d.advance(7 * MIN - 1)
+    assert d.state == "accepted"
+    d.advance(7 * MIN)
+    assert d.state == "failed"
+    effects = d.take_effects()
+    assert any(isinstance(e, AbortAgentTurn) for e in effects)
+    assert effects[-1] == EmitOutcome("m1", "failed", "no_progress", "")
