@@ -75,6 +75,25 @@ from fsm.runner import MachineGroup
 from fsm.timers import TimerValues
 from fsm.wrapper_core import Transmit
 
+EXIT_DETAILS = {
+    "oom_killed": "the wrapper's container was killed at its memory limit (OOM)",
+    "removed": "the wrapper's container was removed",
+    "start_failed": "the wrapper could not be started",
+}
+
+
+def exit_detail(code: int | None, reason: str | None, detail: str = "") -> str:
+    """The error detail of messages a wrapper's exit fails: the runtime's reason, the code and
+    what the runtime said (a daemon's error on a failed start), cut to 1 KiB. A plain exit says
+    only its code; an exit nobody could read says nothing."""
+    words = EXIT_DETAILS.get(reason or "", "")
+    if code is not None:
+        status = f"signal {-code}" if code < 0 else f"exit code {code}"
+        words = f"{words} ({status})" if words else f"the wrapper ended with {status}"
+    if detail:
+        words = f"{words}: {detail}" if words else detail
+    return words.encode()[:1024].decode(errors="ignore")
+
 TERMINAL = ("completed", "failed", "cancelled")
 BACKSTOP_REASONS = ("no_progress", "execution_limit")
 """What the control plane's backstops (hung session, max runtime) fail a message with."""
@@ -139,6 +158,8 @@ class SessionCore:
         self._backstopped: dict[str, str] = {}
         """Accepted messages a backstop aborted, waiting for the wrapper's answer → reason."""
         self._held: list[tuple[str | None, Frame]] = []
+        self._exit_detail = ""
+        """While a wrapper exit is being handled: what the runtime said of it (``exit_detail``)."""
         """Commands (never prompts) for a disconnected wrapper, with the wrapper they were for."""
         self._log_ids = itertools.count(log_start + 1)
         self._message_ids = itertools.count(1)
@@ -273,8 +294,19 @@ class SessionCore:
             )
         self.on_action(Transmit([Ack(frame.seq)]))
 
-    def wrapper_exited(self, code: int | None) -> None:
-        self.group.send(self.machine.machine_id, Event("wrapper_exited", {"code": code}))
+    def wrapper_exited(
+        self, code: int | None, reason: str | None = None, detail: str = ""
+    ) -> None:
+        """The runtime saw the wrapper go; ``reason`` is its runtime's word for why (e.g.
+        ``oom_killed``). Messages the exit fails carry it as their error detail, so the user
+        reads *the container hit its memory limit*, not only ``agent_restarted``."""
+        self._exit_detail = exit_detail(code, reason, detail)
+        try:
+            self.group.send(
+                self.machine.machine_id, Event("wrapper_exited", {"code": code, "reason": reason})
+            )
+        finally:
+            self._exit_detail = ""
 
     # -- client commands ------------------------------------------------------------------------
 
@@ -393,7 +425,7 @@ class SessionCore:
                 # backstop's verdict stands.
                 why = backstopped.get(message.id, reason)
                 status = "cancelled" if why == "cancelled" else "failed"
-                self._set(message, status, why)
+                self._set(message, status, why, self._exit_detail if why == reason else "")
         self._queue_changed()
 
     def _set(self, message: Message, state: str, reason: str = "", error: str = "") -> None:

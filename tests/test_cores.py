@@ -254,3 +254,34 @@ def test_a_message_is_accepted_when_the_wrapper_says_kilo_has_it_and_only_then_f
     core.hello(_hello("w2"))  # a new wrapper: the accepted message is lost with the old one
     assert (message.state, message.reason) == ("failed", "agent_restarted")
     assert core.commands_after_welcome() == []  # an ended message is never sent again
+
+
+def test_a_message_lost_with_an_oom_killed_wrapper_says_so_in_its_error() -> None:
+    """What the runtime knows of an exit (a container's OOM kill, a daemon's refusal) reaches the
+    user as the failed message's error; before, such a message said only ``agent_restarted``."""
+    actions: list[Effect] = []
+    core = _session(actions)
+    core.hello(_hello("w1"))
+    message = core.send_message("hi", "m1")
+    core.frame(LifecycleFrame(1, "turn:m1", "accepted", "queued", "dispatch", 0.0))
+    core.wrapper_exited(137, "oom_killed")
+    assert (message.state, message.reason) == ("failed", "agent_restarted")
+    assert message.error == (
+        "the wrapper's container was killed at its memory limit (OOM) (exit code 137)"
+    )
+    other = _session([])
+    other.hello(_hello("w1"))
+    killed = other.send_message("hi", "m1")
+    other.frame(LifecycleFrame(1, "turn:m1", "accepted", "queued", "dispatch", 0.0))
+    other.wrapper_exited(-9)
+    assert (killed.reason, killed.error) == ("agent_restarted", "the wrapper ended with signal 9")
+
+
+def test_exit_details_are_cut_to_one_kibibyte() -> None:
+    from fsm.session_core import exit_detail
+
+    assert exit_detail(None, None) == ""
+    assert exit_detail(None, "start_failed", "no such image: x") == (
+        "the wrapper could not be started: no such image: x"
+    )
+    assert len(exit_detail(None, "start_failed", "é" * 2000).encode()) <= 1024

@@ -4,25 +4,28 @@ The session machine only says *start the wrapper* or *stop it* and learns *the w
 where the wrapper runs (a local process group, a bubblewrap or Docker sandbox, a pod) is the
 runtime's business. A new runtime implements ``RuntimePort`` and nothing above it changes.
 
-Exits are reported through one callback, ``on_exit(session_id, code)``, given when the runtime is
-built — for every exit, asked for or not. The session machine needs ``wrapper_exited`` in both
+Exits are reported through one callback, ``on_exit(session_id, code, reason)``, given when the
+runtime is built — for every exit, asked for or not. The session machine needs ``wrapper_exited`` in both
 cases: after a crash to restart, after a release to finish stopping. ``code`` is the exit status;
 negative means killed by that signal (the ``subprocess`` convention); None means the runtime could
-not learn it.
+not learn it. ``reason`` is what the runtime knows beyond the code, one of ``EXIT_REASONS``
+(a container runtime can tell an OOM kill from a crash; local processes report None).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
 from fsm.secrets_input import TOKEN_ENV as _TOKEN_ENV
 
 __all__ = [
+    "EXIT_REASONS",
     "TOKEN_ENV",
+    "ExitReason",
     "OnExit",
     "RuntimePort",
     "RuntimePortError",
@@ -38,8 +41,32 @@ pass neither a file nor a descriptor (an orchestrator given the token by ``--run
 ``LocalRuntime`` uses a pipe (``--token-fd``) instead; nothing should put the token in argv, which
 any local user can read, and the wrapper removes this variable from its environment once read."""
 
-OnExit = Callable[[str, int | None], None]
-"""``on_exit(session_id, code)``: called once per started wrapper when it has exited."""
+ExitReason = Literal["exited", "oom_killed", "killed_by_us", "removed", "start_failed"]
+"""Why a wrapper is gone, as far as its runtime can tell: it ``exited`` by itself (the code says
+how), the kernel's ``oom_killed`` it at a memory limit, it was ``killed_by_us`` (``stop``), its
+container was ``removed`` under us, or it never ran (``start_failed``)."""
+
+EXIT_REASONS: tuple[ExitReason, ...] = (
+    "exited",
+    "oom_killed",
+    "killed_by_us",
+    "removed",
+    "start_failed",
+)
+
+
+class OnExit(Protocol):
+    """``on_exit(session_id, code, reason, detail)``: called once per started wrapper when it has
+    exited. ``detail`` is the runtime's own words where it has some (a daemon's error message)."""
+
+    def __call__(
+        self,
+        session_id: str,
+        code: int | None,
+        reason: ExitReason | None = None,
+        detail: str = "",
+        /,
+    ) -> None: ...
 
 
 class WrapperSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -42,7 +42,7 @@ import uvicorn
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from adapters.runtime.base import RuntimePort, WrapperSpec
+from adapters.runtime.base import ExitReason, RuntimePort, WrapperSpec
 from adapters.runtime.external import ExternalRuntime
 from adapters.runtime.local import LocalRuntime
 from adapters.store.sqlite import (
@@ -454,7 +454,7 @@ class ControlHost:
             # No process means no exit will ever be reported: report this one, so the machine
             # spends its restart budget instead of waiting out first_connect.
             self.log.error("wrapper failed to start", session=row.id, error=str(exc))
-            self._on_wrapper_exit(row.id, None)
+            self._on_wrapper_exit(row.id, None, "start_failed", str(exc))
 
     async def _stop_wrapper(self, session_id: str) -> None:
         assert self.runtime is not None
@@ -469,17 +469,25 @@ class ControlHost:
             # connected): the stop is complete as far as this host can tell.
             entry.core.wrapper_exited(None)
 
-    def _on_wrapper_exit(self, session_id: str, code: int | None) -> None:
+    def _on_wrapper_exit(
+        self,
+        session_id: str,
+        code: int | None,
+        reason: ExitReason | None = None,
+        detail: str = "",
+    ) -> None:
         entry = self.sessions.get(session_id)
         if entry is None:
             return
         entry.exits_seen += 1
         if entry.exits_seen < entry.starts_requested:
-            self.log.info("a replaced wrapper exited", session=session_id, code=code)
+            self.log.info(
+                "a replaced wrapper exited", session=session_id, code=code, reason=reason
+            )
             return
         entry.exits_seen = entry.starts_requested
-        self.log.info("wrapper exited", session=session_id, code=code)
-        entry.core.wrapper_exited(code)
+        self.log.info("wrapper exited", session=session_id, code=code, reason=reason)
+        entry.core.wrapper_exited(code, reason, detail)
 
     def wrapper_disconnected(self, session_id: str) -> None:
         """With an external runtime the socket is all there is: a released wrapper that hangs
