@@ -5,16 +5,16 @@ where the wrapper runs (a local process group, a bubblewrap or Docker sandbox, a
 runtime's business. A new runtime implements ``RuntimePort`` and nothing above it changes.
 
 Exits are reported through one callback, ``on_exit(session_id, code, reason)``, given when the
-runtime is built — for every exit, asked for or not. The session machine needs ``wrapper_exited`` in both
-cases: after a crash to restart, after a release to finish stopping. ``code`` is the exit status;
-negative means killed by that signal (the ``subprocess`` convention); None means the runtime could
-not learn it. ``reason`` is what the runtime knows beyond the code, one of ``EXIT_REASONS``
-(a container runtime can tell an OOM kill from a crash; local processes report None).
+runtime is built — for every exit, asked for or not. The session machine needs ``wrapper_exited``
+in both cases: after a crash to restart, after a release to finish stopping. ``code`` is the exit
+status; negative means killed by that signal (the ``subprocess`` convention); None means the
+runtime could not learn it. ``reason`` is what the runtime knows beyond the code, one of
+``EXIT_REASONS`` (a container runtime can tell an OOM kill from a crash; local processes report
+None).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
 
