@@ -94,6 +94,7 @@ def exit_detail(code: int | None, reason: str | None, detail: str = "") -> str:
         words = f"{words}: {detail}" if words else detail
     return words.encode()[:1024].decode(errors="ignore")
 
+
 TERMINAL = ("completed", "failed", "cancelled")
 BACKSTOP_REASONS = ("no_progress", "execution_limit")
 """What the control plane's backstops (hung session, max runtime) fail a message with."""
@@ -294,9 +295,7 @@ class SessionCore:
             )
         self.on_action(Transmit([Ack(frame.seq)]))
 
-    def wrapper_exited(
-        self, code: int | None, reason: str | None = None, detail: str = ""
-    ) -> None:
+    def wrapper_exited(self, code: int | None, reason: str | None = None, detail: str = "") -> None:
         """The runtime saw the wrapper go; ``reason`` is its runtime's word for why (e.g.
         ``oom_killed``). Messages the exit fails carry it as their error detail, so the user
         reads *the container hit its memory limit*, not only ``agent_restarted``."""

@@ -481,9 +481,7 @@ class ControlHost:
             return
         entry.exits_seen += 1
         if entry.exits_seen < entry.starts_requested:
-            self.log.info(
-                "a replaced wrapper exited", session=session_id, code=code, reason=reason
-            )
+            self.log.info("a replaced wrapper exited", session=session_id, code=code, reason=reason)
             return
         entry.exits_seen = entry.starts_requested
         self.log.info("wrapper exited", session=session_id, code=code, reason=reason)
