@@ -54,6 +54,8 @@ class FileSettings(msgspec.Struct, forbid_unknown_fields=True):
     kilo: dict[str, Any] = {}
     control: dict[str, Any] = {}
     limits: dict[str, Any] = {}
+    runtime: dict[str, Any] = {}
+    """The control plane's container runtime (``fsm.runtime_settings``); unused by a wrapper."""
 
 
 def load_file(path: Path | None) -> tuple[FileSettings, TimerValues]:
