@@ -1,0 +1,336 @@
+"""The Docker runtime against the real daemon: containers start labelled with the token in a file
+only (never argv, never the environment), every exit is reported once through the event stream
+with its reason (exit code, OOM kill, our stop, removed under us), a restarted control plane adopts
+running containers without duplicating them, and a start the daemon refuses says why.
+
+A tiny Python stand-in for ``fsm-agent serve`` runs on the bare base image (``command`` replaces
+the entrypoint); its behaviour is picked with ``STANDIN_MODE`` (through ``extra_env``). Every
+container carries ``TEST_LABEL=<test id>`` and is removed afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from adapters.runtime.base import (
+    ExitReason,
+    RuntimePortError,
+    WrapperAlreadyRunningError,
+    WrapperSpec,
+    WrapperStartError,
+)
+from adapters.runtime.docker import LABEL_CONTROL, LABEL_SESSION, DockerRuntime
+from fsm.runtime_settings import RuntimeSettings
+from tests.docker_support import TEST_LABEL, docker_daemon, docker_image, remove_labelled
+
+__all__ = ["docker_daemon"]  # the fixture, used by name
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "tok-" + "x7" * 20
+STANDIN = r"""
+import hashlib, os, signal, sys, time
+mode = os.environ.get("STANDIN_MODE", "serve")
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+path = args["token-file"]
+with open(path) as f:
+    token = f.read().strip()
+os.unlink(path)  # as fsm.secrets_input does: single-use
+with open(os.path.join(args["workdir"], "standin.txt"), "w") as f:
+    f.write(hashlib.sha256(token.encode()).hexdigest() + "\n" + " ".join(sys.argv[1:]))
+if mode == "exit":
+    sys.exit(3)
+if mode == "oom":
+    hog = []
+    while True:
+        hog.append(bytearray(8 * 1024 * 1024))
+if mode != "ignore_term":  # PID 1 ignores SIGTERM unless it handles it
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    time.sleep(1)
+"""
+COMMAND = ["python3", "-c", STANDIN]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Exits:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int | None, ExitReason | None, str]] = []
+        self.event = anyio.Event()
+
+    def __call__(
+        self, session_id: str, code: int | None, reason: ExitReason | None = None, detail: str = ""
+    ) -> None:
+        self.calls.append((session_id, code, reason, detail))
+        self.event.set()
+
+    async def wait(self, count: int = 1, timeout: float = 20.0) -> None:
+        with anyio.fail_after(timeout):
+            while len(self.calls) < count:
+                self.event = anyio.Event()
+                await self.event.wait()
+
+
+@pytest.fixture
+def label(docker_daemon: Path) -> Iterator[str]:
+    """This test's label value; every container carrying it is removed afterwards."""
+    value = uuid.uuid4().hex[:12]
+    yield value
+    remove_labelled(docker_daemon, TEST_LABEL, value)
+
+
+def runtime(
+    tmp_path: Path,
+    socket: Path,
+    label: str,
+    exits: Exits,
+    **settings: Any,
+) -> DockerRuntime:
+    return DockerRuntime(
+        RuntimeSettings(socket=socket, network="host", **settings),
+        exits,
+        state_dir=tmp_path / "state",
+        image=docker_image(socket),
+        command=COMMAND,
+        labels={TEST_LABEL: label},
+        exit_grace=2.0,
+    )
+
+
+def spec(tmp_path: Path, session_id: str = "s1", mode: str = "serve") -> WrapperSpec:
+    workdir = tmp_path / "ws" / session_id
+    workdir.mkdir(parents=True, exist_ok=True)
+    return WrapperSpec(
+        session_id=session_id,
+        agent_session=f"agent_{session_id}",
+        user_id="u1",
+        ingest_url=f"ws://127.0.0.1:9/ingest/{session_id}",
+        token=TOKEN,
+        workdir=workdir,
+        extra_env={"STANDIN_MODE": mode},
+    )
+
+
+def inspect(socket: Path, container: str) -> dict[str, Any] | None:
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket))) as client:
+        answer = client.get(f"http://docker/v1.41/containers/{container}/json")
+    return None if answer.status_code == 404 else dict(answer.json())
+
+
+def ours(socket: Path, label: str) -> list[dict[str, Any]]:
+    filters = json.dumps({"label": [f"{TEST_LABEL}={label}"]})
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket))) as client:
+        answer = client.get(
+            "http://docker/v1.41/containers/json", params={"all": "1", "filters": filters}
+        )
+    return list(answer.json())
+
+
+async def wait_ready(workdir: Path, timeout: float = 20.0) -> str:
+    """What the stand-in wrote once it had read its token."""
+    marker = workdir / "standin.txt"
+    with anyio.fail_after(timeout):
+        while not marker.exists() or not marker.read_text().strip():
+            await anyio.sleep(0.05)
+    return marker.read_text()
+
+
+@pytest.fixture
+async def started(
+    tmp_path: Path, docker_daemon: Path, label: str
+) -> AsyncIterator[tuple[DockerRuntime, Exits]]:
+    exits = Exits()
+    async with runtime(tmp_path, docker_daemon, label, exits) as rt:
+        yield rt, exits
+
+
+async def test_started_container_is_labelled_and_its_token_is_only_in_a_consumed_file(
+    tmp_path: Path, docker_daemon: Path, label: str, started: tuple[DockerRuntime, Exits]
+) -> None:
+    rt, exits = started
+    the_spec = spec(tmp_path)
+    await rt.start(the_spec)
+    assert rt.running("s1")
+    written = await wait_ready(the_spec.workdir)
+    assert written.splitlines()[0] == hashlib.sha256(TOKEN.encode()).hexdigest()
+    assert "--token-file=/run/fsm-agent/secrets/token" in written
+    container = rt.container("s1")
+    assert container is not None
+    info = inspect(docker_daemon, container)
+    assert info is not None and info["State"]["Running"]
+    labels = info["Config"]["Labels"]
+    assert labels[LABEL_SESSION] == "s1" and labels[LABEL_CONTROL] == rt.control_plane_id
+    assert info["HostConfig"]["NetworkMode"] == "host"
+    assert TOKEN not in json.dumps(info)  # not in Env, Cmd, Args, Path, Labels, Mounts
+    # The stand-in unlinked the file it read: gone from the container and from the host.
+    assert list(rt.secrets_dir("s1").iterdir()) == []
+    with pytest.raises(WrapperAlreadyRunningError):
+        await rt.start(the_spec)
+
+    assert await rt.stop("s1", grace=5) == 0
+    assert exits.calls == [("s1", 0, "killed_by_us", "")]
+    assert not rt.running("s1")
+    assert inspect(docker_daemon, container) is None  # removed on stop
+    assert not rt.secrets_dir("s1").exists()
+    log_text = (rt.log_dir / "s1.log").read_text()
+    assert "starting container" in log_text and "exited: 0 (killed_by_us)" in log_text
+
+
+async def test_an_exit_is_reported_once_through_the_event_stream_with_its_code(
+    tmp_path: Path, docker_daemon: Path, label: str, started: tuple[DockerRuntime, Exits]
+) -> None:
+    rt, exits = started
+    await rt.start(spec(tmp_path, mode="exit"))
+    await exits.wait()
+    await anyio.sleep(0.5)  # a second report would arrive by now (die, then destroy)
+    assert exits.calls == [("s1", 3, "exited", "")]
+    assert not rt.running("s1")
+    assert ours(docker_daemon, label) == []
+    assert await rt.stop("s1", grace=1) is None  # nothing runs: nothing to report
+
+
+async def test_a_memory_limit_hit_is_reported_as_oom_killed_with_137(
+    tmp_path: Path, docker_daemon: Path, label: str
+) -> None:
+    exits = Exits()
+    async with runtime(tmp_path, docker_daemon, label, exits, memory=32 * 1024**2) as rt:
+        await rt.start(spec(tmp_path, mode="oom"))
+        await exits.wait(timeout=30)
+    [(sid, code, reason, detail)] = exits.calls
+    assert (sid, code, reason) == ("s1", 137, "oom_killed")
+    assert str(32 * 1024**2) in detail
+
+
+async def test_a_wrapper_that_ignores_sigterm_is_killed_after_the_grace(
+    tmp_path: Path, started: tuple[DockerRuntime, Exits]
+) -> None:
+    rt, exits = started
+    the_spec = spec(tmp_path, mode="ignore_term")
+    await rt.start(the_spec)
+    await wait_ready(the_spec.workdir)
+    began = anyio.current_time()
+    assert await rt.stop("s1", grace=0.5, asked=True) == 137
+    # asked: 0.5 s to leave on its own, then SIGTERM and 0.5 s more, then SIGKILL
+    assert anyio.current_time() - began >= 1.0
+    assert exits.calls == [("s1", 137, "killed_by_us", "")]
+
+
+async def test_a_container_killed_or_removed_behind_our_back_is_reported_with_that_reason(
+    tmp_path: Path, docker_daemon: Path, started: tuple[DockerRuntime, Exits]
+) -> None:
+    rt, exits = started
+    for sid in ("s1", "s2"):
+        await rt.start(spec(tmp_path, sid))
+        await wait_ready(tmp_path / "ws" / sid)
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(docker_daemon))) as client:
+        client.post(f"http://docker/v1.41/containers/{rt.container('s1')}/kill")
+        client.delete(f"http://docker/v1.41/containers/{rt.container('s2')}?force=1")
+    await exits.wait(2)
+    by_session = {sid: (code, reason) for sid, code, reason, _ in exits.calls}
+    assert by_session["s1"] == (137, "exited")  # SIGKILL from someone else: a crash
+    assert by_session["s2"][1] in ("removed", "exited")  # gone before or after we looked
+    assert len(exits.calls) == 2
+
+
+def _crash(rt: DockerRuntime) -> None:
+    """What a control plane killed with -9 does to its containers: nothing. Forget them, so that
+    leaving the runtime does not stop them."""
+    rt._boxes.clear()
+    rt._by_id.clear()
+
+
+async def test_a_restarted_control_plane_adopts_running_containers_without_duplicates(
+    tmp_path: Path, docker_daemon: Path, label: str
+) -> None:
+    first = Exits()
+    async with runtime(tmp_path, docker_daemon, label, first) as rt:
+        await rt.start(spec(tmp_path, "s1"))
+        await rt.start(spec(tmp_path, "s2"))
+        await wait_ready(tmp_path / "ws" / "s2")
+        container = rt.container("s1")
+        _crash(rt)
+    assert first.calls == []
+    assert len(ours(docker_daemon, label)) == 2
+
+    second = Exits()
+    async with runtime(tmp_path, docker_daemon, label, second) as rt:
+        pid = rt.adopt("s1")
+        assert pid is not None and pid > 0
+        assert rt.running("s1") and rt.container("s1") == container
+        assert rt.adopt("s1") is None  # already ours
+        with pytest.raises(WrapperAlreadyRunningError):
+            await rt.start(spec(tmp_path, "s1"))
+        # s2's leftover was not adopted: starting s2 replaces it, never runs two.
+        (tmp_path / "ws" / "s2" / "standin.txt").unlink()
+        await rt.start(spec(tmp_path, "s2"))
+        await wait_ready(tmp_path / "ws" / "s2")
+        sessions = sorted(c["Labels"][LABEL_SESSION] for c in ours(docker_daemon, label))
+        assert sessions == ["s1", "s2"]
+        # The adopted container's exit is heard, with its code.
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(docker_daemon))) as client:
+            client.post(f"http://docker/v1.41/containers/{container}/kill?signal=SIGTERM")
+        await second.wait()
+        assert second.calls == [("s1", 0, "exited", "")]
+        assert not rt.running("s1")
+    assert [call[:3] for call in second.calls[1:]] == [("s2", 0, "killed_by_us")]  # on leaving
+    assert ours(docker_daemon, label) == []
+
+
+async def test_a_missing_image_fails_the_start_with_the_daemons_message(
+    tmp_path: Path, docker_daemon: Path, label: str
+) -> None:
+    exits = Exits()
+    async with DockerRuntime(
+        RuntimeSettings(socket=docker_daemon),
+        exits,
+        state_dir=tmp_path / "state",
+        image="fsm-agent-test-missing:nope",
+        labels={TEST_LABEL: label},
+    ) as rt:
+        with pytest.raises(WrapperStartError, match="No such image: fsm-agent-test-missing:nope"):
+            await rt.start(spec(tmp_path))
+        assert not rt.running("s1")
+        assert not rt.secrets_dir("s1").exists()  # no token left behind
+    assert exits.calls == [] and ours(docker_daemon, label) == []
+
+
+async def test_a_missing_daemon_socket_fails_the_start_saying_so(tmp_path: Path) -> None:
+    missing = tmp_path / "no-docker.sock"
+    async with DockerRuntime(
+        RuntimeSettings(socket=missing), Exits(), state_dir=tmp_path / "state", image="any:1"
+    ) as rt:
+        assert rt.adopt("s1") is None
+        with pytest.raises(WrapperStartError, match=f"no Docker daemon: {missing} does not exist"):
+            await rt.start(spec(tmp_path))
+        assert not rt.running("s1")
+
+
+async def test_no_image_configured_is_refused_on_entry(tmp_path: Path) -> None:
+    with pytest.raises(RuntimePortError, match=r"--image or \[runtime\] image"):
+        async with DockerRuntime(RuntimeSettings(), Exits(), state_dir=tmp_path):
+            pass
+
+
+def test_the_token_never_reaches_the_create_body(tmp_path: Path) -> None:
+    rt = DockerRuntime(RuntimeSettings(), Exits(), state_dir=tmp_path, image="x:1")
+    the_spec = spec(tmp_path)
+    body = rt._create_body(the_spec, the_spec.workdir, tmp_path / "state")
+    assert TOKEN not in json.dumps(body)
+    assert (
+        os.fspath(rt.secrets_dir("s1")) + ":/run/fsm-agent/secrets:rw"
+        in body["HostConfig"]["Binds"]
+    )
