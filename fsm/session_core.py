@@ -390,7 +390,7 @@ class SessionCore:
             if not self.turn_states:
                 self.tools_running.clear()  # a tool cut off by the turn's end never says so
         message = self.messages.get(message_id)
-        if message is None or message.state != "queued" or state in ("queued", *TURN_ENDED):
+        if message is None or message.state != "queued" or state in ("queued", "held", *TURN_ENDED):
             return
         self._set(message, "accepted")
         self.group.send(self.machine.machine_id, Event("message_accepted", {"id": message.id}))

@@ -132,6 +132,7 @@ TURN_TERMINAL = frozenset(s.name for s in turn.DECLARATION.states if s.terminal)
 _REARM_STATE = {agent_link.DECLARATION.name: "streaming", turn.DECLARATION.name: "running"}
 """Where an event only re-arms a timer: the link's ``event`` while streaming, a turn's
 ``progress`` while running (``note_progress`` is idempotent)."""
+_RUN_KINDS = frozenset(("session.turn.open", "session.turn.close"))
 _REQUEST_KINDS = frozenset(
     (
         "permission.asked",
@@ -180,7 +181,16 @@ class WrapperCore:
         self._held: dict[str, tuple[StateMachine[Any], str, dict[str, Any]]] = {}
         """In a batch: the latest pure re-arm of each machine, held back."""
         self._open_turns: dict[str, StateMachine[Any]] = {}
-        """Turns not terminal yet, in the order they came (every Kilo event visits them)."""
+        """Turns not terminal yet, in the order they came."""
+        self._run: list[str] | None = None
+        """Kilo's open run (from ``session.turn.open`` to a close that is not ``superseded``):
+        the messages delivered to it, a follow-up sent while it runs included (it ends with the
+        run, acceptance 3 and 4). Kilo's events name no message, so this is what says whose
+        they are: a run's events reach its own turns only."""
+        self._joining: list[str] = []
+        """Messages handed to Kilo while no run was open: they are the next run's."""
+        self._last_run: list[str] = []
+        """The run that closed last: Kilo's ``session.error`` may follow its close."""
         self.wrapper = self._machine(wrapper.SPEC, "wrapper")
         self.ingest = self._machine(ingest_link.SPEC, "ingest_link")
         self.link: StateMachine[Any] | None = None
@@ -206,6 +216,13 @@ class WrapperCore:
             and record.machine == turn.DECLARATION.name
         ):
             self._open_turns.pop(record.machine_id, None)
+        if (
+            record.kind == "transition"
+            and record.dest == "accepted"
+            and record.machine == turn.DECLARATION.name
+        ):
+            # Handed to Kilo (dispatched, or resubmitted after a loss): its run's from now.
+            self._join(record.machine_id.split(":", 1)[1])
         if record.kind in ("start", "transition") and record.machine != "ingest_link":
             self.outbox.push(
                 lambda seq: LifecycleFrame(
@@ -303,8 +320,61 @@ class WrapperCore:
         self.group.add(machine)
         self.group.send("wrapper", Event("turn_started", {"message_id": mid}))
         if self.wrapper.state in ("ready", "running", "idle", "stale"):
-            self.group.send(machine.machine_id, Event("dispatch"))
+            self._dispatch(machine)
         return mid
+
+    def _dispatch(self, machine: StateMachine[Any]) -> None:
+        """Hand a queued turn to Kilo, unless Kilo is still closing a run none of whose turns is
+        live (every one was aborted): a prompt sent into that drain is dropped by Kilo, and the
+        run's late close would end it. It is ``held`` until that close (``turn_abort_grace``)."""
+        run = self._run
+        if run is not None and not any(self._live(mid) for mid in run):
+            self.group.send(machine.machine_id, Event("defer"))
+            return
+        self.group.send(machine.machine_id, Event("dispatch"))
+
+    def _join(self, message_id: str) -> None:
+        (self._run if self._run is not None else self._joining).append(message_id)
+
+    def _live(self, message_id: str) -> bool:
+        return f"turn:{message_id}" in self._open_turns
+
+    def _targets(self, trigger: str) -> list[StateMachine[Any]]:
+        """The turns a Kilo event is for: the open run's own; between runs, the last run's for
+        its late error, and the rest for everyone still waiting on Kilo."""
+        if self._run is not None:
+            members = set(self._run)
+            return [m for m in self.active_turns() if m.context.message_id in members]
+        if trigger == "error_reported":
+            last = set(self._last_run)
+            return [m for m in self.active_turns() if m.context.message_id in last]
+        return self.active_turns()
+
+    def _run_event(self, payload: dict[str, Any]) -> str:
+        """Track Kilo's runs; returns what the event does to them (``open``, ``close`` or "")."""
+        kind = payload.get("type")
+        if kind == "session.turn.open":
+            if self._run is None:
+                self._run, self._joining = self._joining, []
+            else:  # after a superseded close: the same run goes on with the next prompt
+                self._run.extend(self._joining)
+                self._joining = []
+            return "open"
+        if kind == "session.turn.close":
+            reason = (payload.get("properties") or {}).get("reason")
+            return "" if reason == "superseded" else "close"
+        return ""
+
+    def _run_closed(self) -> None:
+        self._last_run = self._run if self._run is not None else []
+        self._run = None
+        for machine in self.active_turns():
+            if machine.state == "held":
+                self._send(machine.machine_id, Event("drained"))
+
+    def _forget_runs(self) -> None:
+        """Kilo is gone (or restarted): none of its runs will close."""
+        self._run, self._joining, self._last_run = None, [], []
 
     def abort(self, message_id: str | None = None) -> list[str]:
         targets = [self.turn(message_id)] if message_id else self.active_turns()
@@ -365,12 +435,15 @@ class WrapperCore:
         self.outbox.push(lambda seq: EventFrame(seq=seq, generation=generation, event=payload))
         if kind in _REQUEST_KINDS:
             self._track_requests(kind, payload.get("properties") or {})
+        run_change = self._run_event(payload) if kind in _RUN_KINDS else ""
         for name, data in self.translator.triggers(payload):
-            for machine in self.active_turns():
+            for machine in self._targets(name):
                 if name == "progress" and machine.state == "running":
                     self._rearm(machine, name, data)
                 else:
                     self._send(machine.machine_id, Event(name, data))
+        if run_change == "close":
+            self._run_closed()
         if not self._batch:
             self._flush()
 
@@ -445,6 +518,7 @@ class WrapperCore:
                 if error:
                     self.group.send(machine.machine_id, Event("error_reported", {"error": error}))
                 self.group.send(machine.machine_id, Event("turn_closed", {"reason": close_reason}))
+        self._run_closed()  # Kilo is idle: whatever run was open has closed
 
     # -- the ingest socket --------------------------------------------------------------------
 
@@ -487,6 +561,7 @@ class WrapperCore:
         if isinstance(effect, OpenAgentLink):
             self._open_agent_link()
         elif isinstance(effect, NotifyTurns):
+            self._forget_runs()
             for machine in self.active_turns():
                 self.group.send(machine.machine_id, Event(effect.trigger))
         elif isinstance(effect, EmitOutcome):
@@ -496,7 +571,7 @@ class WrapperCore:
             if effect.state == "ready":
                 for machine in self.active_turns():
                     if machine.state == "queued":
-                        self.group.send(machine.machine_id, Event("dispatch"))
+                        self._dispatch(machine)
             self._flush()
         elif isinstance(effect, SendHello):
             ident = self.identity

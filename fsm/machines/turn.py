@@ -2,7 +2,10 @@
 
 Theory of operation
 -------------------
-A turn is ``queued`` until the agent can take it, ``accepted`` once Kilo has the prompt,
+A turn is ``queued`` until the agent can take it (``held`` while Kilo is still closing a turn
+that was aborted: a prompt sent into that drain is dropped by Kilo, and the aborted turn's late
+``session.turn.close interrupted`` would be taken for the new prompt's), ``accepted`` once Kilo
+has the prompt,
 ``running`` once Kilo works on it, ``waiting_user`` while Kilo waits on a permission or question,
 and ``finalizing`` between Kilo's ``session.turn.close`` and the outcome — Kilo may send the
 ``session.error`` that explains a close just *after* the close, so the outcome waits a short
@@ -64,7 +67,7 @@ class TurnContext(msgspec.Struct):
     """Kilo's last retry message: the error text of a failure Kilo gave no error for."""
 
 
-ACTIVE = ("queued", "accepted", "running", "waiting_user", "finalizing")
+ACTIVE = ("queued", "held", "accepted", "running", "waiting_user", "finalizing")
 LOST = ("accepted", "running", "waiting_user")
 
 DECLARATION = MachineDef(
@@ -76,6 +79,11 @@ DECLARATION = MachineDef(
             "queued",
             timers=(span_timer("hard_cap", "turn_hard_cap", "hard_cap", span=ACTIVE[1:]),),
             doc="received; waiting for the agent to be ready",
+        ),
+        State(
+            "held",
+            timers=(state_timer("drain_wait", "turn_abort_grace", "drained"),),
+            doc="Kilo is closing an aborted turn; the prompt waits for that close",
         ),
         State(
             "accepted",
@@ -109,6 +117,15 @@ DECLARATION = MachineDef(
     ),
     transitions=(
         on("dispatch", "queued", "accepted", effects="submit_prompt"),
+        on("defer", "queued", "held", doc="Kilo still drains an aborted turn"),
+        on(
+            "drained",
+            "held",
+            "accepted",
+            effects="submit_prompt",
+            doc="the aborted turn closed (or its close is overdue)",
+        ),
+        on("agent_lost", "held", "queued", doc="sent to the next Kilo once it is ready"),
         on("started", "accepted", "running"),
         on("progress", "accepted", "running", effects="note_progress"),
         on("progress", "running", None, effects="note_progress"),
@@ -148,7 +165,7 @@ DECLARATION = MachineDef(
         on("agent_lost", "finalizing", "failed", effects="reason_agent_error"),
         on("agent_unavailable", ACTIVE, "failed", effects="reason_agent_unavailable"),
         on("connection_lost", ACTIVE, "failed", effects="reason_connection_lost"),
-        on("cancel", "queued", "cancelled", effects="reason_cancelled"),
+        on("cancel", ("queued", "held"), "cancelled", effects="reason_cancelled"),
         on("cancel", LOST, "cancelled", effects=("abort_agent_turn", "reason_cancelled")),
         on("fault", ACTIVE, "failed", effects="reason_fault"),
     ),

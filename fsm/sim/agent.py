@@ -100,8 +100,18 @@ class Subscription:
 class TurnRun:
     """One prompt being worked on: its plan, where it is, and what it waits for."""
 
-    def __init__(self, prompt: str, plan: tuple[Segment, ...], user_id: str, asst_id: str) -> None:
+    def __init__(
+        self,
+        prompt: str,
+        plan: tuple[Segment, ...],
+        user_id: str,
+        asst_id: str,
+        messages: list[str],
+    ) -> None:
         self.prompt = prompt
+        self.messages = messages
+        """fsm-agent's message ids this run (superseded chain included) was delivered: the
+        ground truth the ``own_turn`` invariant checks outcomes against."""
         self.plan = plan
         self.index = 0
         self.user_id = user_id
@@ -126,8 +136,10 @@ class KiloProcess:
         """The wrapper's process: answers and events are read there."""
         self.subscriptions: dict[int, Subscription] = {}
         self.run: TurnRun | None = None
-        self.queue: deque[tuple[str, str]] = deque()
-        """Prompts (text, kilo session) waiting for the running turn to end."""
+        self.queue: deque[tuple[str, str, str]] = deque()
+        """Prompts (text, kilo session, message id) waiting for the running turn to end."""
+        self.draining = False
+        """Told to abort, its close not emitted yet (``abort_drain``): prompts are dropped."""
         self.requests: dict[str, str] = {}
         """Pending permission/question ids → kind (stale ones survive an abort, as measured)."""
         self.last_close: tuple[str, str] = ("completed", "")
@@ -174,10 +186,12 @@ class KiloProcess:
 
     def status(self, on_answer: Callable[[tuple[bool, str, str]], None]) -> None:
         """``GET /session/status`` then the last message: (busy, close reason, error)."""
-        self._http(lambda: (self.run is not None, *self.last_close), on_answer)
+        self._http(lambda: (self.run is not None or self.draining, *self.last_close), on_answer)
 
-    def prompt_async(self, session: str, text: str, on_error: Callable[[str], None]) -> None:
-        self._http(lambda: self._accept_prompt(session, text), None, on_error)
+    def prompt_async(
+        self, session: str, text: str, on_error: Callable[[str], None], message_id: str = ""
+    ) -> None:
+        self._http(lambda: self._accept_prompt(session, text, message_id), None, on_error)
 
     def abort(self, session: str) -> None:
         self._http(lambda: self._abort(session))
@@ -228,17 +242,20 @@ class KiloProcess:
 
     # -- prompts and turns ---------------------------------------------------------------------
 
-    def _accept_prompt(self, session: str, text: str) -> None:
+    def _accept_prompt(self, session: str, text: str, message_id: str = "") -> None:
         self.kilo.note("agent.prompt", text)
+        if self.draining:
+            self.kilo.note("agent.prompt_dropped", message_id or text)
+            return
         if self.run is not None:
-            self.queue.append((text, session))
+            self.queue.append((text, session, message_id))
             self.emit("session.queue.changed", queued=[text])
             return
-        self._open(text)
+        self._open(text, [message_id] if message_id else [])
 
-    def _open(self, text: str) -> None:
+    def _open(self, text: str, messages: list[str]) -> None:
         n = self.kilo.next_message()
-        run = TurnRun(text, self.kilo.plan_for(text), f"msg_u{n}", f"msg_a{n}")
+        run = TurnRun(text, self.kilo.plan_for(text), f"msg_u{n}", f"msg_a{n}", messages)
         self.run = run
         self.emit("message.updated", info={"id": run.user_id, "role": "user"})
         self.emit(
@@ -403,26 +420,47 @@ class KiloProcess:
         self.run = None
         self.last_close = (reason, error)
         if self.queue and reason == "completed":
-            text, _session = self.queue.popleft()
+            text, _session, message_id = self.queue.popleft()
             self.emit("session.turn.close", reason="superseded")
-            self._open(text)
+            self._open(text, [*run.messages, *([message_id] if message_id else [])])
             return
+        # A final error drops what was queued behind the run: those messages end with it.
+        self._closed(run, reason, [m for _t, _s, m in self.queue if m])
+        self.queue.clear()
         self.emit("session.turn.close", reason=reason)
+
+    def _closed(self, run: TurnRun, reason: str, queued: list[str]) -> None:
+        """Note which messages a run's final close ended (the run's, and follow-ups queued
+        behind it, which Kilo drops with it): ``agent.turn_closed`` ``<reason> <ids…>``."""
+        ids = [*run.messages, *queued]
+        self.kilo.note("agent.turn_closed", " ".join([reason, *ids]))
 
     def _abort(self, _session: str) -> None:
         self.kilo.note("agent.abort", "")
         run = self.run
-        self.queue.clear()
-        if run is None:
+        if run is None or self.draining:
+            self.queue.clear()
             return  # abort on an idle session: 200 true, no events
+        queued = [m for _t, _s, m in self.queue if m]
+        self.queue.clear()
         if run.handle is not None:
             run.handle.cancel()
+        run.handle = None
+        self.run = None
+        if self.config.abort_drain > 0:
+            self.draining = True
+            self.proc.call_later(self.config.abort_drain, lambda: self._interrupted(run, queued))
+        else:
+            self._interrupted(run, queued)
+
+    def _interrupted(self, run: TurnRun, queued: list[str]) -> None:
+        self.draining = False
         self.emit(
             "session.error", error={"name": "MessageAbortedError", "data": {"message": "Aborted"}}
         )
         self.emit("session.status", status={"type": "idle"})
-        self.run = None
         self.last_close = ("interrupted", "")
+        self._closed(run, "interrupted", queued)
         self.emit("session.turn.close", reason="interrupted")
         self.emit("session.drain.interrupted")
 

@@ -276,7 +276,7 @@ class SimWrapper:
         def failed(error: str) -> None:
             self.core.prompt_failed(command.message_id, error)
 
-        process.prompt_async(session, command.prompt, failed)
+        process.prompt_async(session, command.prompt, failed, command.message_id)
 
     def _agent_call(self, call: AgentCall) -> None:
         process = self.agent

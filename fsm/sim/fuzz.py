@@ -31,9 +31,10 @@ from fsm.sim.scenario import Action, Segment, WorldConfig
 from fsm.sim.timeline import render_text
 from fsm.sim.world import World
 
-FUZZ_WORLD = WorldConfig(jitter=0.02, loss=0.0002, reorder=0.3)
+FUZZ_WORLD = WorldConfig(jitter=0.02, loss=0.0002, reorder=0.3, abort_drain=0.3)
 """Defaults plus channel noise: 0-20 ms jitter, one frame in 5,000 lost (a broken connection),
-and three broken connections in ten still delivering their late frames to the control plane."""
+and three broken connections in ten still delivering their late frames to the control plane;
+Kilo takes 300 ms to close an aborted turn (prompts sent meanwhile are dropped, as measured)."""
 
 
 def _plan(rng: random.Random) -> tuple[Segment, ...]:
@@ -90,6 +91,10 @@ def generate(rng: random.Random, horizon: float, max_steps: int) -> list[Action]
     weights = [w for w, _ in makers]
     for _ in range(rng.randint(1, max(1, max_steps - 1))):
         steps.append(rng.choices(makers, weights)[0][1]())
+    for abort in [a for a in steps if a.do == "abort"]:
+        if rng.random() < 0.5:
+            # The race random times rarely hit: a new prompt while Kilo drains the abort.
+            steps.append(prompt(round(abort.at + rng.uniform(0.0, 0.3), 3)))
     steps.sort(key=lambda a: a.at)
     return steps
 
@@ -164,6 +169,7 @@ def schedule_toml(steps: Sequence[Action], seed: int, config: WorldConfig = FUZZ
         f'jitter = "{format_duration(config.jitter)}"',
         f"loss = {config.loss}",
         f"reorder = {config.reorder}",
+        f'abort_drain = "{format_duration(config.abort_drain)}"',
     ]
     for a in steps:
         out += ["", "[[step]]", f'at = "{format_duration(a.at)}"', f"do = {q(a.do)}"]

@@ -35,7 +35,16 @@ The user-visible truth (issue 13): what the user is told is what the agent did.
   in flight when the session's stop cancelled its queued message: nothing can call it back, and
   the wrapper's release follows it on the same ordered link;
 * ``lost`` also covers messages: an ``accepted`` message never goes back to ``queued`` or
-  disappears — nothing accepted is lost (and ``settled`` says it ends).
+  disappears — nothing accepted is lost (and ``settled`` says it ends);
+* ``own_turn`` — a message is ended only by the Kilo turn it was delivered to: a wrapper's turn
+  ``completed`` only if the fake Kilo closed ``completed`` a run the message was delivered to (a
+  follow-up queued behind a run is part of it and ends with it, acceptance 3 and 4), and
+  ``cancelled`` only if the client cancelled it or Kilo closed its run ``interrupted``. The fake
+  Kilo is the ground truth here: it notes every final close with the messages it ended
+  (``agent.turn_closed``). Kilo's closes name no message, so a wrapper that gave every close to
+  every open turn ended a prompt sent during an abort's drain with the aborted turn's late close
+  (and Kilo had dropped that prompt: it never ran). The wrapper's own verdicts (no progress,
+  limits, a lost agent) need no Kilo turn.
 """
 
 from __future__ import annotations
@@ -103,6 +112,8 @@ class Invariants:
         self._accepted_on: dict[tuple[str, str], str | None] = {}
         """(session, message) → the wrapper whose turn took it while it was unfinished."""
         self._rank: dict[tuple[str, str], int] = {}
+        self._kilo_closed: dict[tuple[str, str], set[str]] = {}
+        """(session, message) → the reasons of the fake Kilo's final closes of runs it was in."""
 
     @property
     def failed(self) -> bool:
@@ -113,7 +124,37 @@ class Invariants:
 
     # -- hooks -------------------------------------------------------------------------------------
 
+    def on_note(self, session: str, action: str, detail: str) -> None:
+        """What a fake said it did (``FakeKilo``'s ``agent.turn_closed <reason> <ids…>``)."""
+        if action == "agent.turn_closed":
+            reason, *messages = detail.split()
+            for mid in messages:
+                self._kilo_closed.setdefault((session, mid), set()).add(reason)
+
+    def _own_turn(self, session: str, who: str, record: Record) -> None:
+        mid = record.machine_id.split(":", 1)[1]
+        closes = self._kilo_closed.get((session, mid), set())
+        if record.dest == "completed" and "completed" not in closes:
+            detail = "no Kilo run it was delivered to completed"
+        elif (
+            record.dest == "cancelled"
+            and record.trigger != "cancel"
+            and ("interrupted" not in closes)
+        ):
+            detail = "nobody cancelled it and no Kilo run it was delivered to was interrupted"
+        else:
+            return
+        self._violate(
+            record.at,
+            "own_turn",
+            session,
+            f"{who}: message {mid} ended {record.dest!r} ({record.trigger}), but {detail} "
+            f"(Kilo closed its runs: {sorted(closes) or 'none'})",
+        )
+
     def on_record(self, session: str, who: str, record: Record) -> None:
+        if record.kind == "transition" and record.machine == "turn" and record.dest in TERMINAL:
+            self._own_turn(session, who, record)
         if record.kind == "start" and record.machine == "turn":
             mid = record.machine_id.split(":", 1)[1]
             ended = self._ended.get((session, mid))
@@ -222,7 +263,7 @@ class Invariants:
         self._next_seq[session] = (wrapper_id, last + 1)
         if isinstance(frame, LifecycleFrame) and frame.machine.startswith("turn:"):
             mkey = (session, frame.machine[5:])
-            if frame.state != "queued" and mkey not in self._ended:
+            if frame.state not in ("queued", "held") and mkey not in self._ended:
                 self._accepted_on.setdefault(mkey, wrapper_id)
         if isinstance(frame, OutcomeFrame):
             mkey = (session, frame.message_id)

@@ -63,6 +63,9 @@ class WorldSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     agent_stop: Duration = "300ms"
     http_latency: Duration = "20ms"
     token_interval: Duration = "1s"
+    abort_drain: Duration = "0s"
+    """How long Kilo takes to close a turn it was told to abort; a prompt that arrives meanwhile
+    is taken (204) and dropped, as seen on the real server after aborts."""
     plan: list[str] = msgspec.field(default_factory=lambda: ["text 10s"])
     """What a prompt does when its step names no plan."""
     latency: Duration = "5ms"
@@ -179,6 +182,7 @@ class WorldConfig(msgspec.Struct, frozen=True, kw_only=True):
     agent_stop: float = 0.3
     http_latency: float = 0.02
     token_interval: float = 1.0
+    abort_drain: float = 0.0
     plan: tuple[Segment, ...] = (Segment("text", 10.0),)
     latency: float = 0.005
     jitter: float = 0.0
@@ -594,6 +598,7 @@ def _compile_world(c: _Checker, w: WorldSpec) -> WorldConfig:
         agent_stop=sec("agent_stop"),
         http_latency=sec("http_latency"),
         token_interval=sec("token_interval"),
+        abort_drain=sec("abort_drain"),
         plan=c.plan(w.plan, ("world", "plan")),
         latency=sec("latency"),
         jitter=sec("jitter"),

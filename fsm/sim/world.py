@@ -150,6 +150,7 @@ class World:
 
     def note(self, sid: str, name: str, detail: str, *, kind: str = "world") -> None:
         self.actions.append(WorldAction(self.now, sid, name, detail))
+        self.invariants.on_note(sid, name, detail)
         if self.keep_timeline:
             self.lines.append(Line(self.now, sid, kind, kind, trigger=name, detail=detail))
 

@@ -114,3 +114,41 @@ equals = 0
     assert all(r.passed for r in result.results), [str(r) for r in result.results]
     # The removed verdict itself is the one violation: its timer expires and nothing takes it.
     assert {v.invariant for v in result.violations} == {"timer_owner"}
+
+
+DRAIN = SCENARIOS / "prompt_during_abort_drain.toml"
+
+
+@pytest.fixture
+def every_close_to_every_turn(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The wrapper before runs were tracked: every Kilo event, a close included, went to every
+    open turn, and a prompt was handed to Kilo even while it drained an abort."""
+    from fsm.wrapper_core import WrapperCore
+
+    monkeypatch.setattr(WrapperCore, "_targets", lambda self, _trigger: self.active_turns())
+    monkeypatch.setattr(
+        WrapperCore,
+        "_dispatch",
+        lambda self, machine: self.group.send(machine.machine_id, Event("dispatch")),
+    )
+    yield
+
+
+def test_the_drain_scenario_keeps_every_invariant() -> None:
+    result = run_scenario(load_scenario(DRAIN))
+    assert result.passed, [str(v) for v in result.violations]
+
+
+@pytest.mark.usefixtures("every_close_to_every_turn")
+def test_own_turn_catches_a_prompt_ended_by_an_aborted_turns_late_close() -> None:
+    result = run_scenario(load_scenario(DRAIN))
+    found = {v.invariant for v in result.violations}
+    assert "own_turn" in found, [str(v) for v in result.violations]
+    assert any("m2" in str(v) and "nobody cancelled it" in str(v) for v in result.violations)
+
+
+@pytest.mark.usefixtures("every_close_to_every_turn")
+def test_random_schedules_find_the_late_close_alone() -> None:
+    report = fuzz_many(300, seed=1)
+    assert report.failure is not None
+    assert report.failure.violation.invariant == "own_turn", report.render()
