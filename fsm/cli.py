@@ -40,6 +40,26 @@ ConfigOption = Annotated[
 ]
 
 
+ImageOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Wrapper image for --runtime docker (else [runtime] image, else the project's own, "
+        "built by `just image` if missing).",
+        show_default=False,
+    ),
+]
+
+
+def _check_runtime(runtime: str, image: str | None, allowed: tuple[str, ...]) -> None:
+    if runtime not in allowed:
+        choices = ", ".join(repr(r) for r in allowed)
+        typer.echo(f"error: --runtime must be one of {choices}, not {runtime!r}", err=True)
+        raise typer.Exit(2)
+    if image is not None and runtime != "docker":
+        typer.echo("error: --image is for --runtime docker", err=True)
+        raise typer.Exit(2)
+
+
 def _values(config: Path | None) -> dict[str, TimerValues]:
     try:
         values = timer_values(config)
@@ -287,15 +307,15 @@ def control_command(
     runtime: Annotated[
         str,
         typer.Option(
-            help="Who starts wrappers: 'local' (child process groups) or 'external' (someone "
-            "else, with the ingest URL and token returned when a session is created)."
+            help="Who starts wrappers: 'local' (child process groups), 'docker' (a container "
+            "per session through the Docker Engine API; [runtime] in --config) or 'external' "
+            "(someone else, with the ingest URL and token returned when a session is created)."
         ),
     ] = "local",
+    image: ImageOption = None,
 ) -> None:
     """Run the control plane: sessions, their wrappers (local runtime), SQLite, REST/SSE API."""
-    if runtime not in ("local", "external"):
-        typer.echo(f"error: --runtime must be 'local' or 'external', not {runtime!r}", err=True)
-        raise typer.Exit(2)
+    _check_runtime(runtime, image, ("local", "external", "docker"))
     from fsm.control.main import read_api_key, run_control
 
     if workspaces is not None and base_dir is not None and workspaces != base_dir:
@@ -311,6 +331,7 @@ def control_command(
             state_dir=state_dir,
             kilo_bin=kilo_bin,
             runtime=runtime,
+            image=image,
         )
     )
 
@@ -340,6 +361,14 @@ def demo_command(
         bool | None, typer.Option(help="Color the timeline (default: when stdout is a terminal).")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 90.0,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="'local' (the wrapper as a child process) or 'docker' (in a container of the "
+            "wrapper image, built first if missing)."
+        ),
+    ] = "local",
+    image: ImageOption = None,
 ) -> None:
     """Bring the whole loop up locally (control plane, wrapper, Kilo, model) and run one prompt."""
     import anyio
@@ -349,6 +378,7 @@ def demo_command(
     if bool(model_url) != bool(model_key):
         typer.echo("error: give both --model-url and --model-key, or neither", err=True)
         raise typer.Exit(2)
+    _check_runtime(runtime, image, ("local", "docker"))
     code = anyio.run(
         lambda: run_demo(
             prompt=prompt,
@@ -359,6 +389,8 @@ def demo_command(
             keep=keep,
             color=sys.stdout.isatty() if color is None else color,
             timeout=timeout,
+            runtime=runtime,
+            image=image,
         )
     )
     raise typer.Exit(code)

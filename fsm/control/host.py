@@ -43,6 +43,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from adapters.runtime.base import ExitReason, RuntimePort, WrapperSpec
+from adapters.runtime.docker import DockerRuntime
 from adapters.runtime.external import ExternalRuntime
 from adapters.runtime.local import LocalRuntime
 from adapters.store.sqlite import (
@@ -64,6 +65,7 @@ from fsm.httpjson import HTTPProblem
 from fsm.limits import LimitValues, defaults
 from fsm.logs import JsonLog, capture_asyncio, capture_stdlib
 from fsm.protocol import Ack, Frame, ReleaseCommand, Shutdown, Welcome
+from fsm.runtime_settings import RuntimeSettings
 from fsm.session_core import LogEntry, Message, SessionCore
 from fsm.tasks import start_guarded
 from fsm.timers import TimerValues
@@ -83,7 +85,9 @@ class ControlSettings:
     config: Path | None = None
     kilo_bin: str | None = None
     wrapper_command: list[str] | None = None
-    runtime: Literal["local", "external"] = "local"
+    runtime: Literal["local", "external", "docker"] = "local"
+    runtime_settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+    """``[runtime]`` (image, limits, network, volumes, socket) for ``runtime="docker"``."""
     limits: LimitValues = field(default_factory=defaults)
     state_dir: Path | None = None
     """The control plane's own files (pidfiles, wrapper logs, each wrapper's Kilo state); by
@@ -181,17 +185,25 @@ class ControlHost:
             )
         )
         try:
-            runtime_cm: LocalRuntime | ExternalRuntime = (
-                ExternalRuntime(self._on_wrapper_exit)
-                if s.runtime == "external"
-                else LocalRuntime(
+            runtime_cm: LocalRuntime | ExternalRuntime | DockerRuntime
+            if s.runtime == "external":
+                runtime_cm = ExternalRuntime(self._on_wrapper_exit)
+            elif s.runtime == "docker":
+                runtime_cm = DockerRuntime(
+                    s.runtime_settings,
+                    self._on_wrapper_exit,
+                    state_dir=s.state_dir or s.base_dir,
+                    base_dir=s.base_dir,
+                    command=s.wrapper_command,
+                )
+            else:
+                runtime_cm = LocalRuntime(
                     s.base_dir,
                     self._on_wrapper_exit,
                     command=s.wrapper_command,
                     log_dir=(s.state_dir or s.base_dir) / "logs",
                     state_dir=s.state_dir or s.base_dir,
                 )
-            )
             async with runtime_cm as runtime, anyio.create_task_group() as tg:
                 self.runtime = runtime
                 self._tg = tg
@@ -307,7 +319,7 @@ class ControlHost:
             )
         own = [self.settings.db.resolve(), (self.settings.state_dir or root).resolve()]
         if self.settings.state_dir is None:
-            own += [root / "logs", root / "pids", root / "kilo-state"]  # the runtime's, in root
+            own += [root / n for n in ("logs", "pids", "kilo-state", "secrets")]  # the runtime's
         for mine in own:
             if mine != root and (mine.is_relative_to(path) or path.is_relative_to(mine)):
                 raise HTTPProblem(

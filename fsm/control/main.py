@@ -20,6 +20,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import Literal
 
 import anyio
 
@@ -27,12 +28,18 @@ from fsm.config import ConfigError, timer_values
 from fsm.control.host import ControlHost, ControlSettings
 from fsm.limits import limit_values
 from fsm.logs import JsonLog
+from fsm.runtime_settings import RuntimeSettings, runtime_settings
 from fsm.secrets_input import API_KEY_ENV, SecretInputError, control_api_key
 from fsm.serve.settings import load_file, parse_listen, warn_if_exposed
 
 DEFAULT_STATE_DIR = Path(".fsm-agent/control")
 DEFAULT_WORKSPACES = Path(".fsm-agent/workspaces")
 DB_NAME = "control.db"
+RUNTIMES: dict[str, Literal["local", "external", "docker"]] = {
+    "local": "local",
+    "external": "external",
+    "docker": "docker",
+}
 
 
 def read_api_key(*, api_key_file: Path | None, argv_value: str | None) -> str:
@@ -88,6 +95,35 @@ def make_private_dir(path: Path) -> None:
     path.chmod(0o700)
 
 
+def docker_settings(settings: RuntimeSettings, image: str | None) -> RuntimeSettings:
+    """``[runtime]`` with the image to use, once the daemon is known to answer.
+
+    ``RuntimeError`` saying what is missing: no daemon at the socket, or no image given and none
+    could be built (``just image`` builds the project's, as ``adapters/runtime/image.py`` does
+    here when neither ``--image`` nor ``[runtime] image`` names one).
+    """
+    import msgspec
+
+    from adapters.runtime.docker_api import DockerError, check_daemon
+
+    try:
+        check_daemon(settings.socket)
+    except DockerError as exc:
+        raise RuntimeError(f"--runtime docker: {exc}") from None
+    chosen = image or settings.image
+    if not chosen:
+        from adapters.runtime.image import ensure_image
+
+        try:
+            chosen = ensure_image()
+        except Exception as exc:
+            raise RuntimeError(
+                f"--runtime docker: no image given (--image or [runtime] image) and building "
+                f"the project's failed: {exc}"
+            ) from None
+    return msgspec.structs.replace(settings, image=chosen)
+
+
 def run_control(
     *,
     listen: str,
@@ -98,8 +134,10 @@ def run_control(
     kilo_bin: str | None,
     runtime: str = "local",
     state_dir: Path | None = None,
+    image: str | None = None,
 ) -> int:
-    """``base_dir`` is where workspaces go (``--workspaces``/``--base-dir``)."""
+    """``base_dir`` is where workspaces go (``--workspaces``/``--base-dir``); ``image`` is the
+    wrapper image of ``runtime="docker"`` (else ``[runtime] image``, else the project's own)."""
     if not api_key:
         print(
             f"error: the API key (--api-key-file or {API_KEY_ENV}) must not be empty",
@@ -111,8 +149,11 @@ def run_control(
         load_file(config)  # the same file is handed to wrappers: check it here, once
         values = timer_values(config)["control"]
         limits = limit_values(config)
+        containers = runtime_settings(config)
         state, db, workspaces = layout(db=db, state_dir=state_dir, workspaces=base_dir)
-    except (ValueError, ConfigError) as exc:
+        if runtime == "docker":
+            containers = docker_settings(containers, image)
+    except (ValueError, ConfigError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -129,7 +170,12 @@ def run_control(
         base_dir=workspaces,
         config=config.resolve() if config else None,
         kilo_bin=kilo_bin,
-        runtime="external" if runtime == "external" else "local",
+        runtime="external"
+        if runtime == "external"
+        else "docker"
+        if runtime == "docker"
+        else "local",
+        runtime_settings=containers,
         limits=limits,
         # The older --db-only layout keeps the workspaces inside the db's folder: then the
         # runtime's files stay beside the workspaces, as they were.

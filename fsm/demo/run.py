@@ -27,6 +27,7 @@ from fsm.config import timer_values
 from fsm.control.host import ControlHost, ControlSettings
 from fsm.demo.scripted_model import build_app, kilo_provider_config
 from fsm.logs import JsonLog
+from fsm.runtime_settings import RuntimeSettings
 
 COLORS = {
     "transition": "\033[36m",
@@ -142,12 +143,29 @@ async def run_demo(
     keep: bool,
     color: bool,
     timeout: float,
+    runtime: str = "local",
+    image: str | None = None,
 ) -> int:
+    """``runtime="docker"`` runs the wrapper in a container of ``image`` (else the project's
+    wrapper image, built if missing) on the host's network, so it reaches the loopback model
+    and control plane as a local wrapper would."""
     root = Path(tempfile.mkdtemp(prefix="fsm-agent-demo-"))
     out = Printer(color)
     print(f"fsm-agent demo in {root}", flush=True)
     try:
-        return await _demo(root, out, prompt, model_url, model_key, model_name, kilo_bin, timeout)
+        containers = None
+        if runtime == "docker":
+            from fsm.control.main import docker_settings
+
+            try:
+                containers = docker_settings(RuntimeSettings(network="host"), image)
+            except RuntimeError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"wrappers run in containers of {containers.image}", flush=True)
+        return await _demo(
+            root, out, prompt, model_url, model_key, model_name, kilo_bin, timeout, containers
+        )
     finally:
         if keep:
             print(f"kept {root}")
@@ -164,6 +182,7 @@ async def _demo(
     model_name: str,
     kilo_bin: str | None,
     timeout: float,
+    containers: RuntimeSettings | None = None,
 ) -> int:
     workspace = _workspace(root)
     async with anyio.create_task_group() as tg:
@@ -211,6 +230,10 @@ async def _demo(
                 base_dir=root / "workspaces",
                 config=config,
                 kilo_bin=kilo_bin,
+                runtime="docker" if containers is not None else "local",
+                runtime_settings=containers or RuntimeSettings(),
+                # The container runtime's files (Kilo's state, token files) beside the database.
+                state_dir=root / "control" if containers is not None else None,
             ),
             timer_values(config)["control"],
             JsonLog(open(root / "control.log", "a")),  # noqa: SIM115 - lives as long as the demo
@@ -278,8 +301,8 @@ async def _drive(
     print(f"  wall time {time.monotonic() - out.start:.1f}s")
     if state != "completed":
         print(
-            "the prompt did not complete; see control.log and sessions/logs in the demo folder "
-            "(rerun with --keep)",
+            "the prompt did not complete; see control.log and the wrapper's log (workspaces/logs, "
+            "or control/logs with --runtime docker) in the demo folder (rerun with --keep)",
             file=sys.stderr,
         )
         return 1
