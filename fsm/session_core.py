@@ -7,7 +7,8 @@ against a fake runtime and an in-memory channel. It keeps:
 
 * the ``session`` machine (wrapper lifecycle as seen from outside: first connect, stale heartbeat,
   hung session, max runtime, idle stop, restart budget, version pinning);
-* the session's messages, each ``queued → accepted → completed | failed | cancelled`` with exactly
+* the session's messages, each ``queued → accepted → running → completed | failed | cancelled``
+  (``running`` once the wrapper's turn shows Kilo working on it) with exactly
   one terminal outcome — a late or duplicate outcome is recorded and ignored. A message is
   ``accepted`` only when the wrapper says Kilo has it (the lifecycle frame of its ``turn:<id>``
   machine leaving ``queued``), never when the prompt is merely transmitted: until then nothing
@@ -100,6 +101,13 @@ BACKSTOP_REASONS = ("no_progress", "execution_limit")
 """What the control plane's backstops (hung session, max runtime) fail a message with."""
 TURN_ENDED = TERMINAL
 """The wrapper's turn machine ends in exactly the three outcome statuses."""
+WITH_AGENT = ("accepted", "running")
+"""Message states of a prompt Kilo has: lost with its wrapper (``agent_restarted``…)."""
+UNFINISHED = ("queued", *WITH_AGENT)
+TURN_NOT_SENT = ("queued", "held")
+"""Turn states of a prompt the wrapper has not handed to Kilo yet."""
+TURN_WORKING = ("running", "waiting_user", "finalizing")
+"""Turn states in which Kilo works on the prompt (or has just closed it): the message runs."""
 CONNECTED = session.CONNECTED
 
 
@@ -390,23 +398,26 @@ class SessionCore:
             if not self.turn_states:
                 self.tools_running.clear()  # a tool cut off by the turn's end never says so
         message = self.messages.get(message_id)
-        if message is None or message.state != "queued" or state in ("queued", "held", *TURN_ENDED):
+        if message is None or state in (*TURN_NOT_SENT, *TURN_ENDED):
             return
-        self._set(message, "accepted")
-        self.group.send(self.machine.machine_id, Event("message_accepted", {"id": message.id}))
-        self._queue_changed()
+        if message.state == "queued":
+            self._set(message, "accepted")
+            self.group.send(self.machine.machine_id, Event("message_accepted", {"id": message.id}))
+            self._queue_changed()
+        if message.state == "accepted" and state in TURN_WORKING:
+            self._set(message, "running")
 
     def _outcome(self, frame: OutcomeFrame) -> None:
         self._log("outcome", msgspec.to_builtins(frame))
         message = self.messages.get(frame.message_id)
-        if message is None or message.state not in ("queued", "accepted"):
+        if message is None or message.state not in UNFINISHED:
             self.ignored_outcomes.append(frame.message_id)
             state = message.state if message else "unknown"
             self._log("ignored", {"outcome": frame.message_id, "message_state": state})
             return
         # A queued message's outcome comes from the wrapper that holds it and ended it before
         # Kilo had it (cancelled, unavailable, hard cap): the truth, and not counted as running.
-        counted = message.state == "accepted" and message.id not in self._backstopped
+        counted = message.state in WITH_AGENT and message.id not in self._backstopped
         backstop = self._backstopped.pop(message.id, None)
         if backstop is not None and frame.status == "cancelled":
             self._set(message, "failed", backstop, frame.error)
@@ -419,7 +430,7 @@ class SessionCore:
     def _fail_accepted(self, reason: str, include_queued: bool = False) -> None:
         backstopped, self._backstopped = self._backstopped, {}
         for message in self.messages.values():
-            if message.state == "accepted" or (include_queued and message.state == "queued"):
+            if message.state in WITH_AGENT or (include_queued and message.state == "queued"):
                 # A message a backstop aborted whose wrapper went without answering: the
                 # backstop's verdict stands.
                 why = backstopped.get(message.id, reason)
@@ -445,7 +456,7 @@ class SessionCore:
             # backstop's reason stands. (A client's stop still cancels at once: the client asked
             # for it, and a deleted session is gone as soon as its wrapper is.)
             for message in self.messages.values():
-                if message.state == "accepted":
+                if message.state in WITH_AGENT:
                     self._backstopped[message.id] = effect.reason
         elif isinstance(effect, FailMessages):
             final = effect.reason in ("agent_unavailable", "cancelled")

@@ -132,7 +132,7 @@ def test_hang_before_first_token_resubmits_once_then_fails() -> None:
     assert p.wrapper.wrapper.state == "stale"  # silent 15 s, the probe is out
     p.clock.advance_by(0.2)
     assert p.wrapper.wrapper.state == "restarting"  # the probe got no answer in 5 s
-    assert m.state == "accepted"  # no progress yet: kept for a resubmission
+    assert m.state == "running"  # no progress yet: kept for a resubmission
     p.clock.advance_by(1)
     assert p.wrapper.wrapper.state == "starting"
     p.wrapper.agent_ready(KS)

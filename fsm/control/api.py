@@ -83,7 +83,7 @@ from fsm.protocol import (
     nesting_depth,
 )
 from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody, check_prompt
-from fsm.session_core import LogEntry
+from fsm.session_core import UNFINISHED, LogEntry
 
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
@@ -165,9 +165,7 @@ def operations(host: ControlHost, limits: LimitValues) -> list[Operation]:
         if entry.core.machine.terminal:
             raise HTTPProblem(409, f"session is {entry.core.state}; create a new one", "session_id")
         if body.message_id is None or body.message_id not in entry.core.messages:
-            unfinished = sum(
-                m.state in ("queued", "accepted") for m in entry.core.messages.values()
-            )
+            unfinished = sum(m.state in UNFINISHED for m in entry.core.messages.values())
             if unfinished >= limits.queued_messages:
                 raise HTTPProblem(
                     429,

@@ -40,6 +40,7 @@ import msgspec
 
 from fsm.clock import TimerHandle
 from fsm.runner import TimerEntry
+from fsm.session_core import UNFINISHED
 from fsm.sim.invariants import Invariants, Violation
 from fsm.sim.scenario import Action, Segment, WorldConfig
 from fsm.sim.timeline import render_text
@@ -369,7 +370,7 @@ def _explore(
         # Only what the system itself will still do counts: a client's next prompt or a fault
         # is not a way out for a message that is already waiting.
         if not clock.choices() and any(
-            m.state in ("queued", "accepted") for m in world.controls["s1"].core.messages.values()
+            m.state in UNFINISHED for m in world.controls["s1"].core.messages.values()
         ):
             violation = Violation(world.now, "deadlock", "s1", "nothing can happen any more")
             return _report(

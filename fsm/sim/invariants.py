@@ -198,7 +198,7 @@ class Invariants:
         if entry.kind == "message":
             key = (session, str(entry.data["id"]))
             state = str(entry.data.get("state"))
-            rank = 2 if state in TERMINAL else 1 if state == "accepted" else 0
+            rank = 2 if state in TERMINAL else 1 if state in ("accepted", "running") else 0
             if rank < self._rank.get(key, 0):
                 self._violate(entry.at, "lost", session, f"message {key[1]} went back to {state}")
             if (

@@ -346,7 +346,7 @@ METRICS = (
     "stale_events_dropped",
 )
 MACHINES = ("session", "wrapper", "agent_link", "ingest_link")
-MESSAGE_STATES = ("queued", "accepted", "completed", "failed", "cancelled")
+MESSAGE_STATES = ("queued", "accepted", "running", "completed", "failed", "cancelled")
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -702,7 +702,7 @@ def _compile_expect(c: _Checker, e: ExpectSpec, i: int, sessions: set[str]) -> E
                 (*path, "machine"),
                 f"expected one of {', '.join(MACHINES)}, turn:<message id> or message:<message id>",
             )
-    if e.status is not None and e.status not in MESSAGE_STATES[2:]:
+    if e.status is not None and e.status not in MESSAGE_STATES[3:]:
         raise c.error(
             (*path, "status"), f"expected completed, failed or cancelled, got {e.status!r}"
         )

@@ -55,7 +55,7 @@ def _message_states(events: list[SseEvent], mid: str) -> list[str]:
     return [str(e.data["state"]) for e in events if e.kind == "message" and e.data["id"] == mid]
 
 
-def test_a_message_goes_queued_accepted_completed_with_kilos_events_in_order(
+def test_a_message_goes_queued_accepted_running_completed_with_kilos_events_in_order(
     tmp_path: Path, fake_llm: FakeLLM
 ) -> None:
     with running_control(tmp_path, fake_llm.provider_config(), WRAPPER_FAST) as control:
@@ -64,7 +64,7 @@ def test_a_message_goes_queued_accepted_completed_with_kilos_events_in_order(
         done = control.wait_message(sid, mid, ("completed", "failed", "cancelled"))
         assert done["state"] == "completed", done
         events = control.events(sid)
-        assert _message_states(events, mid) == ["queued", "accepted", "completed"]
+        assert _message_states(events, mid) == ["queued", "accepted", "running", "completed"]
         ids = [e.id for e in events]
         assert ids == sorted(set(ids)) and ids[0] == 1
         types = _kilo_types(events)
@@ -92,7 +92,7 @@ def test_two_sessions_run_independently_and_stopping_one_spares_the_other(
         m1 = control.send(first, "long answer MODE:slow")
         m2 = control.send(second, "long answer MODE:slow")
         for sid, mid in ((first, m1), (second, m2)):
-            control.wait_message(sid, mid, ("accepted",), timeout=60)
+            control.wait_message(sid, mid, ("accepted", "running"), timeout=60)
         wait_for(
             "the first turn to stream",
             lambda: "message.part.delta" in _kilo_types(control.events(first)),
@@ -120,7 +120,7 @@ def test_a_killed_wrapper_is_replaced_and_its_accepted_message_fails_agent_resta
     with running_control(tmp_path, fake_llm.provider_config(), WRAPPER_FAST) as control:
         sid = control.create_session()
         mid = control.send(sid, "long answer MODE:slow")
-        control.wait_message(sid, mid, ("accepted",), timeout=60)
+        control.wait_message(sid, mid, ("accepted", "running"), timeout=60)
         old = control.wrapper_pids()[sid]
         os.kill(old, signal.SIGKILL)
         failed = control.wait_message(sid, mid, ("failed", "completed", "cancelled"))
@@ -137,7 +137,7 @@ def test_a_frozen_wrapper_goes_stale_and_is_replaced(tmp_path: Path, fake_llm: F
     with running_control(tmp_path, fake_llm.provider_config(), timers) as control:
         sid = control.create_session()
         mid = control.send(sid, "long answer MODE:slow")
-        control.wait_message(sid, mid, ("accepted",), timeout=60)
+        control.wait_message(sid, mid, ("accepted", "running"), timeout=60)
         old = control.wrapper_pids()[sid]
         os.kill(old, signal.SIGSTOP)
         try:
