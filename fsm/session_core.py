@@ -293,7 +293,13 @@ class SessionCore:
         elif isinstance(frame, OutcomeFrame):
             self._outcome(frame)
         elif isinstance(frame, LifecycleFrame):
-            self._log("lifecycle", msgspec.to_builtins(frame))
+            data = msgspec.to_builtins(frame)
+            # The frame's ``at`` is the wrapper's own clock (monotonic, another process's): kept
+            # as ``wrapper_at``. Every log entry's ``at`` is this side's wall clock, so a client
+            # reads one timebase in the whole stream (it got the wrapper's uptime on lifecycle
+            # lines, epoch seconds on all others).
+            data["wrapper_at"] = data.pop("at")
+            self._log("lifecycle", data)
             if frame.machine.startswith("turn:"):
                 self._turn(frame.machine[5:], frame.state)
         elif isinstance(frame, EventsDropped):

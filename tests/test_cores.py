@@ -285,3 +285,21 @@ def test_exit_details_are_cut_to_one_kibibyte() -> None:
         "the wrapper could not be started: no such image: x"
     )
     assert len(exit_detail(None, "start_failed", "é" * 2000).encode()) <= 1024
+
+
+def test_every_log_entry_is_stamped_on_one_clock_and_the_wrappers_own_is_kept_apart() -> None:
+    """Issue 13, point 7: lifecycle lines carried the wrapper's monotonic ``at`` (its uptime)
+    over the control plane's wall-clock one, so one stream mixed two timebases."""
+    from fsm.control.api import _sse_line
+
+    log: list[LogEntry] = []
+    clock = VirtualClock(start=1_800_000_000.0)
+    core = SessionCore(clock, CONTROL_TIMERS.defaults(), "s1", lambda e: None, on_log=log.append)
+    core.start()
+    core.hello(_hello("w1"))
+    core.frame(LifecycleFrame(1, "turn:m1", "queued", trigger="start", at=12.5))
+    entry = [e for e in log if e.kind == "lifecycle"][-1]
+    assert (entry.at, entry.data["wrapper_at"]) == (1_800_000_000.0, 12.5)
+    assert "at" not in entry.data
+    line = _sse_line(entry).decode()
+    assert '"at":1800000000.0' in line and '"wrapper_at":12.5' in line

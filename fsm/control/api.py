@@ -392,7 +392,7 @@ def _event_cursor(request: Request) -> int:
 
 
 def _sse_line(entry: LogEntry) -> bytes:
-    data = msgspec.json.encode({"at": entry.at, **entry.data})
+    data = msgspec.json.encode({**entry.data, "at": entry.at})
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (entry.id, entry.kind.encode(), data)
 
 
