@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fsm.machines import agent_link, ingest_link, session, turn, wrapper
+from fsm.machines import agent_link, ingest_link, session, supervisor, turn, wrapper
 from fsm.spec import MachineSpec
 
 ALL: tuple[MachineSpec[Any], ...] = (
@@ -13,6 +13,7 @@ ALL: tuple[MachineSpec[Any], ...] = (
     ingest_link.SPEC,
     turn.SPEC,
     session.SPEC,
+    supervisor.SPEC,
 )
 
 BY_NAME: dict[str, MachineSpec[Any]] = {spec.name: spec for spec in ALL}

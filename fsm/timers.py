@@ -173,4 +173,21 @@ CONTROL_TIMERS = TimerTable(
     ),
 )
 
-TABLES = {t.side: t for t in (WRAPPER_TIMERS, CONTROL_TIMERS)}
+SUPERVISOR_TIMERS = TimerTable(
+    "supervisor",
+    (
+        # the in-container supervisor (fsm/machines/supervisor.py): restarts a crashed wrapper
+        _t("supervisor_restart_window", "10m", "window of the in-container restart budget (5)"),
+        _t("supervisor_backoff_initial", "1s", "first delay before restarting the wrapper"),
+        _t("supervisor_backoff_max", "30s", "largest delay before restarting the wrapper"),
+        _t("supervisor_stable", "1m", "a wrapper running this long was healthy: backoff resets"),
+        _t(
+            "supervisor_stop_grace",
+            "8s",
+            "forwarded SIGTERM to SIGKILL of the wrapper; above agent_stop_grace (5s), below "
+            "Docker's stop timeout (10s)",
+        ),
+    ),
+)
+
+TABLES = {t.side: t for t in (WRAPPER_TIMERS, CONTROL_TIMERS, SUPERVISOR_TIMERS)}
