@@ -18,15 +18,30 @@ Why it is done this way (all measured on Kilo 7.7.9, ``shared/kilo/README.md`` Â
 * Kilo's environment is built from an allow-list (``build_env``), never inherited: Kilo runs the
   agent's tools, so whatever it holds the agent can read (``/proc/<kilo>/environ``, ``env`` in a
   tool). The wrapper's token in particular drives its job API and ingest link.
+* Kilo may run as another user (``RunAs``; the container image's ``agent``): the wrapper then
+  starts it through ``setpriv`` with that uid and gid, supplementary groups cleared, every
+  capability cleared (inheritable and ambient, so none survives the exec) and ``no_new_privs``
+  (no setuid program elevates a tool), in the workdir. Kilo's own state (its ``XDG_*`` homes:
+  the conversation database, its config and caches) then lives in that user's home, created by
+  that user (``RunAs.kilo_home``); the pidfile, Kilo's stdout/stderr and the session record stay
+  in the wrapper's private state dir (Kilo writes its output to descriptors the wrapper opened).
+  The wrapper needs CAP_SETUID/CAP_SETGID to switch and CAP_KILL to signal Kilo's group
+  (``RunAs.missing_capabilities``); the image's supervisor grants exactly those.
+* Kilo's password is in its environment, but Kilo removes ``KILO_SERVER_PASSWORD`` (and
+  ``KILO_CONFIG_CONTENT``) from the environment of the tools it runs (measured on 7.7.9: a bash
+  tool's ``env``), and an execute-only binary (mode 0711, as the image installs it) makes Kilo's
+  process non-dumpable, so ``/proc/<kilo>/environ`` and ``mem`` are root's, not the agent's.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import random
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -67,6 +82,66 @@ INHERITED_PREFIXES = (
 )
 RESERVED_PREFIX = "FSM_AGENT_"
 """The wrapper's own variables (its token among them): never passed, even if listed."""
+
+
+CAP_KILL, CAP_SETGID, CAP_SETUID = 5, 6, 7
+NEEDED_CAPABILITIES = {CAP_SETUID: "setuid", CAP_SETGID: "setgid", CAP_KILL: "kill"}
+"""What a non-root wrapper needs to start Kilo as another user and signal its process group."""
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """Another user for Kilo and its tools (``[kilo] user``): never the wrapper's own uid."""
+
+    user: str
+    uid: int
+    gid: int
+    home: Path
+    shell: str
+
+    @classmethod
+    def lookup(cls, user: str) -> RunAs:
+        """The passwd entry of ``user``; ValueError naming it when there is none."""
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise ValueError(f"kilo user {user!r}: no such user on this machine") from None
+        return cls(user, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), entry.pw_shell)
+
+    def kilo_home(self, state_dir: Path) -> Path:
+        """Kilo's state for the wrapper whose state dir is ``state_dir``, in this user's home."""
+        return self.home / ".local" / "state" / "fsm-agent" / state_dir.name
+
+    def command(self, argv: Sequence[str], workdir: Path) -> list[str]:
+        """``argv`` run as this user in ``workdir``, with no group, capability or way back."""
+        setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+        return [
+            setpriv,
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--no-new-privs",
+            "--",
+            # chdir as the new user: the workspace may be closed to the wrapper's own.
+            "env",
+            "-C",
+            str(workdir),
+            *argv,
+        ]
+
+    def missing_capabilities(self) -> list[str]:
+        """The capabilities this process lacks to run Kilo as this user (empty as root)."""
+        if os.geteuid() == 0:
+            return []
+        try:
+            status = Path("/proc/self/status").read_text()
+        except OSError:
+            status = ""
+        found = re.search(r"^CapEff:\s*([0-9a-f]+)", status, re.M)
+        effective = int(found.group(1), 16) if found else 0
+        return [name for bit, name in NEEDED_CAPABILITIES.items() if not effective >> bit & 1]
 
 
 class KiloStartError(Exception):
@@ -128,11 +203,14 @@ def build_env(
     password: str,
     config: Mapping[str, Any],
     pass_env: Sequence[str] = (),
+    *,
+    run_as: RunAs | None = None,
 ) -> dict[str, str]:
     """Kilo's environment: the allow-listed part of ``base``, the names in ``pass_env`` (provider
     keys Kilo's config references with ``{env:NAME}``; Kilo and every tool it runs can read them),
     then what we set (``KILO_*``, ``XDG_*``). Nothing else of ``base``, and never ``FSM_AGENT_*``:
-    raises ValueError if ``pass_env`` names one.
+    raises ValueError if ``pass_env`` names one. With ``run_as`` the login variables are that
+    user's and the ``XDG_*`` homes lie in its home (created by ``start_kilo`` as that user).
     """
     reserved = [name for name in pass_env if name.upper().startswith(RESERVED_PREFIX)]
     if reserved:
@@ -151,11 +229,33 @@ def build_env(
     env["KILO_SERVER_USERNAME"] = USERNAME
     env["KILO_PARENT_PID"] = str(os.getpid())
     env["KILO_CONFIG_CONTENT"] = json.dumps(dict(config))
-    for name in ("DATA", "CONFIG", "CACHE", "STATE"):
-        path = state_dir / "xdg" / name.lower()
-        path.mkdir(parents=True, exist_ok=True)
-        env[f"XDG_{name}_HOME"] = str(path)
+    if run_as is not None:
+        env.update(HOME=str(run_as.home), USER=run_as.user, LOGNAME=run_as.user, SHELL=run_as.shell)
+    for name, path in xdg_homes(state_dir, run_as).items():
+        if run_as is None:
+            path.mkdir(parents=True, exist_ok=True)
+        env[name] = str(path)
     return env
+
+
+def xdg_homes(state_dir: Path, run_as: RunAs | None = None) -> dict[str, Path]:
+    root = state_dir if run_as is None else run_as.kilo_home(state_dir)
+    return {f"XDG_{name}_HOME": root / "xdg" / name.lower() for name in XDG_NAMES}
+
+
+XDG_NAMES = ("DATA", "CONFIG", "CACHE", "STATE")
+
+
+async def _prepare_kilo_home(run_as: RunAs, state_dir: Path) -> None:
+    """Create Kilo's ``XDG_*`` homes as its user (private to it), or raise KiloStartError."""
+    dirs = [str(path) for path in xdg_homes(state_dir, run_as).values()]
+    command = run_as.command(["mkdir", "-p", "-m", "0700", *dirs], Path("/"))
+    done = await anyio.run_process(command, check=False, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise KiloStartError(
+            f"cannot create Kilo's state as {run_as.user} (exit {done.returncode}): "
+            + done.stderr.decode(errors="replace").strip()[-400:]
+        )
 
 
 async def start_kilo(
@@ -168,17 +268,28 @@ async def start_kilo(
     rng: random.Random | None = None,
     env: Mapping[str, str] | None = None,
     pass_env: Sequence[str] = (),
+    run_as: RunAs | None = None,
 ) -> KiloServer:
     """Start Kilo in ``workdir`` and return once it answers healthy, or raise ``KiloStartError``.
 
     ``env`` (default ``os.environ``) is only where variables are picked from: Kilo gets its
-    allow-list plus ``pass_env`` (``build_env``), never the whole of it.
+    allow-list plus ``pass_env`` (``build_env``), never the whole of it. ``run_as``: Kilo's user,
+    when it is not ours.
     """
     binary = find_kilo(kilo_bin)
     # Created private: Kilo's database there holds every conversation (an existing one is kept).
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     pidfile = state_dir / "kilo.pid"
     kill_stale_group(pidfile)
+    if run_as is not None:
+        missing = run_as.missing_capabilities()
+        if missing:
+            raise KiloStartError(
+                f"kilo user {run_as.user}: this process lacks CAP_"
+                + ", CAP_".join(m.upper() for m in missing)
+                + " (run the wrapper as root, or give it those capabilities as the image does)"
+            )
+        await _prepare_kilo_home(run_as, state_dir)
     draw = rng or random.SystemRandom()
     started = time.monotonic()
     deadline = started + startup_timeout
@@ -198,6 +309,7 @@ async def start_kilo(
                 deadline,
                 os.environ if env is None else env,
                 pass_env,
+                run_as,
             )
         except PortTaken as exc:
             last = exc
@@ -216,6 +328,7 @@ async def _start_once(
     deadline: float,
     env: Mapping[str, str],
     pass_env: Sequence[str],
+    run_as: RunAs | None,
 ) -> KiloServer:
     password = secrets.token_urlsafe(24)
     logs = state_dir / "logs"
@@ -224,13 +337,14 @@ async def _start_once(
     out_path = logs / f"kilo-{stamp}-{os.getpid()}-{attempt}.out"
     err_path = logs / f"kilo-{stamp}-{os.getpid()}-{attempt}.err"
     with out_path.open("wb") as out, err_path.open("wb") as err:
+        argv = [str(binary), "serve", "--port", str(port), "--hostname", "127.0.0.1"]
         process = await anyio.open_process(
-            [str(binary), "serve", "--port", str(port), "--hostname", "127.0.0.1"],
+            argv if run_as is None else run_as.command(argv, workdir),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            cwd=workdir,
-            env=build_env(env, state_dir, password, config, pass_env),
+            cwd=workdir if run_as is None else None,
+            env=build_env(env, state_dir, password, config, pass_env, run_as=run_as),
             start_new_session=True,
         )
     write_pidfile(pidfile, process.pid)

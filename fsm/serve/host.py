@@ -325,6 +325,7 @@ class WrapperHost:
                     kilo_bin=s.kilo_bin,
                     startup_timeout=self.values["agent_startup"],
                     pass_env=s.kilo_pass_env,
+                    run_as=s.kilo_run_as,
                 )
             except Exception as exc:
                 self.log.error("Kilo did not start", error=f"{type(exc).__name__}: {exc}")

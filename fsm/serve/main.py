@@ -25,7 +25,13 @@ from fsm.config import ConfigError
 from fsm.limits import limit_values
 from fsm.logs import JsonLog
 from fsm.secrets_input import TOKEN_ENV, SecretInputError, make_undumpable, serve_token
-from fsm.serve.settings import ServeSettings, load_file, parse_listen, warn_if_exposed
+from fsm.serve.settings import (
+    ServeSettings,
+    kilo_run_as,
+    load_file,
+    parse_listen,
+    warn_if_exposed,
+)
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PATH_PART = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -139,6 +145,7 @@ def run_serve(
         file_settings, values = load_file(config)
         kilo = kilo_config(file_settings.kilo, config)
         pass_env = kilo_pass_env(file_settings.kilo, config)
+        run_as = kilo_run_as(file_settings.kilo, config)
         limits = limit_values(config)
         state = state_dir if state_dir is not None else default_state_dir(session_id)
     except (ValueError, ConfigError) as exc:
@@ -166,6 +173,7 @@ def run_serve(
         kilo_bin=kilo_bin,
         kilo_config=kilo,
         kilo_pass_env=pass_env,
+        kilo_run_as=run_as,
         outbox_frames=file_settings.outbox.get("max_frames", 1000),
         outbox_bytes=file_settings.outbox.get("max_bytes", 8 * 1024 * 1024),
         version=version,

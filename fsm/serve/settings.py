@@ -6,17 +6,21 @@ process; per-execution settings arrive with each prompt. The config file holds t
 passed verbatim as ``KILO_CONFIG_CONTENT``: providers, models, permissions), plus
 ``[kilo] pass_env = [...]``: the only variables of the wrapper's environment Kilo gets beyond its
 allow-list (``adapters/kilo/process.py``), for keys its config names with ``{env:NAME}``.
+``[kilo] user = "agent"`` (or ``FSM_AGENT_KILO_USER``, which the container image sets) runs Kilo
+and its tools as that user instead of the wrapper's own (``kilo_run_as``).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from adapters.kilo.process import RunAs
 from fsm.config import ConfigError, read_toml, timer_values
 from fsm.limits import LimitValues, defaults
 from fsm.logs import JsonLog
@@ -38,12 +42,39 @@ class ServeSettings(msgspec.Struct, kw_only=True):
     kilo_pass_env: list[str] = []
     """Names of variables handed to Kilo from our environment (``[kilo] pass_env``); the caller
     of ``start_kilo`` passes them as ``pass_env``. Kilo and every tool it runs can read them."""
+    kilo_run_as: RunAs | None = None
+    """The user Kilo and its tools run as (``[kilo] user``, else ``KILO_USER_ENV``); None: ours."""
     outbox_frames: int = 1000
     outbox_bytes: int = 8 * 1024 * 1024
     flush_bound: float = 3.0
     version: str | None = None
     wrapper_id: str | None = None
     limits: LimitValues = msgspec.field(default_factory=defaults)
+
+
+KILO_USER_ENV = "FSM_AGENT_KILO_USER"
+"""Kilo's user when the config file names none: the image sets it to ``agent``."""
+
+
+def kilo_run_as(
+    section: dict[str, Any], path: Path | None, environ: dict[str, str] | None = None
+) -> RunAs | None:
+    """``[kilo] user``, else ``FSM_AGENT_KILO_USER``, as a passwd entry; None when unset, empty or
+    our own uid (nothing to switch). ConfigError naming the key when the user does not exist."""
+    user = section.get("user")
+    where = f"{path}: kilo.user"
+    if user is None:
+        user = (os.environ if environ is None else environ).get(KILO_USER_ENV, "")
+        where = KILO_USER_ENV
+    if not isinstance(user, str):
+        raise ConfigError(f"{where} must be a user name")
+    if not user:
+        return None
+    try:
+        run_as = RunAs.lookup(user)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return None if run_as.uid == os.geteuid() else run_as
 
 
 class FileSettings(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,0 +1,86 @@
+"""Kilo as another user (``[kilo] user``): the setting, the environment and the command line.
+
+What it does inside a real container (Kilo's uid, its capabilities, what the agent can read) is
+checked in ``tests/docker/test_image.py``; these are the parts that need no second user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+
+from adapters.kilo.process import RunAs, build_env
+from fsm.config import ConfigError
+from fsm.serve.settings import KILO_USER_ENV, kilo_run_as
+
+AGENT = RunAs("agent", 10002, 10002, Path("/home/agent"), "/bin/bash")
+
+
+def test_build_env_gives_kilo_its_users_login_and_state_in_its_home(tmp_path: Path) -> None:
+    base = {"PATH": "/usr/bin", "HOME": "/home/fsm", "USER": "fsm", "FSM_AGENT_TOKEN": "t"}
+    state = tmp_path / "s1"
+    env = build_env(base, state, "pw", {}, run_as=AGENT)
+    assert (env["HOME"], env["USER"], env["LOGNAME"], env["SHELL"]) == (
+        "/home/agent",
+        "agent",
+        "agent",
+        "/bin/bash",
+    )
+    assert env["XDG_DATA_HOME"] == "/home/agent/.local/state/fsm-agent/s1/xdg/data"
+    assert "FSM_AGENT_TOKEN" not in env
+    assert not state.exists(), "Kilo's user creates its own state, not the wrapper"
+
+
+def test_the_command_switches_user_clears_groups_and_capabilities_and_changes_dir() -> None:
+    argv = AGENT.command(["/opt/kilo/bin/kilo", "serve"], Path("/workspace"))
+    assert argv[0].endswith("setpriv")
+    options = argv[1 : argv.index("--")]
+    assert options == [
+        "--reuid=10002",
+        "--regid=10002",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--no-new-privs",
+    ]
+    assert argv[argv.index("--") + 1 :] == [
+        "env",
+        "-C",
+        "/workspace",
+        "/opt/kilo/bin/kilo",
+        "serve",
+    ]
+
+
+def test_kilo_user_comes_from_the_file_then_the_environment(tmp_path: Path) -> None:
+    other = next((p for p in pwd.getpwall() if p.pw_uid != os.geteuid()), None)
+    if other is None:
+        pytest.fail("no second user in /etc/passwd")
+    path = tmp_path / "fsm.toml"
+    assert kilo_run_as({"user": other.pw_name}, path, {}) == RunAs.lookup(other.pw_name)
+    assert kilo_run_as({}, path, {KILO_USER_ENV: other.pw_name}) == RunAs.lookup(other.pw_name)
+    assert kilo_run_as({}, path, {}) is None
+    assert kilo_run_as({"user": ""}, path, {KILO_USER_ENV: other.pw_name}) is None
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert kilo_run_as({"user": me}, path, {}) is None, "our own user: nothing to switch"
+
+
+def test_an_unknown_kilo_user_is_an_error_naming_where_it_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "fsm.toml"
+    with pytest.raises(ConfigError, match=r"fsm.toml: kilo.user: kilo user 'nobody-here'"):
+        kilo_run_as({"user": "nobody-here"}, path, {})
+    with pytest.raises(ConfigError, match=f"^{KILO_USER_ENV}: kilo user 'ghost'"):
+        kilo_run_as({}, path, {KILO_USER_ENV: "ghost"})
+    with pytest.raises(ConfigError, match="must be a user name"):
+        kilo_run_as({"user": 3}, path, {})
+
+
+def test_missing_capabilities_are_named() -> None:
+    missing = AGENT.missing_capabilities()
+    if os.geteuid() == 0:
+        assert missing == []
+    else:
+        assert set(missing) <= {"setuid", "setgid", "kill"}
