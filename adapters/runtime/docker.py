@@ -101,6 +101,8 @@ TOKEN_NAME = "token"
 KILL_WAIT = 10.0
 """After SIGKILL, how long the daemon gets to report the exit before it is inspected instead."""
 RECONNECT_BACKOFF = (0.1, 5.0)
+EXIT_EVENTS = frozenset({"die", "destroy", "remove"})
+"""A container's end: ``die``, or its removal if that came first (``remove`` is Podman's name)."""
 LOG_TAIL_LINES = 2000
 LOG_TAIL_BYTES = 1024 * 1024
 
@@ -600,11 +602,9 @@ class DockerRuntime:
                 await self._api.remove(container)
 
     async def _watch_events(self) -> None:
-        filters = {
-            "type": ["container"],
-            "event": ["die", "destroy"],
-            "label": [f"{LABEL_CONTROL}={self.control_plane_id}"],
-        }
+        # Not filtered by event at the daemon: Podman matches its own names there ("died"), not
+        # Docker's; the few other events of our containers (create, start) are dropped here.
+        filters = {"type": ["container"], "label": [f"{LABEL_CONTROL}={self.control_plane_id}"]}
         since: str | None = None
         delay = RECONNECT_BACKOFF[0]
         while True:
@@ -642,7 +642,7 @@ class DockerRuntime:
                 if leftover == container:  # a leftover died before anyone adopted it
                     del self._leftovers[sid]
             return
-        if action in ("die", "destroy") and not box.finishing:
+        if action in EXIT_EVENTS and not box.finishing:
             code = (event.get("Actor") or {}).get("Attributes", {}).get("exitCode")
             assert self._tg is not None
             self._tg.start_soon(

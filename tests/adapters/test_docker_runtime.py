@@ -131,6 +131,12 @@ def inspect(socket: Path, container: str) -> dict[str, Any] | None:
     return None if answer.status_code == 404 else dict(answer.json())
 
 
+def _is_podman(socket: Path) -> bool:
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket))) as client:
+        version = client.get("http://docker/v1.41/version").json()
+    return any("Podman" in str(c.get("Name")) for c in version.get("Components") or [])
+
+
 def ours(socket: Path, label: str) -> list[dict[str, Any]]:
     filters = json.dumps({"label": [f"{TEST_LABEL}={label}"]})
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket))) as client:
@@ -211,7 +217,10 @@ async def test_a_memory_limit_hit_is_reported_as_oom_killed_with_137(
         await rt.start(spec(tmp_path, mode="oom"))
         await exits.wait(timeout=30)
     [(sid, code, reason, detail)] = exits.calls
-    assert (sid, code, reason) == ("s1", 137, "oom_killed")
+    assert (sid, code) == ("s1", 137)
+    if reason == "exited" and _is_podman(docker_daemon):
+        pytest.xfail("Podman 4.3 on cgroup v1 leaves State.OOMKilled false (and sends no oom)")
+    assert reason == "oom_killed"
     assert str(32 * 1024**2) in detail
 
 
@@ -301,7 +310,9 @@ async def test_a_missing_image_fails_the_start_with_the_daemons_message(
         image="fsm-agent-test-missing:nope",
         labels={TEST_LABEL: label},
     ) as rt:
-        with pytest.raises(WrapperStartError, match="No such image: fsm-agent-test-missing:nope"):
+        # Docker's words; Podman's say "no such image: docker.io/library/...: image not known"
+        missing = r"(?i)no such image: (docker\.io/library/)?fsm-agent-test-missing:nope"
+        with pytest.raises(WrapperStartError, match=missing):
             await rt.start(spec(tmp_path))
         assert not rt.running("s1")
         assert not rt.secrets_dir("s1").exists()  # no token left behind
