@@ -302,6 +302,10 @@ class SessionCore:
             self._log("lifecycle", data)
             if frame.machine.startswith("turn:"):
                 self._turn(frame.machine[5:], frame.state)
+            elif frame.machine == "wrapper" and frame.state == "failed":
+                # The wrapper lives on to fail every prompt agent_unavailable: the session must
+                # not show ``ready`` meanwhile (issue 13, point 6).
+                self.group.send(self.machine.machine_id, Event("agent_unavailable"))
         elif isinstance(frame, EventsDropped):
             self.events_dropped += frame.count
             self._log(

@@ -177,6 +177,12 @@ DECLARATION = MachineDef(
             effects="send_shutdown",
         ),
         on("version_mismatch", ("starting", *CONNECTED), "failed", effects="send_shutdown"),
+        on(
+            "agent_unavailable",
+            LIVE,
+            "failed",
+            doc="the wrapper spent its own Kilo restart budget: Kilo cannot run there",
+        ),
         on("connect_timeout", "starting", "restarting", consumes="wrapper_restarts"),
         on("connect_timeout", "starting", "failed"),
         on(

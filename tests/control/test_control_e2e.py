@@ -315,3 +315,25 @@ def test_bad_input_is_refused_and_writes_nothing(tmp_path: Path, fake_llm: FakeL
             line.get("message", "").startswith("wrapper refused") for line in control.log_lines()
         )
         assert "fsm_agent_refused_connections_total 1\n" in control.http.get("/metrics").text
+
+
+def test_a_wrapper_whose_kilo_cannot_start_fails_its_session_not_shows_it_ready(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    """Issue 13, point 6: with a Kilo that exits at once the wrapper spends its restart budget
+    and fails every prompt ``agent_unavailable``; the session showed ``ready`` meanwhile. Now the
+    wrapper's ``failed`` lifecycle frame fails the session (and stops the wrapper)."""
+    timers = {
+        **WRAPPER_FAST,
+        "agent_restart_backoff_initial": "100ms",
+        "agent_restart_backoff_max": "200ms",
+    }
+    extra = ["--kilo-bin", "/bin/false"]
+    with running_control(tmp_path, fake_llm.provider_config(), timers, extra_args=extra) as c:
+        sid = c.create_session()
+        mid = c.send(sid, "hello MODE:text")
+        done = c.wait_message(sid, mid, ("completed", "failed", "cancelled"), timeout=60)
+        assert (done["state"], done["reason"]) == ("failed", "agent_unavailable"), done
+        assert c.wait_state(sid, ("failed",), timeout=30) == "failed"
+        response = c.http.post(f"/sessions/{sid}/messages", json={"prompt": "again"})
+        assert response.status_code == 409, response.text
