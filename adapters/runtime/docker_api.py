@@ -54,7 +54,9 @@ def _unavailable(socket: Path, exc: Exception) -> DaemonUnavailable:
             f"no Docker daemon: {socket} does not exist (start dockerd, or point "
             "[runtime] socket at the daemon's socket)"
         )
-    return DaemonUnavailable(f"the Docker daemon at {socket} does not answer: {exc}")
+    return DaemonUnavailable(
+        f"the Docker daemon at {socket} does not answer: {str(exc) or type(exc).__name__}"
+    )
 
 
 def _error(answer: httpx.Response, what: str) -> DockerAPIError:

@@ -10,9 +10,12 @@ container carries ``TEST_LABEL=<test id>`` and is removed afterwards, whatever h
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -98,13 +101,14 @@ def runtime(
     socket: Path,
     label: str,
     exits: Exits,
+    image: str | None = None,
     **settings: Any,
 ) -> DockerRuntime:
     return DockerRuntime(
         RuntimeSettings(socket=socket, network="host", **settings),
         exits,
         state_dir=tmp_path / "state",
-        image=docker_image(socket),
+        image=image or docker_image(socket),
         command=COMMAND,
         labels={TEST_LABEL: label},
         exit_grace=2.0,
@@ -345,3 +349,77 @@ def test_the_token_never_reaches_the_create_body(tmp_path: Path) -> None:
         os.fspath(rt.secrets_dir("s1")) + ":/run/fsm-agent/secrets:rw"
         in body["HostConfig"]["Binds"]
     )
+
+
+class CuttableProxy:
+    """A unix socket in front of the daemon's whose connections can all be cut at once, and new
+    ones refused, as a daemon restart does to the runtime's event stream. Plain threads, so that
+    it runs whatever the test's event loop is doing."""
+
+    def __init__(self, path: Path, target: Path) -> None:
+        self.path, self.target = path, target
+        self.refusing = False
+        self._sockets: set[socket.socket] = set()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(path))
+        self._listener.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+    def cut(self) -> None:
+        self.refusing = True
+        for sock in list(self._sockets):  # both pumps see EOF and end
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.refusing:
+                client.close()
+                continue
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(str(self.target))
+            self._sockets |= {client, upstream}
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._sockets -= {source, sink}
+
+
+async def test_an_exit_while_the_event_stream_is_down_is_reported_once_it_is_back(
+    tmp_path: Path, docker_daemon: Path, label: str
+) -> None:
+    proxy = CuttableProxy(tmp_path / "proxy.sock", docker_daemon)
+    exits = Exits()
+    try:
+        image = docker_image(docker_daemon)
+        async with runtime(tmp_path, proxy.path, label, exits, image) as rt:
+            await rt.start(spec(tmp_path))
+            await wait_ready(tmp_path / "ws" / "s1")
+            container = rt.container("s1")
+            proxy.cut()  # the stream breaks; reopening it fails for now
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(docker_daemon))) as client:
+                client.post(f"http://docker/v1.41/containers/{container}/kill?signal=SIGTERM")
+            await anyio.sleep(1.0)
+            assert exits.calls == [] and rt.running("s1")  # nobody could tell us yet
+            proxy.refusing = False
+            await exits.wait()
+            await anyio.sleep(0.5)  # replayed events (since=) and the reconciliation agree
+            assert exits.calls == [("s1", 0, "exited", "")]
+            assert inspect(docker_daemon, str(container)) is None
+    finally:
+        proxy.close()
