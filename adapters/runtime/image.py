@@ -176,17 +176,45 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         shutil.copy2(source, dest)
 
 
+def wheel_cache() -> Path:
+    """Where the dependency wheels are kept between builds, one folder per set of pins."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fsm-agent" / "wheels"
+
+
 def build_wheels(root: Path, pins: list[str], out: Path) -> None:
-    """The project's wheel in ``out/project``, its runtime dependencies' in ``out/deps``."""
+    """The project's wheel in ``out/project``, its runtime dependencies' in ``out/deps``.
+
+    The project is built from a copy of its sources, so a stale ``build/`` left in the tree can
+    never add a deleted module to the image. The dependencies are built once per set of pins
+    and kept (``wheel_cache``): the same files each time, so Docker reuses their layer too.
+    """
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "wheel"]
-    _run([*pip, "--no-deps", "--wheel-dir", str(out / "project"), str(root)], "pip wheel (project)")
-    dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
-    constraints = out / "constraints.txt"
-    constraints.write_text("\n".join(pins) + "\n")
-    _run(
-        [*pip, "--wheel-dir", str(out / "deps"), "-c", str(constraints), *dependencies],
-        "pip wheel (dependencies)",
-    )
+    with tempfile.TemporaryDirectory(prefix="fsm-agent-src-") as tmp:
+        source = Path(tmp)
+        for path in [*source_files(root), root / "README.md"]:
+            if path.exists():
+                _link_or_copy(path, source / path.relative_to(root))
+        _run([*pip, "--no-deps", "--wheel-dir", str(out / "project"), str(source)], "pip wheel")
+    key = hashlib.sha256("\n".join([sys.version, *pins]).encode()).hexdigest()[:16]
+    cached = wheel_cache() / key
+    if not cached.is_dir():
+        dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+            "dependencies"
+        ]
+        partial = cached.with_name(key + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        constraints = partial / "constraints.txt"
+        constraints.write_text("\n".join(pins) + "\n")
+        _run(
+            [*pip, "--wheel-dir", str(partial), "-c", str(constraints), *dependencies],
+            "pip wheel (dependencies)",
+        )
+        constraints.unlink()
+        partial.rename(cached)
+    for wheel in cached.glob("*.whl"):
+        _link_or_copy(wheel, out / "deps" / wheel.name)
 
 
 def ensure_image(
@@ -230,7 +258,6 @@ def build_image(
         context = Path(tmp)
         shutil.copy2(root / "docker" / "Dockerfile", context / "Dockerfile")
         build_wheels(root, pins, context / "wheels")
-        (context / "wheels" / "constraints.txt").unlink()
         for path in kilo_files(kilo):
             _link_or_copy(path, context / "kilo" / path.relative_to(kilo.parent))
         command = [docker, "build", "--quiet", "-t", tag, "-t", LATEST]
