@@ -10,7 +10,7 @@ kilo_version := "7.7.9"
 default:
     @just --list
 
-# Install the project (editable), its dev tools, the pinned Kilo server and Graphviz where possible.
+# Install the project (editable), its dev tools, the pinned Kilo, Graphviz, Docker and the images where possible.
 setup:
     test -x {{py}} || python3 -m venv {{venv}}
     {{py}} -m pip install -q --disable-pip-version-check -e '.[dev]'
@@ -18,6 +18,13 @@ setup:
     test -x .kilo/node_modules/@kilocode/cli-linux-x64/bin/kilo || npm install --silent --no-audit --no-fund --prefix .kilo @kilocode/cli-linux-x64@{{kilo_version}}
     # Graphviz renders the SVG diagrams; without it `fsm-agent graph` still writes the other formats.
     command -v dot >/dev/null || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) || echo "note: Graphviz 'dot' not installed; SVG diagrams will be skipped"; }
+    # Containers: docker.io, mmdebstrap, tini (root + apt), dockerd if none answers, the images
+    # (rebuilt only when their content hash changed); else one line saying why the tests skip.
+    bash docker/setup.sh {{py}}
+
+# Build the base and wrapper images if their content changed; prints the wrapper image's tag.
+image:
+    {{py}} -m adapters.runtime.image
 
 # The main job: the demo (control plane + wrapper + real Kilo + a scripted model, one prompt).
 run: setup
