@@ -121,6 +121,14 @@ class _Container:
     code: int | None = None
 
 
+def _valid_session_id(session_id: str) -> bool:
+    try:
+        _check_session_id(session_id)
+    except WrapperStartError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class _Owners:
     """uid, gid of each mount's host side; None: leave it ours."""
@@ -403,29 +411,55 @@ class DockerRuntime:
             args.append(f"--version={spec.version}")
         return args
 
-    def _config_binds(self, config: Path | None) -> list[str]:
-        """The config file read-only at ``CONFIG_PATH``, and the Kilo configuration file it
-        names (``[kilo] config_file``) where the wrapper will look for it."""
-        if config is None:
-            return []
-        config = config.resolve()
-        binds = [f"{config}:{CONFIG_PATH}:ro"]
+    def config_dir(self, session_id: str) -> Path:
+        return (self.state_dir / "config" / session_id).resolve()
+
+    def _kilo_config_file(self, config: Path) -> str | None:
+        """``[kilo] config_file`` of the config, if it names one."""
         try:
             kilo = read_toml(config).get("kilo", {})
         except ConfigError:
-            return binds  # the wrapper reads the same file and says what is wrong
+            return None  # the wrapper reads the same file and says what is wrong
         name = kilo.get("config_file") if isinstance(kilo, dict) else None
-        if isinstance(name, str):
-            inside = PurePosixPath(name)
-            if inside.is_absolute():
-                binds.append(f"{name}:{name}:ro")
-            elif ".." in inside.parts:
+        return name if isinstance(name, str) else None
+
+    def _copy_config(self, spec: WrapperSpec, owner: tuple[int, int] | None) -> None:
+        """The config file, and the Kilo configuration file it names relative to itself, copied
+        (0600, the wrapper's) into the session's folder that is mounted read-only at
+        ``CONFIG_DIR``: the operator's file may be 0600 root's, which the wrapper's uid could not
+        read through a bind mount, and each container keeps the config it started with."""
+        folder = self.config_dir(spec.session_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        if spec.config is None:
+            return
+        config = spec.config.resolve()
+        copies = [(config, folder / "config.toml")]
+        name = self._kilo_config_file(config)
+        if name is not None and not PurePosixPath(name).is_absolute():
+            if ".." in PurePosixPath(name).parts:
                 raise WrapperStartError(
                     f"{config}: kilo.config_file {name!r} climbs out of the config's folder; "
-                    "the docker runtime mounts it beside the config: give a path inside it"
+                    "the docker runtime copies it beside the config: give a path inside it"
                 )
-            else:
-                binds.append(f"{config.parent / name}:{CONFIG_DIR}/{inside}:ro")
+            copies.append((config.parent / name, folder / name))
+        folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700)
+        for source, target in copies:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+        for path in [folder, *(p for p in folder.rglob("*"))]:
+            _chown(owner, path)
+
+    def _config_binds(self, config: Path | None, session_id: str) -> list[str]:
+        """The session's copy of the config read-only at ``CONFIG_DIR``, and a Kilo
+        configuration file it names by an absolute path, read-only at that path."""
+        if config is None:
+            return []
+        binds = [f"{self.config_dir(session_id)}:{CONFIG_DIR}:ro"]
+        name = self._kilo_config_file(config.resolve())
+        if name is not None and PurePosixPath(name).is_absolute():
+            binds.append(f"{name}:{name}:ro")
         return binds
 
     def _owners(self, image: dict[str, Any] | None) -> _Owners:
@@ -479,11 +513,15 @@ class DockerRuntime:
             _chown(owners.token, secrets, token)
             _chown(owners.state, state)
             _chown_tree(owners.workspace, workdir)
+            self._copy_config(spec, owners.state)
         except OSError as exc:
-            shutil.rmtree(secrets, ignore_errors=True)
+            self._forget_files(sid)
             raise WrapperStartError(
                 f"session {sid!r}: cannot prepare the container's files: {exc}"
             ) from exc
+        except BaseException:
+            self._forget_files(sid)
+            raise
         return workdir.resolve(), state
 
     def _environment(self, spec: WrapperSpec) -> list[str]:
@@ -504,7 +542,7 @@ class DockerRuntime:
             f"{workdir}:{WORKSPACE_PATH}:rw",
             f"{state}:{STATE_PATH}:rw",
             f"{self.secrets_dir(spec.session_id)}:{SECRETS_PATH}:rw",
-            *self._config_binds(spec.config),
+            *self._config_binds(spec.config, spec.session_id),
             *s.volumes,
         ]
         body: dict[str, Any] = {
@@ -537,6 +575,9 @@ class DockerRuntime:
         ):
             if item["Id"] in self._by_id:
                 continue
+            await self._keep_output(
+                _Container(sid, item["Id"], "", self._log_path(sid))
+            )  # sid: ours
             await self._api.remove(item["Id"])
             log.warning(
                 "removed a leftover container of session %s nobody adopted: %s (%s)",
@@ -560,7 +601,7 @@ class DockerRuntime:
         try:
             container = await self._api.create(name, body)
         except BaseException:
-            shutil.rmtree(self.secrets_dir(sid), ignore_errors=True)
+            self._forget_files(sid)
             raise
         box = _Container(sid, container, name, log_path)
         self._track(box)  # before start: its die event must find it
@@ -568,7 +609,7 @@ class DockerRuntime:
             await self._api.start(container)
         except BaseException:
             self._untrack(box)
-            shutil.rmtree(self.secrets_dir(sid), ignore_errors=True)
+            self._forget_files(sid)
             try:
                 await self._api.remove(container)
             except DockerError as exc:
@@ -599,6 +640,8 @@ class DockerRuntime:
             if state.get("Running") and sid and sid not in self._leftovers:
                 self._leftovers[sid] = (container, int(state.get("Pid") or 0))
             else:  # exited (or a duplicate): nobody will run it again
+                if _valid_session_id(sid):
+                    await self._keep_output(_Container(sid, container, "", self._log_path(sid)))
                 await self._api.remove(container)
 
     async def _watch_events(self) -> None:
@@ -691,7 +734,7 @@ class DockerRuntime:
                 await self._api.remove(box.id)
             except DockerError as exc:
                 log.error("cannot remove the container of session %s: %s", box.session_id, exc)
-            shutil.rmtree(self.secrets_dir(box.session_id), ignore_errors=True)
+            self._forget_files(box.session_id)
             self._untrack(box)
             box.code = code
             self._log_line(box.log_path, f"container {box.id[:12]} exited: {code} ({reason})")
@@ -728,6 +771,11 @@ class DockerRuntime:
             limit = (info.get("HostConfig") or {}).get("Memory")
             return code, "oom_killed", detail or f"out of memory at its limit of {limit} bytes"
         return code, "killed_by_us" if box.stopping else "exited", detail
+
+    def _forget_files(self, session_id: str) -> None:
+        """What only one container needed: its token (if never read) and its config copy."""
+        shutil.rmtree(self.secrets_dir(session_id), ignore_errors=True)
+        shutil.rmtree(self.config_dir(session_id), ignore_errors=True)
 
     async def _keep_output(self, box: _Container) -> None:
         try:

@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import httpx
+import msgspec
 import pytest
 
 from adapters.runtime.base import (
@@ -51,6 +52,10 @@ with open(path) as f:
 os.unlink(path)  # as fsm.secrets_input does: single-use
 with open(os.path.join(args["workdir"], "standin.txt"), "w") as f:
     f.write(hashlib.sha256(token.encode()).hexdigest() + "\n" + " ".join(sys.argv[1:]))
+if "config" in args:  # what the wrapper would read: the config and the Kilo file it names
+    folder = os.path.dirname(args["config"])
+    with open(os.path.join(args["workdir"], "config.txt"), "w") as f:
+        f.write(open(args["config"]).read() + open(os.path.join(folder, "kilo.json")).read())
 if mode == "exit":
     sys.exit(3)
 if mode == "oom":
@@ -423,3 +428,29 @@ async def test_an_exit_while_the_event_stream_is_down_is_reported_once_it_is_bac
             assert inspect(docker_daemon, str(container)) is None
     finally:
         proxy.close()
+
+
+async def test_the_config_reaches_the_container_as_a_private_copy_even_if_ours_is_0600(
+    tmp_path: Path, started: tuple[DockerRuntime, Exits]
+) -> None:
+    rt, _ = started
+    config = tmp_path / "etc" / "fsm-agent.toml"
+    config.parent.mkdir()
+    config.write_text('[kilo]\nconfig_file = "kilo.json"\n')
+    (tmp_path / "etc" / "kilo.json").write_text('{"model": "demo/x"}')
+    for path in (config, tmp_path / "etc" / "kilo.json"):
+        path.chmod(0o600)
+    the_spec = msgspec.structs.replace(spec(tmp_path), config=config)
+    await rt.start(the_spec)
+    await wait_ready(the_spec.workdir)
+    with anyio.fail_after(10):
+        while not (the_spec.workdir / "config.txt").exists():
+            await anyio.sleep(0.05)
+    assert "--config=/etc/fsm-agent/config.toml" in (the_spec.workdir / "standin.txt").read_text()
+    seen = (the_spec.workdir / "config.txt").read_text()
+    assert 'config_file = "kilo.json"' in seen and '"model": "demo/x"' in seen
+    copy = rt.config_dir("s1")
+    assert copy.stat().st_mode & 0o777 == 0o700
+    assert (copy / "config.toml").stat().st_mode & 0o777 == 0o600
+    await rt.stop("s1", grace=5)
+    assert not copy.exists()
