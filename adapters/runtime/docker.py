@@ -7,7 +7,8 @@ the session id and this control plane's id (``LABEL_SESSION``, ``LABEL_CONTROL``
 ``fsm-agent-<control>-<session>`` so the daemon itself refuses a second one, with the
 ``[runtime]`` limits (memory with no extra swap, CPUs, pids), the network mode, the session's
 workspace at ``/workspace``, Kilo's state (kept across containers, so a replaced wrapper resumes
-the conversation) and the control plane's config file read-only. Its command is the ``fsm-agent
+the conversation) and a private copy of the control plane's config file (with the Kilo file it
+names) read-only at ``/etc/fsm-agent``. Its command is the ``fsm-agent
 serve`` arguments; the image's entrypoint (tini → supervisor → ``fsm-agent serve``) runs them.
 
 **The token** is in neither argv nor the container's environment (``docker inspect`` shows both to
