@@ -182,6 +182,24 @@ def wheel_cache() -> Path:
     return Path(base) / "fsm-agent" / "wheels"
 
 
+KILO_MODE = 0o711
+"""Execute-only: a process running a binary it cannot read is not dumpable, so Kilo's
+``/proc/<pid>/environ`` (its password) and ``mem`` are root's, not its own user's."""
+
+
+def _stage_kilo_file(source: Path, dest: Path, binary: Path) -> None:
+    """Into the build context with the modes the image needs, so ``COPY`` sets them and no
+    later ``chmod`` layer duplicates the 230 MB (a hard link would share the host's inode)."""
+    mode = source.stat().st_mode & 0o7777
+    wanted = KILO_MODE if source == binary else mode & ~0o022
+    if wanted == mode:
+        _link_or_copy(source, dest)
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, dest)
+    dest.chmod(wanted)
+
+
 def build_wheels(root: Path, pins: list[str], out: Path) -> None:
     """The project's wheel in ``out/project``, its runtime dependencies' in ``out/deps``.
 
@@ -259,7 +277,7 @@ def build_image(
         shutil.copy2(root / "docker" / "Dockerfile", context / "Dockerfile")
         build_wheels(root, pins, context / "wheels")
         for path in kilo_files(kilo):
-            _link_or_copy(path, context / "kilo" / path.relative_to(kilo.parent))
+            _stage_kilo_file(path, context / "kilo" / path.relative_to(kilo.parent), kilo)
         command = [docker, "build", "--quiet", "-t", tag, "-t", LATEST]
         for key, value in {"BASE": base, "CONTENT_HASH": digest, **args}.items():
             command += ["--build-arg", f"{key}={value}"]
