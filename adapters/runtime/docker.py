@@ -40,6 +40,14 @@ directory), so none can exit unseen in between; ``adopt(session)`` (synchronous,
 requires) takes a running one from that list. Exited leftovers are removed at once, and
 ``start`` kills and removes a session's leftover nobody adopted rather than run two wrappers.
 
+**Podman** (``podman system service``, ``[runtime] socket``) runs the same code, measured with
+4.3.1 here: its event filter knows only its own names (``died``), so the stream is filtered by
+label alone and the exit events are picked here (``remove`` is its ``destroy``); it reports no
+OOM kill on cgroup v1 (``OOMKilled`` stays false: ``exited`` with 137); its error words differ
+(``no such image: docker.io/library/x: image not known``); and it sets its own default ulimits
+(nofile, nproc) instead of inheriting the engine's, which fails every start where the host's hard
+limits are lower until ``default_ulimits`` in ``containers.conf`` lowers them.
+
 ``stop`` mirrors the local runtime: with ``asked`` the wrapper gets ``grace`` to leave on its own,
 then SIGTERM (to tini, which forwards it), SIGKILL after ``grace``, and it returns after
 ``on_exit``. Leaving the ``async with`` stops every container.
