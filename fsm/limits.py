@@ -62,6 +62,14 @@ SETTINGS: tuple[LimitSetting, ...] = (
     ),
     _l("body_bytes", 1 * MiB, "bytes", "both", "largest HTTP request body, enforced while read"),
     _l("prompt_chars", 256 * KiB, "chars", "both", "longest prompt"),
+    _l("attachments", 8, "count", "both", "files sent with one prompt"),
+    _l(
+        "attachment_chars",
+        384 * KiB,
+        "chars",
+        "both",
+        "the data: URLs of one prompt's files together (they travel in one ingest frame)",
+    ),
     # the control plane's state
     _l("sessions", 20_000, "count", "control", "live sessions on one control plane"),
     _l("queued_messages", 100, "count", "control", "messages of one session not yet finished"),

@@ -123,14 +123,44 @@ class Ack(Frame, frozen=True, tag="ack"):
     seq: Seq
 
 
+MimeType = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[a-z0-9][a-z0-9.+-]{0,62}/[a-z0-9][a-z0-9.+-]{0,62}$(?!\n)",
+        description="type/subtype, lower case, e.g. text/plain",
+    ),
+]
+DataUrl = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^data:",
+        max_length=1024 * 1024,
+        description="data:<mime>;base64,<content>; all of a message's together within "
+        "limits.attachment_chars",
+    ),
+]
+
+
+class FilePart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A file sent with a prompt (acceptance 6): handed to Kilo as a ``file`` part, so the
+    model reads it. Only ``data:`` URLs: a path or URL would make the wrapper, or Kilo, read
+    whatever a client names."""
+
+    mime: MimeType
+    url: DataUrl
+    filename: Name | None = None
+
+
 class PromptCommand(Frame, frozen=True, tag="prompt"):
     message_id: Ident
     prompt: str
-    """Bounded by the sender (``limits.prompt_chars``) and by the frame size."""
+    """Bounded by the sender (``limits.prompt_chars``) and by the frame size. A prompt that is a
+    slash command (``/compact``, ``/init …``) is run as one (``fsm.slash``)."""
     model: Short | None = None
     variant: Short | None = None
     agent: Short | None = None
     auto_commit: bool = False
+    files: Annotated[tuple[FilePart, ...], msgspec.Meta(max_length=64)] = ()
 
 
 class AbortCommand(Frame, frozen=True, tag="abort"):

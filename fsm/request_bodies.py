@@ -12,13 +12,15 @@ operator may want to move it, and is checked by ``check_prompt``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated, Literal
 
 import msgspec
 
 from fsm.httpjson import HTTPProblem
 from fsm.limits import LimitValues
-from fsm.protocol import Answers, Ident, Short, Text
+from fsm.protocol import Answers, FilePart, Ident, Short, Text
 
 Model = Annotated[
     str,
@@ -40,6 +42,9 @@ class PromptBody(msgspec.Struct, forbid_unknown_fields=True):
     auto_commit: bool = False
     message_id: Ident | None = None
     """Idempotency key: the same id again returns the message already sent."""
+    files: list[FilePart] | None = None
+    """Files for the model to read, as ``data:`` URLs (``limits.attachments``,
+    ``limits.attachment_chars``)."""
 
 
 class AbortBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,8 +61,43 @@ class QuestionBody(msgspec.Struct, forbid_unknown_fields=True):
     reject: bool = False
 
 
+def check_files(files: list[FilePart] | None, limits: LimitValues) -> None:
+    """Each file a ``data:`` URL whose media type is the part's and whose base64 decodes; their
+    number and size within the configured bounds. A 400 names the file."""
+    if not files:
+        return
+    if len(files) > limits.attachments:
+        raise HTTPProblem(
+            400,
+            f"{len(files)} files; the limit is {limits.attachments} (limits.attachments)",
+            "files",
+        )
+    total = sum(len(f.url) for f in files)
+    if total > limits.attachment_chars:
+        raise HTTPProblem(
+            400,
+            f"the files' data URLs are {total} characters; the limit is "
+            f"{limits.attachment_chars} (limits.attachment_chars)",
+            "files",
+        )
+    for i, part in enumerate(files):
+        head, comma, data = part.url.partition(",")
+        if not comma or head != f"data:{part.mime};base64":
+            raise HTTPProblem(
+                400, f"files[{i}].url must be data:{part.mime};base64,<content>", f"files[{i}].url"
+            )
+        try:
+            base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise HTTPProblem(
+                400, f"files[{i}].url: the content is not base64", f"files[{i}].url"
+            ) from None
+
+
 def check_prompt(body: PromptBody, limits: LimitValues) -> None:
-    """What the type cannot say: the prompt is not blank and within the configured length."""
+    """What the type cannot say: the prompt is not blank and within the configured length, its
+    files are well-formed and within their bounds."""
+    check_files(body.files, limits)
     if not body.prompt.strip():
         raise HTTPProblem(400, "prompt must not be empty", "prompt")
     if len(body.prompt) > limits.prompt_chars:

@@ -49,7 +49,7 @@ from fsm.effects import Effect, FailMessages, SendCommand, SendShutdown
 from fsm.engine import Record, Snapshot, StateMachine
 from fsm.events import Event
 from fsm.kilo_events import TurnTranslator
-from fsm.machines import session
+from fsm.machines import session, turn
 from fsm.protocol import (
     PROTOCOL_VERSION,
     WRAPPER_VERSION,
@@ -57,6 +57,7 @@ from fsm.protocol import (
     Ack,
     EventFrame,
     EventsDropped,
+    FilePart,
     Frame,
     Heartbeat,
     Hello,
@@ -104,8 +105,7 @@ TURN_ENDED = TERMINAL
 WITH_AGENT = ("accepted", "running")
 """Message states of a prompt Kilo has: lost with its wrapper (``agent_restarted``…)."""
 UNFINISHED = ("queued", *WITH_AGENT)
-TURN_NOT_SENT = ("queued", "held")
-"""Turn states of a prompt the wrapper has not handed to Kilo yet."""
+TURN_NOT_SENT = turn.NOT_SENT
 TURN_WORKING = ("running", "waiting_user", "finalizing")
 """Turn states in which Kilo works on the prompt (or has just closed it): the message runs."""
 CONNECTED = session.CONNECTED
@@ -377,6 +377,7 @@ class SessionCore:
             variant=opts.get("variant"),
             agent=opts.get("agent"),
             auto_commit=bool(opts.get("auto_commit", False)),
+            files=msgspec.convert(opts.get("files") or (), tuple[FilePart, ...]),
         )
 
     def _queue_changed(self) -> None:

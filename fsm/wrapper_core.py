@@ -83,6 +83,7 @@ from fsm.protocol import (
     Welcome,
 )
 from fsm.runner import MachineGroup
+from fsm.slash import parse_slash
 from fsm.timers import TimerValues
 
 
@@ -323,15 +324,48 @@ class WrapperCore:
             self._dispatch(machine)
         return mid
 
-    def _dispatch(self, machine: StateMachine[Any]) -> None:
-        """Hand a queued turn to Kilo, unless Kilo is still closing a run none of whose turns is
+    def _dispatch(self, machine: StateMachine[Any], *, in_order: bool = False) -> None:
+        """Hand a queued turn to Kilo, unless a slash command sent before it is unfinished
+        (``behind``: Kilo runs commands synchronously, and requests in flight together could reach
+        it in either order; acceptance 6), or Kilo is still closing a run none of whose turns is
         live (every one was aborted): a prompt sent into that drain is dropped by Kilo, and the
-        run's late close would end it. It is ``held`` until that close (``turn_abort_grace``)."""
+        run's late close would end it. It is ``held`` until that close (``turn_abort_grace``).
+        ``in_order``: the caller already knows nothing ahead of it holds it back."""
+        if not in_order and self._behind_a_command(machine):
+            self.group.send(machine.machine_id, Event("wait_command"))
+            return
         run = self._run
         if run is not None and not any(self._live(mid) for mid in run):
             self.group.send(machine.machine_id, Event("defer"))
             return
         self.group.send(machine.machine_id, Event("dispatch"))
+
+    def _is_command(self, machine: StateMachine[Any]) -> bool:
+        prompt = self.prompts.get(machine.context.message_id)
+        return prompt is not None and parse_slash(prompt.prompt) is not None
+
+    def _behind_a_command(self, machine: StateMachine[Any]) -> bool:
+        """A turn that came after an unfinished slash command, or after a turn still behind
+        one, waits."""
+        for other in self.active_turns():
+            if other is machine:
+                return False
+            if other.state in TURN_TERMINAL:
+                continue  # ending now: its outcome is what releases the turns behind it
+            if other.state == "behind" or self._is_command(other):
+                return True
+        return False
+
+    def _release_behind(self) -> None:
+        """A turn ended: the turns behind no unfinished command go to Kilo, in order, up to and
+        including the next command (whatever follows it waits for that one)."""
+        for machine in self.active_turns():
+            if machine.state in TURN_TERMINAL:
+                continue
+            if machine.state == "behind":
+                self._dispatch(machine, in_order=True)
+            if self._is_command(machine):
+                return
 
     def _join(self, message_id: str) -> None:
         (self._run if self._run is not None else self._joining).append(message_id)
@@ -346,8 +380,15 @@ class WrapperCore:
             members = set(self._run)
             return [m for m in self.active_turns() if m.context.message_id in members]
         if trigger == "error_reported":
-            last = set(self._last_run)
-            return [m for m in self.active_turns() if m.context.message_id in last]
+            # The last run's turns still finalizing wait for exactly this; else it is Kilo's
+            # answer to a prompt it never opened a run for (an unknown command, a refused body).
+            last, joining = set(self._last_run), set(self._joining)
+            late = [
+                m
+                for m in self.active_turns()
+                if m.context.message_id in last and m.state == "finalizing"
+            ]
+            return late or [m for m in self.active_turns() if m.context.message_id in joining]
         return self.active_turns()
 
     def _run_event(self, payload: dict[str, Any]) -> str:
@@ -498,7 +539,10 @@ class WrapperCore:
     def prompt_failed(self, message_id: str, error: str) -> None:
         """Kilo refused the prompt itself (HTTP error): the turn fails with Kilo's reason."""
         machine_id = f"turn:{message_id}"
-        self.group.send(machine_id, Event("error_reported", {"error": error}))
+        machine = self.group.machines.get(machine_id)
+        if machine is None or not machine.context.error:
+            # Kilo's own session.error (which can come first) says more than its HTTP status.
+            self.group.send(machine_id, Event("error_reported", {"error": error}))
         self.group.send(machine_id, Event("turn_closed", {"reason": "error"}))
 
     def stream_ended(self, generation: int) -> None:
@@ -567,6 +611,7 @@ class WrapperCore:
         elif isinstance(effect, EmitOutcome):
             self._emit_outcome(effect)
             self.group.send("wrapper", Event("turn_ended", {"message_id": effect.message_id}))
+            self._release_behind()
         elif isinstance(effect, ReportState):
             if effect.state == "ready":
                 for machine in self.active_turns():

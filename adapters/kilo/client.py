@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +39,7 @@ import msgspec
 
 from adapters.kilo import event_stream
 from fsm.kilo_events import error_text
+from fsm.protocol import FilePart
 
 USERNAME = "kilo"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
@@ -126,6 +127,27 @@ class Message(msgspec.Struct):
 class Health(msgspec.Struct):
     healthy: bool
     version: str = ""
+
+
+def _checked_message_id(message_id: str) -> str:
+    if not message_id.startswith("msg_") or not ID_PATTERN.fullmatch(message_id):
+        raise ValueError(f"message id: {message_id!r} is not a Kilo message id (msg_…)")
+    return message_id
+
+
+def file_parts(files: Sequence[FilePart], message_id: str | None) -> list[dict[str, Any]]:
+    """Kilo's ``file`` parts for a prompt's files (``data:`` URLs, checked by the API that took
+    them). With a message id each part's id derives from it, as the text part's does, so a
+    resubmission replaces the parts instead of adding them again."""
+    parts: list[dict[str, Any]] = []
+    for i, file in enumerate(files, 1):
+        part: dict[str, Any] = {"type": "file", "mime": file.mime, "url": file.url}
+        if file.filename is not None:
+            part["filename"] = file.filename
+        if message_id is not None:
+            part["id"] = f"prt_{message_id.removeprefix('msg_')}{i:02d}"
+        parts.append(part)
+    return parts
 
 
 def split_model(model: str) -> dict[str, str]:
@@ -229,6 +251,7 @@ class KiloClient:
         agent: str | None = None,
         variant: str | None = None,
         message_id: str | None = None,
+        files: Sequence[FilePart] = (),
     ) -> None:
         """Queue a prompt (204 at once); the turn's end arrives as ``session.turn.close``.
 
@@ -239,11 +262,9 @@ class KiloClient:
         with the same text to the replaced message, and the model reads the prompt twice.
         """
         part: dict[str, Any] = {"type": "text", "text": text}
-        body: dict[str, Any] = {"parts": [part]}
+        body: dict[str, Any] = {"parts": [part, *file_parts(files, message_id)]}
         if message_id is not None:
-            if not message_id.startswith("msg_") or not ID_PATTERN.fullmatch(message_id):
-                raise ValueError(f"message id: {message_id!r} is not a Kilo message id (msg_…)")
-            body["messageID"] = message_id
+            body["messageID"] = _checked_message_id(message_id)
             part["id"] = "prt_" + message_id.removeprefix("msg_")
         if model:
             body["model"] = split_model(model)
@@ -260,12 +281,24 @@ class KiloClient:
         return bool(msgspec.json.decode(raw))
 
     async def command(
-        self, session_id: str, command: str, arguments: str = "", *, model: str | None = None
+        self,
+        session_id: str,
+        command: str,
+        arguments: str = "",
+        *,
+        model: str | None = None,
+        message_id: str | None = None,
+        files: Sequence[FilePart] = (),
     ) -> Message:
-        """Run a slash command (synchronous in Kilo: returns when its turn is done)."""
+        """Run a slash command (synchronous in Kilo: returns when its turn is done). Kilo
+        expands the command's template into the user message; ``files`` go with it."""
         body: dict[str, Any] = {"command": command, "arguments": arguments}
         if model:
             body["model"] = model
+        if message_id is not None:
+            body["messageID"] = _checked_message_id(message_id)
+        if files:
+            body["parts"] = file_parts(files, message_id)
         sid = segment(session_id, "session id")
         raw = await self._call("POST", f"/session/{sid}/command", json=body, timeout=None)
         return msgspec.json.decode(raw, type=Message)

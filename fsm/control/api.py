@@ -180,6 +180,7 @@ def operations(host: ControlHost, limits: LimitValues) -> list[Operation]:
             variant=body.variant,
             agent=body.agent,
             auto_commit=body.auto_commit,
+            files=msgspec.to_builtins(body.files) if body.files else None,
         )
         return json_response(MessageAccepted(message.id, message.state), 202)
 

@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-A turn is ``queued`` until the agent can take it (``held`` while Kilo is still closing a turn
+A turn is ``queued`` until the agent can take it (``behind`` while a slash command sent before
+it runs, so messages reach Kilo in order; ``held`` while Kilo is still closing a turn
 that was aborted: a prompt sent into that drain is dropped by Kilo, and the aborted turn's late
 ``session.turn.close interrupted`` would be taken for the new prompt's), ``accepted`` once Kilo
 has the prompt,
@@ -67,7 +68,9 @@ class TurnContext(msgspec.Struct):
     """Kilo's last retry message: the error text of a failure Kilo gave no error for."""
 
 
-ACTIVE = ("queued", "held", "accepted", "running", "waiting_user", "finalizing")
+NOT_SENT = ("queued", "behind", "held")
+"""States of a turn whose prompt the wrapper has not handed to Kilo yet: nothing runs it."""
+ACTIVE = (*NOT_SENT, "accepted", "running", "waiting_user", "finalizing")
 LOST = ("accepted", "running", "waiting_user")
 
 DECLARATION = MachineDef(
@@ -79,6 +82,10 @@ DECLARATION = MachineDef(
             "queued",
             timers=(span_timer("hard_cap", "turn_hard_cap", "hard_cap", span=ACTIVE[1:]),),
             doc="received; waiting for the agent to be ready",
+        ),
+        State(
+            "behind",
+            doc="a slash command sent before it is still running: messages stay in order",
         ),
         State(
             "held",
@@ -118,6 +125,8 @@ DECLARATION = MachineDef(
     transitions=(
         on("dispatch", "queued", "accepted", effects="submit_prompt"),
         on("defer", "queued", "held", doc="Kilo still drains an aborted turn"),
+        on("wait_command", "queued", "behind", doc="a command ahead of it is unfinished"),
+        on("dispatch", "behind", "accepted", effects="submit_prompt", doc="the command ended"),
         on(
             "drained",
             "held",
@@ -165,7 +174,7 @@ DECLARATION = MachineDef(
         on("agent_lost", "finalizing", "failed", effects="reason_agent_error"),
         on("agent_unavailable", ACTIVE, "failed", effects="reason_agent_unavailable"),
         on("connection_lost", ACTIVE, "failed", effects="reason_connection_lost"),
-        on("cancel", ("queued", "held"), "cancelled", effects="reason_cancelled"),
+        on("cancel", ("queued", "behind", "held"), "cancelled", effects="reason_cancelled"),
         on("cancel", LOST, "cancelled", effects=("abort_agent_turn", "reason_cancelled")),
         on("fault", ACTIVE, "failed", effects="reason_fault"),
     ),

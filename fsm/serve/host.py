@@ -68,6 +68,7 @@ from fsm.protocol import WRAPPER_VERSION, ControlFrame, PromptCommand
 from fsm.serve.auto_commit import auto_commit
 from fsm.serve.job_api import build_app
 from fsm.serve.settings import ServeSettings
+from fsm.slash import parse_slash
 from fsm.tasks import start_guarded
 from fsm.timers import TimerValues
 from fsm.wrapper_core import AgentCall, Identity, PromptAgent, Transmit, WrapperCore
@@ -504,16 +505,34 @@ class WrapperHost:
             self.auto_commits[command.message_id] = command
         if client is None or session is None:
             return  # the agent is gone; the machines already handle that turn
+        # Kilo makes a session's last model sticky: always name one (README §4).
+        model = command.model or self.settings.kilo_config.get("model")
+        message_id = self._kilo_message_id(command.message_id)
+        slash = parse_slash(command.prompt)
         try:
-            await client.prompt_async(
-                session,
-                command.prompt,
-                # Kilo makes a session's last model sticky: always name one (README §4).
-                model=command.model or self.settings.kilo_config.get("model"),
-                agent=command.agent,
-                variant=command.variant,
-                message_id=self._kilo_message_id(command.message_id),
-            )
+            if slash is None:
+                await client.prompt_async(
+                    session,
+                    command.prompt,
+                    model=model,
+                    agent=command.agent,
+                    variant=command.variant,
+                    message_id=message_id,
+                    files=command.files,
+                )
+            elif slash.call == "summarize":
+                if not model:
+                    raise ValueError("/compact needs a model: none configured or sent")
+                await client.summarize(session, model)
+            else:
+                await client.command(
+                    session,
+                    slash.name,
+                    slash.arguments,
+                    model=model,
+                    message_id=message_id,
+                    files=command.files,
+                )
         except Exception as exc:
             self.core.prompt_failed(command.message_id, f"{type(exc).__name__}: {exc}")
 

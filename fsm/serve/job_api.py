@@ -100,6 +100,7 @@ def operations(
             variant=body.variant,
             agent=body.agent,
             auto_commit=body.auto_commit,
+            files=tuple(body.files or ()),
         )
         try:
             core.prompt(command)

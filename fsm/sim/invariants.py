@@ -56,6 +56,7 @@ from typing import Any
 import msgspec
 
 from fsm.engine import Record, StateMachine
+from fsm.machines.turn import NOT_SENT
 from fsm.model import MachineDef
 from fsm.protocol import EventsDropped, LifecycleFrame, OutcomeFrame, SeqFrame
 from fsm.session_core import LogEntry
@@ -263,7 +264,7 @@ class Invariants:
         self._next_seq[session] = (wrapper_id, last + 1)
         if isinstance(frame, LifecycleFrame) and frame.machine.startswith("turn:"):
             mkey = (session, frame.machine[5:])
-            if frame.state not in ("queued", "held") and mkey not in self._ended:
+            if frame.state not in NOT_SENT and mkey not in self._ended:
                 self._accepted_on.setdefault(mkey, wrapper_id)
         if isinstance(frame, OutcomeFrame):
             mkey = (session, frame.message_id)

@@ -1,0 +1,105 @@
+"""Acceptance 6 on the real Kilo: slash commands and attachments.
+
+``/compact`` compacts the conversation (Kilo's summarize: ``session.compacted``), another
+command runs as Kilo's command, an unknown one fails with Kilo's own words, a file part reaches
+the model, and follow-ups sent while a command runs reach Kilo after it, in order.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fsm.protocol import LifecycleFrame
+from tests.fakes.fake_llm import FakeLLM
+from tests.fakes.ingest_server import FakeIngest
+from tests.fakes.wrapper_process import running_wrapper
+
+pytestmark = pytest.mark.kilo
+
+
+def _outcomes(ingest: FakeIngest, n: int) -> list[Any]:
+    outcomes = ingest.outcomes()
+    return outcomes if len(outcomes) >= n else []
+
+
+def _data_url(text: str) -> str:
+    return "data:text/plain;base64," + base64.b64encode(text.encode()).decode()
+
+
+def test_a_file_part_reaches_the_model(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+) -> None:
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config()) as wrapper:
+        wrapper.wait_ready()
+        files = [
+            {
+                "mime": "text/plain",
+                "url": _data_url("the secret word is pelican"),
+                "filename": "a.txt",
+            }
+        ]
+        mid = wrapper.prompt("read the file MODE:text", files=files)
+        outcome = ingest.wait_for(lambda: _outcomes(ingest, 1), 60, "an outcome")[0]
+        assert (outcome.message_id, outcome.status) == (mid, "completed")
+        assert any("pelican" in str(body.get("messages")) for body in fake_llm.requests)
+
+
+def test_a_file_that_is_not_a_data_url_is_refused_naming_it(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+) -> None:
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config()) as wrapper:
+        wrapper.wait_ready()
+        bad = [{"mime": "text/plain", "url": "data:text/html;base64,aGk="}]
+        response = wrapper.request("POST", "/job/prompt", json={"prompt": "x", "files": bad})
+        assert response.status_code == 400, response.text
+        assert response.json()["field"] == "files[0].url"
+        path = [{"mime": "text/plain", "url": "file:///etc/passwd"}]
+        response = wrapper.request("POST", "/job/prompt", json={"prompt": "x", "files": path})
+        assert response.status_code == 400, response.text
+
+
+def test_compact_summarizes_and_follow_ups_wait_behind_it_in_order(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+) -> None:
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config()) as wrapper:
+        wrapper.wait_ready()
+        first = wrapper.prompt("remember the colour teal MODE:text")
+        ingest.wait_for(lambda: _outcomes(ingest, 1), 60, "the first outcome")
+        compact = wrapper.prompt("/compact")
+        second = wrapper.prompt("what colour? MODE:text")
+        third = wrapper.prompt("and again MODE:text")
+        assert wrapper.status()["turns"][second]["state"] in ("behind", "accepted", "running")
+        outcomes = ingest.wait_for(lambda: _outcomes(ingest, 4), 90, "four outcomes")
+        by_id = {o.message_id: o for o in outcomes}
+        assert all(by_id[m].status == "completed" for m in (first, compact, second, third)), [
+            (o.message_id, o.status, o.reason, o.error) for o in outcomes
+        ]
+        types = ingest.event_types()
+        assert "session.compacted" in types
+        # The follow-ups reached Kilo after the compaction: their user messages come later.
+        assert types.index("session.compacted") < max(
+            i for i, t in enumerate(types) if t == "session.turn.open"
+        )
+        assert "behind" in ingest.lifecycle(f"turn:{second}")
+        frames = [(f.machine, f.state) for f in ingest.ordered() if isinstance(f, LifecycleFrame)]
+        assert frames.index((f"turn:{compact}", "completed")) < frames.index(
+            (f"turn:{second}", "accepted")
+        )
+
+
+def test_an_unknown_command_fails_with_kilos_own_words(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+) -> None:
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config()) as wrapper:
+        wrapper.wait_ready()
+        mid = wrapper.prompt("/no-such-command now")
+        outcome = ingest.wait_for(lambda: _outcomes(ingest, 1), 60, "an outcome")[0]
+        assert (outcome.message_id, outcome.status) == (mid, "failed")
+        assert "no-such-command" in outcome.error, outcome.error
+        after = wrapper.prompt("still fine MODE:text")
+        outcome = ingest.wait_for(lambda: _outcomes(ingest, 2), 60, "a second outcome")[1]
+        assert (outcome.message_id, outcome.status) == (after, "completed")

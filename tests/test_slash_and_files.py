@@ -1,0 +1,82 @@
+"""Which prompts are commands (``fsm.slash``) and what a file part must be (``check_files``)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from fsm.clock import VirtualClock
+from fsm.effects import Effect
+from fsm.httpjson import HTTPProblem
+from fsm.limits import defaults
+from fsm.protocol import FilePart, PromptCommand
+from fsm.request_bodies import check_files
+from fsm.session_core import SessionCore
+from fsm.slash import SlashCommand, parse_slash
+from fsm.timers import CONTROL_TIMERS
+from fsm.wrapper_core import Transmit
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/compact", SlashCommand("compact", "", "summarize")),
+        ("  /compact  ", SlashCommand("compact", "", "summarize")),
+        ("/init", SlashCommand("init", "", "command")),
+        (
+            "/review the last commit\nplease",
+            SlashCommand("review", "the last commit\nplease", "command"),
+        ),
+        ("/usr/bin is a directory", None),
+        ("/Compact", None),
+        ("please /compact", None),
+        ("/", None),
+        ("hello", None),
+    ],
+)
+def test_slash_commands_are_lower_case_names_at_the_start(
+    text: str, expected: SlashCommand | None
+) -> None:
+    assert parse_slash(text) == expected
+
+
+def _file(text: str, mime: str = "text/plain") -> FilePart:
+    return FilePart(mime, f"data:{mime};base64," + base64.b64encode(text.encode()).decode())
+
+
+def test_files_within_their_bounds_pass() -> None:
+    check_files([_file("a"), _file("b", "image/png")], defaults())
+    check_files(None, defaults())
+
+
+@pytest.mark.parametrize(
+    ("files", "field"),
+    [
+        ([FilePart("text/plain", "data:text/html;base64,aGk=")], "files[0].url"),
+        ([FilePart("text/plain", "data:text/plain,hi")], "files[0].url"),
+        ([_file("a"), FilePart("text/plain", "data:text/plain;base64,!!")], "files[1].url"),
+        ([_file("a")] * 9, "files"),
+        ([_file("x" * 300_000)], "files"),
+    ],
+)
+def test_bad_files_are_refused_naming_the_file(files: list[FilePart], field: str) -> None:
+    with pytest.raises(HTTPProblem) as caught:
+        check_files(files, defaults())
+    assert caught.value.status == 400 and caught.value.field == field
+
+
+def test_a_messages_files_reach_the_wrapper_in_its_prompt_command() -> None:
+    sent: list[Effect] = []
+    core = SessionCore(VirtualClock(), CONTROL_TIMERS.defaults(), "s1", sent.append)
+    core.start()
+    from fsm.protocol import PROTOCOL_VERSION, Hello
+    from fsm.wrapper_core import WRAPPER_VERSION
+
+    core.hello(Hello("w1", WRAPPER_VERSION, PROTOCOL_VERSION, "agent", "u", "s1"))
+    file = _file("the secret word is pelican")
+    core.send_message("read it", "m1", files=[{"mime": file.mime, "url": file.url}])
+    prompts = [
+        f for a in sent if isinstance(a, Transmit) for f in a.frames if isinstance(f, PromptCommand)
+    ]
+    assert prompts[-1].files == (file,)
