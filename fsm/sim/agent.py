@@ -555,6 +555,9 @@ class FakeKilo:
         self.config = config
         self.note = note
         self.sessions: set[str] = set()
+        self.recorded: dict[str, str] = {}
+        """The wrapper's record in its state dir (``fsm.serve.host.SESSIONS_FILE``): which Kilo
+        session each agent-session name is. It lives beside Kilo's data and outlives wrappers."""
         self.snapshotted: set[str] = set()
         """Sessions whose first turn showed the snapshot spinner (it is on disk: once each)."""
         self.plans: dict[str, tuple[Segment, ...]] = {}

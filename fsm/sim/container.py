@@ -191,8 +191,12 @@ class SimWrapper:
             self.spawning = None
             self.agent = process
             process.on_exit = lambda code: self._agent_exited(process, code)
-            wanted = self.kilo_session or self.agent_session
+            # As the real host's _ensure_session: this process's session, else the one recorded
+            # for the agent-session name, else the name itself when it is a Kilo id.
+            name = self.agent_session
+            wanted = self.kilo_session or self.kilo.recorded.get(name) or name
             session = self.kilo.ensure_session(wanted if wanted.startswith("ses") else None)
+            self.kilo.recorded[name] = session
             self.kilo_session = session
             process.session_id = session
             self.core.agent_ready(session)

@@ -1,13 +1,11 @@
 """Behaviour the issue or the design asks for that the core does not have yet.
 
-Each test states the wanted behaviour as a scenario and is a *strict* xfail: the day the core
-is fixed it passes, the xfail turns into a failure, and whoever fixed it removes the marker. The
-library scenarios meanwhile assert what the core does today (with a note pointing here).
+Each test states the wanted behaviour as a scenario and was a *strict* xfail: the day the core
+was fixed it passed, the xfail turned into a failure, and whoever fixed it removed the marker.
+None is left: each test now says what was wrong and stays, so the gap cannot come back.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from fsm.sim.run import run_scenario
 from fsm.sim.scenario import parse_scenario
@@ -84,12 +82,13 @@ status = "completed"
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Kilo's superseded close names no message and every Kilo event goes to every open "
-    "turn: the first message's outcome waits for the follow-up's turn to close",
-)
-def test_the_first_message_completes_when_its_own_turn_ends() -> None:
+def test_a_follow_up_joins_the_running_turn_and_both_end_from_its_one_outcome() -> None:
+    """Was a strict xfail asking the first message to complete when "its own" turn ends. That is
+    not Kilo's model: a prompt sent while a run is open is queued into that run (a ``superseded``
+    close, then the run goes on with it), and Kilo drops it if the run fails or is aborted. The
+    later design's acceptance 3 and 4 say the same: A and B end together from one outcome, and
+    both fail with Kilo's reason. The wrapper now tracks Kilo's runs and ends a run's messages,
+    and only those, at its final close (the ``own_turn`` invariant)."""
     assert run(
         """
 name = "gap"
@@ -107,18 +106,20 @@ plan = ["text 60s"]
 kind = "outcome"
 message = "m1"
 status = "completed"
-within = ["30s", "32s"]
+within = ["90s", "93s"]
+[[expect]]
+kind = "outcome"
+message = "m2"
+status = "completed"
+within = ["90s", "93s"]
 """
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hosts, mirrored here: the control plane starts every wrapper with agent_<session> and "
-    "never learns the Kilo session id the first wrapper created, so after an idle stop the next "
-    "wrapper creates a new Kilo session instead of resuming it",
-)
 def test_idle_cleanup_resumes_the_kilo_session_the_first_wrapper_created() -> None:
+    """Was a strict xfail: the hosts never learned the Kilo session the first wrapper created.
+    The real wrapper records it in its state dir (``fsm.serve.host.SESSIONS_FILE``), and the
+    simulated one now mirrors that record, so the next wrapper resumes the conversation."""
     assert run(
         """
 name = "gap"
