@@ -22,9 +22,10 @@ Why it is done this way (all measured on Kilo 7.7.9, ``shared/kilo/README.md`` Â
   starts it through ``setpriv`` with that uid and gid, supplementary groups cleared, every
   capability cleared (inheritable and ambient, so none survives the exec) and ``no_new_privs``
   (no setuid program elevates a tool), in the workdir. Kilo's own state (its ``XDG_*`` homes:
-  the conversation database, its config and caches) then lives in that user's home, created by
-  that user (``RunAs.kilo_home``); the pidfile, Kilo's stdout/stderr and the session record stay
-  in the wrapper's private state dir (Kilo writes its output to descriptors the wrapper opened).
+  the conversation database, its config and caches) then lives where that user owns it
+  (``RunAs.kilo_home``: ``[kilo] state_dir``, else its home), created by that user; the
+  pidfile, Kilo's stdout/stderr and the session record stay in the wrapper's private state dir
+  (Kilo writes its output to descriptors the wrapper opened).
   The wrapper needs CAP_SETUID/CAP_SETGID to switch and CAP_KILL to signal Kilo's group
   (``RunAs.missing_capabilities``); the image's supervisor grants exactly those.
 * Kilo's password is in its environment, but Kilo removes ``KILO_SERVER_PASSWORD`` (and
@@ -98,19 +99,25 @@ class RunAs:
     gid: int
     home: Path
     shell: str
+    state_root: Path | None = None
+    """Where Kilo's state goes (``[kilo] state_dir``); None: this user's ``~/.local/state``."""
 
     @classmethod
-    def lookup(cls, user: str) -> RunAs:
+    def lookup(cls, user: str, state_root: Path | None = None) -> RunAs:
         """The passwd entry of ``user``; ValueError naming it when there is none."""
         try:
             entry = pwd.getpwnam(user)
         except KeyError:
             raise ValueError(f"kilo user {user!r}: no such user on this machine") from None
-        return cls(user, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), entry.pw_shell)
+        home = Path(entry.pw_dir)
+        return cls(user, entry.pw_uid, entry.pw_gid, home, entry.pw_shell, state_root)
 
     def kilo_home(self, state_dir: Path) -> Path:
-        """Kilo's state for the wrapper whose state dir is ``state_dir``, in this user's home."""
-        return self.home / ".local" / "state" / "fsm-agent" / state_dir.name
+        """Kilo's state for the wrapper whose state dir is ``state_dir``: a folder of the same
+        name under ``state_root`` (the image's ``/var/lib/kilo``, a volume of its own that this
+        user owns), else in this user's home."""
+        root = self.state_root or self.home / ".local" / "state" / "fsm-agent"
+        return root / state_dir.name
 
     def command(self, argv: Sequence[str], workdir: Path) -> list[str]:
         """``argv`` run as this user in ``workdir``, with no group, capability or way back."""

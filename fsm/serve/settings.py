@@ -7,7 +7,8 @@ passed verbatim as ``KILO_CONFIG_CONTENT``: providers, models, permissions), plu
 ``[kilo] pass_env = [...]``: the only variables of the wrapper's environment Kilo gets beyond its
 allow-list (``adapters/kilo/process.py``), for keys its config names with ``{env:NAME}``.
 ``[kilo] user = "agent"`` (or ``FSM_AGENT_KILO_USER``, which the container image sets) runs Kilo
-and its tools as that user instead of the wrapper's own (``kilo_run_as``).
+and its tools as that user instead of the wrapper's own (``kilo_run_as``), with Kilo's state under
+``[kilo] state_dir`` (or ``FSM_AGENT_KILO_STATE_DIR``; the image's ``/var/lib/kilo``).
 """
 
 from __future__ import annotations
@@ -54,24 +55,37 @@ class ServeSettings(msgspec.Struct, kw_only=True):
 
 KILO_USER_ENV = "FSM_AGENT_KILO_USER"
 """Kilo's user when the config file names none: the image sets it to ``agent``."""
+KILO_STATE_ENV = "FSM_AGENT_KILO_STATE_DIR"
+"""Where that user keeps Kilo's state when the config file does not say: the image sets it to
+``/var/lib/kilo`` (that user's, 0700), the mount point for a volume that outlives containers."""
 
 
 def kilo_run_as(
     section: dict[str, Any], path: Path | None, environ: dict[str, str] | None = None
 ) -> RunAs | None:
-    """``[kilo] user``, else ``FSM_AGENT_KILO_USER``, as a passwd entry; None when unset, empty or
-    our own uid (nothing to switch). ConfigError naming the key when the user does not exist."""
+    """``[kilo] user``, else ``FSM_AGENT_KILO_USER``, as a passwd entry, with ``[kilo] state_dir``
+    (else ``FSM_AGENT_KILO_STATE_DIR``) as where Kilo's state goes; None when no user is set, it
+    is empty or our own uid (nothing to switch). ConfigError naming the key when the user does not
+    exist or the state dir is not an absolute path."""
+    env = os.environ if environ is None else environ
     user = section.get("user")
     where = f"{path}: kilo.user"
     if user is None:
-        user = (os.environ if environ is None else environ).get(KILO_USER_ENV, "")
+        user = env.get(KILO_USER_ENV, "")
         where = KILO_USER_ENV
     if not isinstance(user, str):
         raise ConfigError(f"{where} must be a user name")
     if not user:
         return None
+    state = section.get("state_dir")
+    state_where = f"{path}: kilo.state_dir"
+    if state is None:
+        state = env.get(KILO_STATE_ENV) or None
+        state_where = KILO_STATE_ENV
+    if state is not None and (not isinstance(state, str) or not os.path.isabs(state)):
+        raise ConfigError(f"{state_where} must be an absolute path, got {state!r}")
     try:
-        run_as = RunAs.lookup(user)
+        run_as = RunAs.lookup(user, Path(state) if state else None)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return None if run_as.uid == os.geteuid() else run_as

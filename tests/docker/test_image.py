@@ -345,6 +345,8 @@ def test_tini_and_the_supervisor_are_root_the_wrapper_fsm_and_kilo_agent(box: Co
     wrapper_status = docker("exec", box.name, "grep", "^CapEff", f"/proc/{wrapper}/status")
     assert wrapper_status.split()[1] == "00000000000000e0", "only CAP_KILL, SETGID, SETUID"
     assert "--token-file" not in box.ps()["wrapper"][2], "the supervisor took the file"
+    owners = docker("exec", box.name, "stat", "-c", "%U %a %n", STATE, "/var/lib/kilo/s1/xdg/data")
+    assert owners.split("\n")[:2] == [f"fsm 700 {STATE}", "agent 700 /var/lib/kilo/s1/xdg/data"]
 
 
 def test_as_agent_no_process_environment_memory_or_wrapper_state_is_readable(
