@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import socket
@@ -34,6 +35,9 @@ from adapters.runtime.base import (
     WrapperStartError,
 )
 from adapters.runtime.docker import LABEL_CONTROL, LABEL_SESSION, DockerRuntime
+from fsm.config import timer_values
+from fsm.control.host import ControlHost, ControlSettings
+from fsm.logs import JsonLog
 from fsm.runtime_settings import RuntimeSettings
 from tests.docker_support import TEST_LABEL, docker_daemon, docker_image, remove_labelled
 
@@ -454,3 +458,51 @@ async def test_the_config_reaches_the_container_as_a_private_copy_even_if_ours_i
     assert (copy / "config.toml").stat().st_mode & 0o777 == 0o600
     await rt.stop("s1", grace=5)
     assert not copy.exists()
+
+
+async def test_the_control_plane_runs_a_container_per_session_and_removes_it_on_delete(
+    tmp_path: Path, docker_daemon: Path
+) -> None:
+    state = tmp_path / "state"
+    settings = ControlSettings(
+        db=state / "control.db",
+        api_key="key",
+        base_dir=tmp_path / "workspaces",
+        state_dir=state,
+        runtime="docker",
+        runtime_settings=RuntimeSettings(
+            socket=docker_daemon, image=docker_image(docker_daemon), network="host"
+        ),
+        wrapper_command=COMMAND,
+    )
+    log = io.StringIO()
+    values = timer_values(overrides={"wrapper_stop_grace": "2s"})["control"]
+    host = ControlHost(settings, values, JsonLog(log))
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(host.run)
+            await host.ready.wait()
+            assert isinstance(host.runtime, DockerRuntime)
+            entry, token = host.create_session()
+            sid = entry.row.id
+            workspace = Path(entry.row.workdir)
+            written = await wait_ready(workspace)
+            # The container got the token minted for it, not the one shown at creation.
+            assert entry.token is not None and entry.token != token
+            assert written.splitlines()[0] == hashlib.sha256(entry.token.encode()).hexdigest()
+            assert f"--ingest-url=ws://127.0.0.1:{host.port}/ingest/{sid}" in written
+            container = host.runtime.container(sid)
+            assert container is not None
+            host.delete_session(sid)
+            with anyio.move_on_after(20):
+                while sid in host.sessions:
+                    await anyio.sleep(0.05)
+            assert sid not in host.sessions, log.getvalue()[-4000:]
+            with anyio.fail_after(10):  # the session may be forgotten first (its stop grace)
+                while inspect(docker_daemon, container) is not None:
+                    await anyio.sleep(0.1)
+            assert '"reason":"killed_by_us"' in log.getvalue().replace(" ", "")
+            host.request_stop()
+    finally:
+        control = (state / "control-plane-id").read_text().strip()
+        remove_labelled(docker_daemon, LABEL_CONTROL, control)
