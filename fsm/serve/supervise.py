@@ -250,8 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: --user {args.user}: no such user", file=sys.stderr)
             return 2
         if os.geteuid() != 0:
-            print(f"error: --user {args.user} needs the supervisor to run as root", file=sys.stderr)
-            return 2
+            # A container started with --user (the runtime's [runtime] user): nobody to switch
+            # to; the wrapper runs as that user and, lacking CAP_SETUID, refuses to start Kilo as
+            # another one unless FSM_AGENT_KILO_USER is emptied too (both one uid: no boundary).
+            print(
+                f"warning: --user {args.user} ignored: the supervisor is not root (uid "
+                f"{os.geteuid()}); the wrapper runs as this uid",
+                file=sys.stderr,
+            )
+            args.user, caps = None, ()
     try:
         values = timer_values(config_path(args.config, args.command))["supervisor"]
         SPEC.check(values)
