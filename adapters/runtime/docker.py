@@ -6,10 +6,11 @@ Theory of operation
 the session id and this control plane's id (``LABEL_SESSION``, ``LABEL_CONTROL``), named
 ``fsm-agent-<control>-<session>`` so the daemon itself refuses a second one, with the
 ``[runtime]`` limits (memory with no extra swap, CPUs, pids), the network mode, the session's
-workspace at ``/workspace``, Kilo's state (kept across containers, so a replaced wrapper resumes
-the conversation) and a private copy of the control plane's config file (with the Kilo file it
-names) read-only at ``/etc/fsm-agent``. Its command is the ``fsm-agent
-serve`` arguments; the image's entrypoint (tini → supervisor → ``fsm-agent serve``) runs them.
+workspace at ``/workspace``, the wrapper's state and Kilo's (two directories kept across
+containers, so a replaced wrapper resumes the conversation) and a private copy of the control
+plane's config file (with the Kilo file it names) read-only at ``/etc/fsm-agent``. Its command is
+the ``fsm-agent serve`` arguments; the image's entrypoint (tini → supervisor → ``fsm-agent
+serve``) runs them.
 
 **The token** is in neither argv nor the container's environment (``docker inspect`` shows both to
 anyone with the socket, and every process of the container inherits the environment). It is a
@@ -20,8 +21,9 @@ uid, which then owns the file) removes it once read (``fsm.secrets_input``): it 
 from the container *and* the host. A read-only mount would keep it readable there for the
 container's whole life (a bind-mounted file cannot be unlinked: EBUSY/EROFS); a writable private
 directory is the mount that does not stay readable. Whatever is left (a wrapper that died before
-reading) is removed with the container. The workspace is made the image's agent uid's and Kilo's
-state the wrapper uid's (labels ``io.fsm-agent.agent-uid``/``fsm-uid``), so both can write them.
+reading) is removed with the container. The workspace and Kilo's state are made the image's agent
+uid's, the wrapper's state its fsm uid's (labels ``io.fsm-agent.agent-uid``, ``...fsm-uid``,
+``...kilo-state``; see ``docs/container-image.md``), so each can write its own.
 
 **Exits** come from one long-lived ``/events`` stream filtered on our label (no polling). A
 ``die`` makes the runtime inspect the container: ``State.OOMKilled`` → ``oom_killed``, a stop we
@@ -85,11 +87,12 @@ from fsm.secrets_input import API_KEY_ENV
 
 __all__ = [
     "CONFIG_PATH",
+    "KILO_STATE_PATH",
     "LABEL_CONTROL",
     "LABEL_SESSION",
     "SECRETS_PATH",
-    "STATE_PATH",
     "WORKSPACE_PATH",
+    "WRAPPER_STATE_PATH",
     "DockerRuntime",
 ]
 
@@ -98,11 +101,16 @@ log = logging.getLogger("fsm_agent.runtime")
 LABEL_SESSION = "io.fsm-agent.session"
 LABEL_CONTROL = "io.fsm-agent.control-plane"
 LABEL_FSM_UID = "io.fsm-agent.fsm-uid"
-"""The image's label for the wrapper's uid: Kilo's state directory is made that uid's."""
+"""The image's label for the wrapper's uid: the wrapper's state directory is made that uid's."""
 LABEL_AGENT_UID = "io.fsm-agent.agent-uid"
-"""The image's label for the agent's uid: the workspace is made that uid's."""
+"""The image's label for the agent's uid: the workspace and Kilo's state are made that uid's."""
+LABEL_KILO_STATE = "io.fsm-agent.kilo-state"
+"""The image's label for where Kilo keeps its state (its conversation database)."""
 WORKSPACE_PATH = "/workspace"
-STATE_PATH = "/var/lib/fsm-agent/kilo-state"
+WRAPPER_STATE_PATH = "/var/lib/fsm-agent"
+"""The wrapper's ``--state-dir`` is ``WRAPPER_STATE_PATH/<session>`` (the image's default)."""
+KILO_STATE_PATH = "/var/lib/kilo"
+"""Kilo's state when the image's label does not say."""
 SECRETS_PATH = "/run/fsm-agent/secrets"
 CONFIG_DIR = "/etc/fsm-agent"
 CONFIG_PATH = f"{CONFIG_DIR}/config.toml"
@@ -143,8 +151,10 @@ class _Owners:
     """uid, gid of each mount's host side; None: leave it ours."""
 
     token: tuple[int, int] | None
-    state: tuple[int, int] | None
-    workspace: tuple[int, int] | None
+    wrapper: tuple[int, int] | None
+    """The wrapper's state directory and config copy."""
+    agent: tuple[int, int] | None
+    """The workspace and Kilo's state."""
 
 
 def _chown(owner: tuple[int, int] | None, *paths: Path) -> None:
@@ -389,9 +399,15 @@ class DockerRuntime:
         return self.log_dir / f"{session_id}.log"
 
     def kilo_state_dir(self, session_id: str) -> Path:
-        """Kilo's state of the session on the host, mounted at ``STATE_PATH``: it outlives each
-        container, so a replaced wrapper resumes the same conversation."""
+        """Kilo's state of the session on the host (its conversation database), mounted where
+        the image keeps it: it outlives each container, so a replaced wrapper resumes the same
+        conversation."""
         return (self.state_dir / "kilo-state" / session_id).resolve()
+
+    def wrapper_state_dir(self, session_id: str) -> Path:
+        """The wrapper's ``--state-dir`` on the host (its record of the Kilo session each
+        agent-session name is), kept across containers for the same reason."""
+        return (self.state_dir / "wrapper-state" / session_id).resolve()
 
     def secrets_dir(self, session_id: str) -> Path:
         return (self.state_dir / "secrets" / session_id).resolve()
@@ -412,7 +428,7 @@ class DockerRuntime:
             f"--ingest-url={spec.ingest_url}",
             f"--token-file={SECRETS_PATH}/{TOKEN_NAME}",
             f"--workdir={WORKSPACE_PATH}",
-            f"--state-dir={STATE_PATH}",
+            f"--state-dir={WRAPPER_STATE_PATH}/{spec.session_id}",
         ]
         if spec.config is not None:
             args.append(f"--config={CONFIG_PATH}")
@@ -487,12 +503,13 @@ class DockerRuntime:
             # The image's supervisor reads the token as root; a container run as [runtime] user
             # reads it as that user (``fsm.secrets_input`` wants the reader's own file).
             token=user,
-            state=user or uid(labels.get(LABEL_FSM_UID)),
-            workspace=uid(labels.get(LABEL_AGENT_UID)) or user,
+            wrapper=user or uid(labels.get(LABEL_FSM_UID)),
+            agent=uid(labels.get(LABEL_AGENT_UID)) or user,
         )
 
-    def _prepare(self, spec: WrapperSpec, owners: _Owners) -> tuple[Path, Path]:
-        """The host side of the mounts: workspace, Kilo's state, the token file."""
+    def _prepare(self, spec: WrapperSpec, owners: _Owners) -> Path:
+        """The host side of the mounts: workspace, both state directories, the token, the
+        config; the workspace's path."""
         sid = spec.session_id
         workdir = spec.workdir
         if not workdir.exists():
@@ -508,8 +525,10 @@ class DockerRuntime:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            state = self.kilo_state_dir(sid)
-            state.mkdir(mode=0o700, parents=True, exist_ok=True)
+            kilo_state, wrapper_state = self.kilo_state_dir(sid), self.wrapper_state_dir(sid)
+            for state in (kilo_state, wrapper_state):
+                state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                state.mkdir(mode=0o700, exist_ok=True)
             shutil.rmtree(secrets, ignore_errors=True)
             secrets.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             secrets.mkdir(mode=0o700)
@@ -520,9 +539,10 @@ class DockerRuntime:
             finally:
                 os.close(fd)
             _chown(owners.token, secrets, token)
-            _chown(owners.state, state)
-            _chown_tree(owners.workspace, workdir)
-            self._copy_config(spec, owners.state)
+            _chown(owners.wrapper, wrapper_state)
+            _chown(owners.agent, kilo_state)
+            _chown_tree(owners.agent, workdir)
+            self._copy_config(spec, owners.wrapper)
         except OSError as exc:
             self._forget_files(sid)
             raise WrapperStartError(
@@ -531,7 +551,7 @@ class DockerRuntime:
         except BaseException:
             self._forget_files(sid)
             raise
-        return workdir.resolve(), state
+        return workdir.resolve()
 
     def _environment(self, spec: WrapperSpec) -> list[str]:
         """Only what Kilo's config asks to be passed (``[kilo] pass_env``), and ``extra_env``.
@@ -545,11 +565,15 @@ class DockerRuntime:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return [f"{k}={v}" for k, v in env.items()]
 
-    def _create_body(self, spec: WrapperSpec, workdir: Path, state: Path) -> dict[str, Any]:
+    def _create_body(
+        self, spec: WrapperSpec, workdir: Path, kilo_path: str = KILO_STATE_PATH
+    ) -> dict[str, Any]:
         s = self.settings
+        sid = spec.session_id
         binds = [
             f"{workdir}:{WORKSPACE_PATH}:rw",
-            f"{state}:{STATE_PATH}:rw",
+            f"{self.wrapper_state_dir(sid)}:{WRAPPER_STATE_PATH}/{sid}:rw",
+            f"{self.kilo_state_dir(sid)}:{kilo_path}:rw",
             f"{self.secrets_dir(spec.session_id)}:{SECRETS_PATH}:rw",
             *self._config_binds(spec.config, spec.session_id),
             *s.volumes,
@@ -601,8 +625,12 @@ class DockerRuntime:
         image = await self._api.image(self.image)
         # No such image: the create below fails with the daemon's own words.
         await self._remove_leftover(sid)
-        workdir, state = self._prepare(spec, self._owners(image))
-        body = self._create_body(spec, workdir, state)
+        workdir = self._prepare(spec, self._owners(image))
+        labels = ((image or {}).get("Config") or {}).get("Labels") or {}
+        kilo_path = str(labels.get(LABEL_KILO_STATE) or KILO_STATE_PATH)
+        if not PurePosixPath(kilo_path).is_absolute() or ":" in kilo_path:
+            kilo_path = KILO_STATE_PATH
+        body = self._create_body(spec, workdir, kilo_path)
         name = self._name(sid)
         log_path = self._log_path(sid)
         self._log_line(log_path, f"starting container {name} from {self.image}: {body['Cmd']}")

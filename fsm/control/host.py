@@ -319,7 +319,8 @@ class ControlHost:
             )
         own = [self.settings.db.resolve(), (self.settings.state_dir or root).resolve()]
         if self.settings.state_dir is None:
-            own += [root / n for n in ("logs", "pids", "kilo-state", "secrets")]  # the runtime's
+            runtimes = ("logs", "pids", "kilo-state", "wrapper-state", "secrets", "config")
+            own += [root / n for n in runtimes]  # the runtimes' own files, in root
         for mine in own:
             if mine != root and (mine.is_relative_to(path) or path.is_relative_to(mine)):
                 raise HTTPProblem(

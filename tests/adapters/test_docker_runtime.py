@@ -352,7 +352,7 @@ async def test_no_image_configured_is_refused_on_entry(tmp_path: Path) -> None:
 def test_the_token_never_reaches_the_create_body(tmp_path: Path) -> None:
     rt = DockerRuntime(RuntimeSettings(), Exits(), state_dir=tmp_path, image="x:1")
     the_spec = spec(tmp_path)
-    body = rt._create_body(the_spec, the_spec.workdir, tmp_path / "state")
+    body = rt._create_body(the_spec, the_spec.workdir)
     assert TOKEN not in json.dumps(body)
     assert (
         os.fspath(rt.secrets_dir("s1")) + ":/run/fsm-agent/secrets:rw"
