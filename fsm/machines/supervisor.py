@@ -10,12 +10,14 @@ costs a cold start; restarting the process in place costs a second and keeps the
 container and Kilo's state where they are.
 
 A wrapper that exits 0 meant it (idle exit, a shutdown from the control plane, SIGTERM handled):
-the supervisor ends with it, and so does the container. Any other exit is a crash and restarts
-it through ``restarting``, paced by a backoff (1 s doubling to 30 s; a wrapper that ran for a
-minute was healthy, so the next crash starts from 1 s again) and limited by a restart budget
-(5 in 10 min, however the starts were paced); with the budget spent the supervisor ends
-``failed`` with the wrapper's exit code, the container exits, and the runtime reports that exit
-to the control plane, whose own ``session`` machine decides what happens next.
+the supervisor ends with it, and so does the container. Exit 2 is the wrapper refusing its
+command line, token or config file (``fsm-agent serve`` says why on stderr): a restart would be
+refused the same way, so the supervisor ends ``failed`` at once, with 2. Any other exit is a
+crash and restarts it through ``restarting``, paced by a backoff (1 s doubling to 30 s; a
+wrapper that ran for a minute was healthy, so the next crash starts from 1 s again) and limited
+by a restart budget (5 in 10 min, however the starts were paced); with the budget spent the
+supervisor ends ``failed`` with the wrapper's exit code, the container exits, and the runtime
+reports that exit to the control plane, whose own ``session`` machine decides what happens next.
 
 SIGTERM and SIGINT (``docker stop``, forwarded by tini) are passed on to the wrapper, which stops
 Kilo gracefully and exits 0; the supervisor exits with the wrapper's code. A wrapper that does
@@ -56,6 +58,8 @@ class SupervisorContext(msgspec.Struct):
 
 
 UP = ("running", "stable")
+USAGE_ERROR = 2
+"""``fsm-agent serve``'s exit status for a command line, token or config it cannot use."""
 
 DECLARATION = MachineDef(
     name="supervisor",
@@ -102,6 +106,14 @@ DECLARATION = MachineDef(
             guard="clean_exit",
             effects="note_exit",
             doc="exit 0: the wrapper meant to stop",
+        ),
+        on(
+            "wrapper_exited",
+            UP,
+            "failed",
+            guard="usage_error",
+            effects="note_exit",
+            doc="exit 2: the wrapper refused its command line or config; it would again",
         ),
         on(
             "wrapper_exited",
@@ -164,7 +176,10 @@ SPEC = MachineSpec(
     DECLARATION,
     SUPERVISOR_TIMERS,
     SupervisorContext,
-    guards={"clean_exit": lambda _ctx, event: event.data.get("code") == 0},
+    guards={
+        "clean_exit": lambda _ctx, event: event.data.get("code") == 0,
+        "usage_error": lambda _ctx, event: event.data.get("code") == USAGE_ERROR,
+    },
     effects={
         "start_wrapper": _start,
         "note_exit": _note_exit,
@@ -174,7 +189,10 @@ SPEC = MachineSpec(
         "kill_wrapper": lambda _ctx, _e: SignalWrapper("SIGKILL"),
         "exit_as_wrapper": lambda ctx, _e: ExitProcess(ctx.exit_code, "wrapper exited"),
         "exit_failed": lambda ctx, _e: ExitProcess(
-            ctx.exit_code or 1, "wrapper restart budget spent"
+            ctx.exit_code or 1,
+            "wrapper refused its command line"
+            if ctx.exit_code == USAGE_ERROR
+            else "wrapper restart budget spent",
         ),
     },
 )

@@ -52,6 +52,12 @@ def test_a_crash_loop_is_paced_1_2_4_8_16_s_and_given_up_after_5_restarts() -> N
     assert d.state == "failed"
 
 
+def test_exit_2_a_refused_command_line_ends_it_at_once_with_2() -> None:
+    d = started()
+    assert d.send("wrapper_exited", code=2) == [ExitProcess(2, "wrapper refused its command line")]
+    assert d.state == "failed"
+
+
 def test_the_backoff_is_capped_at_30_s() -> None:
     values = supervisor.SPEC.table.resolve({"supervisor_stable": "10m"})
     d = Driver(supervisor.SPEC, values)

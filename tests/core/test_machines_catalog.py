@@ -65,7 +65,7 @@ CANDIDATES: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {
     ],
     "ingest_link": [({}, {})],
     "turn": [(ctx, {}) for ctx in _TURN],
-    "supervisor": [({}, {"code": 0}), ({}, {"code": 1})],
+    "supervisor": [({}, {"code": code}) for code in (0, 1, 2)],
 }
 
 

@@ -57,7 +57,7 @@ def supervise(
 
 
 def test_a_crashing_command_is_restarted_and_exit_0_ends_the_supervisor(tmp_path: Path) -> None:
-    code, runs = supervise(tmp_path, "1,2,0")
+    code, runs = supervise(tmp_path, "1,3,0")
     assert code == 0
     assert [line.split()[0] for line in runs] == ["0", "1", "2"]
 
@@ -68,6 +68,11 @@ def test_with_the_budget_spent_the_supervisor_exits_with_the_commands_code(
     code, runs = supervise(tmp_path, "3")
     assert code == 3
     assert len(runs) == 6, "the first start and 5 restarts"
+
+
+def test_exit_2_a_refused_command_line_is_not_restarted(tmp_path: Path) -> None:
+    code, runs = supervise(tmp_path, "2")
+    assert (code, len(runs)) == (2, 1)
 
 
 def test_the_token_reaches_every_start_through_a_pipe_and_never_the_environment(
