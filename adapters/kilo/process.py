@@ -101,16 +101,23 @@ class RunAs:
     shell: str
     state_root: Path | None = None
     """Where Kilo's state goes (``[kilo] state_dir``); None: this user's ``~/.local/state``."""
+    config_home: Path | None = None
+    """Kilo's ``XDG_CONFIG_HOME`` (``[kilo] config_home``): a directory this user can read but
+    not write. Kilo loads plugins from its config home, and a plugin runs inside Kilo, where
+    ``process.env`` still holds the password (measured: a ``plugin/leak.js`` the agent wrote
+    there printed it after Kilo's next start). None: beside its state, which this user owns."""
 
     @classmethod
-    def lookup(cls, user: str, state_root: Path | None = None) -> RunAs:
+    def lookup(
+        cls, user: str, state_root: Path | None = None, config_home: Path | None = None
+    ) -> RunAs:
         """The passwd entry of ``user``; ValueError naming it when there is none."""
         try:
             entry = pwd.getpwnam(user)
         except KeyError:
             raise ValueError(f"kilo user {user!r}: no such user on this machine") from None
         home = Path(entry.pw_dir)
-        return cls(user, entry.pw_uid, entry.pw_gid, home, entry.pw_shell, state_root)
+        return cls(user, entry.pw_uid, entry.pw_gid, home, entry.pw_shell, state_root, config_home)
 
     def kilo_home(self, state_dir: Path) -> Path:
         """Kilo's state for the wrapper whose state dir is ``state_dir``: a folder of the same
@@ -247,15 +254,22 @@ def build_env(
 
 def xdg_homes(state_dir: Path, run_as: RunAs | None = None) -> dict[str, Path]:
     root = state_dir if run_as is None else run_as.kilo_home(state_dir)
-    return {f"XDG_{name}_HOME": root / "xdg" / name.lower() for name in XDG_NAMES}
+    homes = {f"XDG_{name}_HOME": root / "xdg" / name.lower() for name in XDG_NAMES}
+    if run_as is not None and run_as.config_home is not None:
+        homes["XDG_CONFIG_HOME"] = run_as.config_home
+    return homes
 
 
 XDG_NAMES = ("DATA", "CONFIG", "CACHE", "STATE")
 
 
 async def _prepare_kilo_home(run_as: RunAs, state_dir: Path) -> None:
-    """Create Kilo's ``XDG_*`` homes as its user (private to it), or raise KiloStartError."""
-    dirs = [str(path) for path in xdg_homes(state_dir, run_as).values()]
+    """Create Kilo's ``XDG_*`` homes as its user (private to it), or raise KiloStartError; a
+    read-only config home is the operator's and must exist."""
+    homes = xdg_homes(state_dir, run_as)
+    if run_as.config_home is not None:
+        homes.pop("XDG_CONFIG_HOME")
+    dirs = [str(path) for path in homes.values()]
     command = run_as.command(["mkdir", "-p", "-m", "0700", *dirs], Path("/"))
     done = await anyio.run_process(command, check=False, stdin=subprocess.DEVNULL)
     if done.returncode != 0:

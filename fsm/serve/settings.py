@@ -8,7 +8,8 @@ passed verbatim as ``KILO_CONFIG_CONTENT``: providers, models, permissions), plu
 allow-list (``adapters/kilo/process.py``), for keys its config names with ``{env:NAME}``.
 ``[kilo] user = "agent"`` (or ``FSM_AGENT_KILO_USER``, which the container image sets) runs Kilo
 and its tools as that user instead of the wrapper's own (``kilo_run_as``), with Kilo's state under
-``[kilo] state_dir`` (or ``FSM_AGENT_KILO_STATE_DIR``; the image's ``/var/lib/kilo``).
+``[kilo] state_dir`` (or ``FSM_AGENT_KILO_STATE_DIR``; the image's ``/var/lib/kilo``) and its
+config home, read-only to that user, at ``[kilo] config_home`` (or ``FSM_AGENT_KILO_CONFIG_HOME``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class ServeSettings(msgspec.Struct, kw_only=True):
 
 KILO_USER_ENV = "FSM_AGENT_KILO_USER"
 """Kilo's user when the config file names none: the image sets it to ``agent``."""
+KILO_CONFIG_HOME_ENV = "FSM_AGENT_KILO_CONFIG_HOME"
+"""Kilo's config home when the config file does not say (``RunAs.config_home``): the image sets
+``/opt/kilo/config``, root's and empty, which Kilo reads but the agent cannot write."""
 KILO_STATE_ENV = "FSM_AGENT_KILO_STATE_DIR"
 """Where that user keeps Kilo's state when the config file does not say: the image sets it to
 ``/var/lib/kilo`` (that user's, 0700), the mount point for a volume that outlives containers."""
@@ -64,9 +68,9 @@ def kilo_run_as(
     section: dict[str, Any], path: Path | None, environ: dict[str, str] | None = None
 ) -> RunAs | None:
     """``[kilo] user``, else ``FSM_AGENT_KILO_USER``, as a passwd entry, with ``[kilo] state_dir``
-    (else ``FSM_AGENT_KILO_STATE_DIR``) as where Kilo's state goes; None when no user is set, it
-    is empty or our own uid (nothing to switch). ConfigError naming the key when the user does not
-    exist or the state dir is not an absolute path."""
+    and ``config_home`` (else ``FSM_AGENT_KILO_STATE_DIR``, ``FSM_AGENT_KILO_CONFIG_HOME``); None
+    when no user is set, it is empty or our own uid (nothing to switch). ConfigError naming the
+    key when the user does not exist or a path is not absolute."""
     env = os.environ if environ is None else environ
     user = section.get("user")
     where = f"{path}: kilo.user"
@@ -77,15 +81,17 @@ def kilo_run_as(
         raise ConfigError(f"{where} must be a user name")
     if not user:
         return None
-    state = section.get("state_dir")
-    state_where = f"{path}: kilo.state_dir"
-    if state is None:
-        state = env.get(KILO_STATE_ENV) or None
-        state_where = KILO_STATE_ENV
-    if state is not None and (not isinstance(state, str) or not os.path.isabs(state)):
-        raise ConfigError(f"{state_where} must be an absolute path, got {state!r}")
+    paths: list[Path | None] = []
+    for key, variable in (("state_dir", KILO_STATE_ENV), ("config_home", KILO_CONFIG_HOME_ENV)):
+        value = section.get(key)
+        named = f"{path}: kilo.{key}"
+        if value is None:
+            value, named = env.get(variable) or None, variable
+        if value is not None and (not isinstance(value, str) or not os.path.isabs(value)):
+            raise ConfigError(f"{named} must be an absolute path, got {value!r}")
+        paths.append(Path(value) if value else None)
     try:
-        run_as = RunAs.lookup(user, Path(state) if state else None)
+        run_as = RunAs.lookup(user, *paths)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return None if run_as.uid == os.geteuid() else run_as

@@ -14,7 +14,7 @@ import pytest
 
 from adapters.kilo.process import RunAs, build_env
 from fsm.config import ConfigError
-from fsm.serve.settings import KILO_STATE_ENV, KILO_USER_ENV, kilo_run_as
+from fsm.serve.settings import KILO_CONFIG_HOME_ENV, KILO_STATE_ENV, KILO_USER_ENV, kilo_run_as
 
 AGENT = RunAs("agent", 10002, 10002, Path("/home/agent"), "/bin/bash")
 
@@ -33,6 +33,11 @@ def test_build_env_gives_kilo_its_users_login_and_state_in_its_home(tmp_path: Pa
     volume = RunAs("agent", 10002, 10002, Path("/home/agent"), "/bin/bash", Path("/var/lib/kilo"))
     env = build_env(base, state, "pw", {}, run_as=volume)
     assert env["XDG_STATE_HOME"] == "/var/lib/kilo/s1/xdg/state"
+    assert env["XDG_CONFIG_HOME"] == "/var/lib/kilo/s1/xdg/config"
+    read_only = RunAs("agent", 1, 1, Path("/h"), "/bin/sh", Path("/k"), Path("/opt/kilo/config"))
+    assert build_env(base, state, "pw", {}, run_as=read_only)["XDG_CONFIG_HOME"] == (
+        "/opt/kilo/config"
+    )
     assert "FSM_AGENT_TOKEN" not in env
     assert not state.exists(), "Kilo's user creates its own state, not the wrapper"
 
@@ -72,6 +77,8 @@ def test_kilo_user_comes_from_the_file_then_the_environment(tmp_path: Path) -> N
     assert run_as is not None and run_as.state_root == Path("/var/lib/kilo")
     run_as = kilo_run_as({"state_dir": "/srv/k"}, path, env)
     assert run_as is not None and run_as.state_root == Path("/srv/k")
+    run_as = kilo_run_as({}, path, {**env, KILO_CONFIG_HOME_ENV: "/opt/kilo/config"})
+    assert run_as is not None and run_as.config_home == Path("/opt/kilo/config")
     me = pwd.getpwuid(os.geteuid()).pw_name
     assert kilo_run_as({"user": me}, path, {}) is None, "our own user: nothing to switch"
 
@@ -86,6 +93,8 @@ def test_an_unknown_kilo_user_is_an_error_naming_where_it_came_from(tmp_path: Pa
         kilo_run_as({"user": 3}, path, {})
     with pytest.raises(ConfigError, match=r"kilo.state_dir must be an absolute path"):
         kilo_run_as({"user": "root", "state_dir": "rel"}, path, {})
+    with pytest.raises(ConfigError, match=f"^{KILO_CONFIG_HOME_ENV} must be an absolute path"):
+        kilo_run_as({"user": "root"}, path, {KILO_CONFIG_HOME_ENV: "x"})
 
 
 def test_missing_capabilities_are_named() -> None:
