@@ -32,6 +32,9 @@ Why it is done this way (all measured on Kilo 7.7.9, ``shared/kilo/README.md`` Â
   ``KILO_CONFIG_CONTENT``) from the environment of the tools it runs (measured on 7.7.9: a bash
   tool's ``env``), and an execute-only binary (mode 0711, as the image installs it) makes Kilo's
   process non-dumpable, so ``/proc/<kilo>/environ`` and ``mem`` are root's, not the agent's.
+  Kilo's own ``process.env`` keeps it, and Kilo runs plugins in its process: the image turns off
+  the project's ``.kilo/`` (``KILO_DISABLE_PROJECT_CONFIG=1``) and gives Kilo a config home the
+  agent cannot write (``RunAs.config_home``), the two places a plugin of the agent's would load.
 """
 
 from __future__ import annotations
