@@ -146,6 +146,7 @@ class SessionCore:
         log_start: int = 0,
     ) -> None:
         self.clock = clock
+        self.values = values
         self.session_id = session_id
         self.on_action = on_action
         self.pinned_version = pinned_version
@@ -169,6 +170,8 @@ class SessionCore:
         self._held: list[tuple[str | None, Frame]] = []
         self._exit_detail = ""
         """While a wrapper exit is being handled: what the runtime said of it (``exit_detail``)."""
+        self._notice: tuple[float, str] | None = None
+        """The runtime's last notice (``runtime_notice``): when, and what it said."""
         """Commands (never prompts) for a disconnected wrapper, with the wrapper they were for."""
         self._log_ids = itertools.count(log_start + 1)
         self._message_ids = itertools.count(1)
@@ -313,6 +316,22 @@ class SessionCore:
             )
         self.on_action(Transmit([Ack(frame.seq)]))
 
+    def runtime_notice(self, kind: str, detail: str) -> None:
+        """The runtime saw something happen to the wrapper that is not an exit (``oom``: the
+        kernel killed a process in its container at the memory limit, maybe a tool, maybe Kilo).
+        It goes into the session's log, and a message lost within ``runtime_notice_window``
+        after it (Kilo restarted, the wrapper replaced) carries it as its error: the likely why,
+        where the wrapper could only say ``agent_restarted``."""
+        self._notice = (self.clock.now(), detail)
+        self._log("runtime", {"notice": kind, "detail": detail})
+
+    def _recent_notice(self) -> str:
+        if self._notice is None:
+            return ""
+        at, detail = self._notice
+        window = self.values["runtime_notice_window"]
+        return detail if self.clock.now() - at <= window else ""
+
     def wrapper_exited(self, code: int | None, reason: str | None = None, detail: str = "") -> None:
         """The runtime saw the wrapper go; ``reason`` is its runtime's word for why (e.g.
         ``oom_killed``). Messages the exit fails carry it as their error detail, so the user
@@ -433,7 +452,10 @@ class SessionCore:
         if backstop is not None and frame.status == "cancelled":
             self._set(message, "failed", backstop, frame.error)
         else:
-            self._set(message, frame.status, frame.reason, frame.error)
+            error = frame.error
+            if not error and frame.reason in ("agent_restarted", "agent_unavailable"):
+                error = self._recent_notice()  # Kilo killed at the container's memory limit
+            self._set(message, frame.status, frame.reason, error)
         if counted:
             self.group.send(self.machine.machine_id, Event("message_finished", {"id": message.id}))
         self._queue_changed()
@@ -446,7 +468,8 @@ class SessionCore:
                 # backstop's verdict stands.
                 why = backstopped.get(message.id, reason)
                 status = "cancelled" if why == "cancelled" else "failed"
-                self._set(message, status, why, self._exit_detail if why == reason else "")
+                detail = (self._exit_detail or self._recent_notice()) if why == reason else ""
+                self._set(message, status, why, detail)
         self._queue_changed()
 
     def _set(self, message: Message, state: str, reason: str = "", error: str = "") -> None:

@@ -166,6 +166,11 @@ CONTROL_TIMERS = TimerTable(
             "backstop: a running session's cap, above the wrapper's own turn_hard_cap (120m)",
         ),
         _t("idle_stop", "10m", "idle session stops its wrapper (the agent's session is kept)"),
+        _t(
+            "runtime_notice_window",
+            "1m",
+            "a runtime's notice (an OOM kill in the container) explains a message lost this soon",
+        ),
         _t("wrapper_restart_window", "10m", "window of the wrapper restart budget (5)"),
         _t("wrapper_backoff_initial", "1s", "first delay before restarting a wrapper"),
         _t("wrapper_backoff_max", "30s", "largest delay before restarting a wrapper"),

@@ -303,3 +303,30 @@ def test_every_log_entry_is_stamped_on_one_clock_and_the_wrappers_own_is_kept_ap
     assert "at" not in entry.data
     line = _sse_line(entry).decode()
     assert '"at":1800000000.0' in line and '"wrapper_at":12.5' in line
+
+
+def test_a_runtime_notice_is_logged_and_explains_a_message_lost_soon_after() -> None:
+    """An OOM kill inside a living container (a tool, or Kilo) is the runtime's notice: the
+    session's log shows it, and a message that Kilo's restart costs right after carries it as
+    its error instead of an empty one; an old notice explains nothing."""
+    log: list[LogEntry] = []
+    clock = VirtualClock()
+    core = SessionCore(clock, CONTROL_TIMERS.defaults(), "s1", lambda e: None, on_log=log.append)
+    core.start()
+    core.hello(_hello("w1"))
+    lost = core.send_message("hi", "m1")
+    core.frame(LifecycleFrame(1, "turn:m1", "accepted", trigger="dispatch"))
+    core.runtime_notice("oom", "a process was killed at its memory limit")
+    assert [e.data for e in log if e.kind == "runtime"] == [
+        {"notice": "oom", "detail": "a process was killed at its memory limit"}
+    ]
+    core.frame(OutcomeFrame(2, "m1", "failed", "agent_restarted"))
+    assert (lost.reason, lost.error) == (
+        "agent_restarted",
+        "a process was killed at its memory limit",
+    )
+    later = core.send_message("again", "m2")
+    core.frame(LifecycleFrame(3, "turn:m2", "accepted", trigger="dispatch"))
+    clock.advance_by(CONTROL_TIMERS.defaults()["runtime_notice_window"] + 1)
+    core.frame(OutcomeFrame(4, "m2", "failed", "agent_restarted"))
+    assert later.error == ""

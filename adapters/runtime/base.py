@@ -27,6 +27,7 @@ __all__ = [
     "TOKEN_ENV",
     "ExitReason",
     "OnExit",
+    "OnNotice",
     "RuntimePort",
     "RuntimePortError",
     "WrapperAlreadyRunningError",
@@ -93,6 +94,15 @@ class WrapperSpec(msgspec.Struct, frozen=True, kw_only=True):
             f"kilo_bin={self.kilo_bin!r}, version={self.version!r}, "
             f"extra_env={sorted(self.extra_env)!r})"
         )
+
+
+class OnNotice(Protocol):
+    """``on_notice(session_id, kind, detail)``: something the runtime saw happen to a session's
+    wrapper that is not an exit, e.g. ``oom``: the kernel killed a process in the container at
+    its memory limit (a tool, or Kilo) while the container lives on. The session shows it; a
+    message lost right after carries it as its error."""
+
+    def __call__(self, session_id: str, kind: str, detail: str, /) -> None: ...
 
 
 class RuntimePortError(Exception):

@@ -74,6 +74,7 @@ from adapters.runtime.base import (
     TOKEN_ENV,
     ExitReason,
     OnExit,
+    OnNotice,
     RuntimePortError,
     WrapperAlreadyRunningError,
     WrapperSpec,
@@ -132,8 +133,10 @@ class _Container:
     log_path: Path
     adopted: bool = False
     stopping: bool = False
-    """``stop`` signalled it: its exit is ``killed_by_us`` (unless the kernel's OOM came first)."""
+    """``stop`` signalled it: its exit is ``killed_by_us``."""
     finishing: bool = False
+    oom_events: int = 0
+    """``oom`` events the daemon sent for it: processes the kernel killed at its memory limit."""
     exited: anyio.Event = field(default_factory=anyio.Event)
     code: int | None = None
 
@@ -193,6 +196,7 @@ class DockerRuntime:
         control_plane_id: str | None = None,
         exit_grace: float = 10.0,
         labels: dict[str, str] | None = None,
+        on_notice: OnNotice | None = None,
     ) -> None:
         """``state_dir`` holds the runtime's files (control plane id, logs, each session's Kilo
         state and token directory); ``base_dir`` the fallback workspace of a session whose
@@ -210,6 +214,7 @@ class DockerRuntime:
         self.extra_labels = dict(labels or {})
         self._control_plane_id = control_plane_id
         self._on_exit = on_exit
+        self._on_notice = on_notice
         self._api = DockerAPI(settings.socket)
         self._boxes: dict[str, _Container] = {}
         self._by_id: dict[str, _Container] = {}
@@ -722,7 +727,21 @@ class DockerRuntime:
                 if leftover == container:  # a leftover died before anyone adopted it
                     del self._leftovers[sid]
             return
-        if action in EXIT_EVENTS and not box.finishing:
+        if action == "oom":
+            # The kernel killed a process in the container at its limit; the container may live
+            # on (a tool, or Kilo, which the wrapper restarts): say so, once per event.
+            box.oom_events += 1
+            if self._on_notice is not None:
+                limit = self.settings.memory
+                detail = (
+                    f"a process in the wrapper's container was killed at its memory limit "
+                    f"({limit // 1024**2} MiB, runtime.memory)"
+                )
+                try:
+                    self._on_notice(box.session_id, "oom", detail)
+                except Exception:
+                    log.exception("on_notice handler failed for session %s", box.session_id)
+        elif action in EXIT_EVENTS and not box.finishing:
             code = (event.get("Actor") or {}).get("Attributes", {}).get("exitCode")
             assert self._tg is not None
             self._tg.start_soon(
@@ -804,7 +823,9 @@ class DockerRuntime:
         code = int(code) if isinstance(code, int) else event_code
         detail = str(state.get("Error") or "")
         await self._keep_output(box)
-        if state.get("OOMKilled"):
+        if state.get("OOMKilled") and code == 137 and not box.stopping:
+            # OOMKilled says an OOM kill happened in the container at some point, not that it
+            # ended it: a tool killed earlier leaves it true for a wrapper that exits 0 later.
             limit = (info.get("HostConfig") or {}).get("Memory")
             return code, "oom_killed", detail or f"out of memory at its limit of {limit} bytes"
         return code, "killed_by_us" if box.stopping else "exited", detail

@@ -195,6 +195,7 @@ class ControlHost:
                     state_dir=s.state_dir or s.base_dir,
                     base_dir=s.base_dir,
                     command=s.wrapper_command,
+                    on_notice=self._on_runtime_notice,
                 )
             else:
                 runtime_cm = LocalRuntime(
@@ -499,6 +500,12 @@ class ControlHost:
         entry.exits_seen = entry.starts_requested
         self.log.info("wrapper exited", session=session_id, code=code, reason=reason)
         entry.core.wrapper_exited(code, reason, detail)
+
+    def _on_runtime_notice(self, session_id: str, kind: str, detail: str) -> None:
+        entry = self.sessions.get(session_id)
+        self.log.warning("runtime notice", session=session_id, notice=kind, detail=detail)
+        if entry is not None:
+            entry.core.runtime_notice(kind, detail)
 
     def wrapper_disconnected(self, session_id: str) -> None:
         """With an external runtime the socket is all there is: a released wrapper that hangs

@@ -13,6 +13,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +70,28 @@ def one_container(sid: str) -> str:
     return ids[0]
 
 
-@pytest.fixture
-def control(tmp_path: Path, fake_llm: FakeLLM, image: str) -> Iterator[Control]:
+@contextmanager
+def docker_control(
+    tmp: Path, fake_llm: FakeLLM, image: str, runtime: dict[str, str] | None = None
+) -> Iterator[Control]:
     extra = ["--runtime", "docker", "--image", image]
     sessions: list[str] = []
-    with running_control(tmp_path, fake_llm.provider_config(), FAST, extra_args=extra) as c:
+    # Everything allowed: a tool the model runs must not wait on a permission nobody answers
+    # (Kilo asks before touching paths outside the workspace, e.g. /proc).
+    config = fake_llm.provider_config(permission={"bash": "allow", "*": "allow"})
+    with running_control(tmp, config, FAST, extra_args=extra, runtime=runtime) as c:
         yield c
         sessions = [s["id"] for s in c.http.get("/sessions").json()]
     # After the control plane is gone (containers outlive it by design: a successor adopts them).
     for sid in sessions:
         for container in containers(sid, running_only=False):
             docker("rm", "-f", container, check=False)
+
+
+@pytest.fixture
+def control(tmp_path: Path, fake_llm: FakeLLM, image: str) -> Iterator[Control]:
+    with docker_control(tmp_path, fake_llm, image) as c:
+        yield c
 
 
 def _final(control: Control, sid: str, mid: str, timeout: float = 120) -> dict[str, Any]:
@@ -155,3 +167,71 @@ def test_the_control_plane_killed_and_restarted_adopts_its_containers(
     nxt = control.send(sid, "again MODE:text")
     assert _final(control, sid, nxt)["state"] == "completed"
     assert containers(sid) == [before]
+
+
+def _tool_output(fake_llm: FakeLLM) -> str:
+    """What the last bash tool printed, as the model was shown it."""
+    for body in reversed(fake_llm.requests):
+        tools = [m for m in body.get("messages") or [] if m.get("role") == "tool"]
+        if tools:
+            return json.dumps(tools[-1].get("content"))
+    raise AssertionError("no tool result reached the model")
+
+
+def test_a_memory_limit_hit_in_the_container_is_reported(
+    tmp_path: Path, fake_llm: FakeLLM, image: str
+) -> None:
+    """A tool that eats memory past ``runtime.memory``: the kernel kills it (the container
+    lives on), the daemon's ``oom`` event reaches the session as a runtime notice in its event
+    stream, and the turn goes on with the tool's failure."""
+    # Kilo alone is about 530 MB: the hog must outgrow it before the limit, or Kilo is the
+    # process the kernel picks.
+    with docker_control(tmp_path, fake_llm, image, {"memory": "2g"}) as control:
+        sid = control.create_session()
+        hog = "python3 -c 'x = b\"x\" * (3 * 1024 ** 3)'; echo status=$?"
+        mid = control.send(sid, f"RUN[{hog}] MODE:run")
+        done = _final(control, sid, mid)
+        notices = [e.data for e in control.events(sid) if e.kind == "runtime"]
+        assert notices and notices[0]["notice"] == "oom", notices
+        assert "memory limit (2048 MiB, runtime.memory)" in notices[0]["detail"], notices
+        assert done["state"] == "completed", (done, control.tail(30))
+        assert "status=137" in _tool_output(fake_llm)
+        assert len(containers(sid)) == 1  # the container lives on
+
+
+def test_a_memory_limit_kilo_cannot_live_under_fails_the_session_saying_so(
+    tmp_path: Path, fake_llm: FakeLLM, image: str
+) -> None:
+    """Kilo alone needs about 530 MB here: under a 400 MiB limit the kernel kills it at every
+    start, the wrapper spends its restart budget, and the user is told why, not only
+    ``agent_unavailable``: the message's error is the OOM notice, and the session is failed."""
+    with docker_control(tmp_path, fake_llm, image, {"memory": "400m"}) as control:
+        sid = control.create_session()
+        mid = control.send(sid, "hello MODE:text")
+        done = _final(control, sid, mid)
+        assert (done["state"], done["reason"]) == ("failed", "agent_unavailable"), done
+        assert "killed at its memory limit (400 MiB" in done["error"], done
+        assert control.wait_state(sid, ("failed",), timeout=60) == "failed"
+
+
+def test_the_agent_finds_no_secret_and_cannot_reach_the_control_planes_data(
+    control: Control, fake_llm: FakeLLM
+) -> None:
+    """What a prompt-injected agent would try, as a Kilo bash tool inside the container: the
+    environment of PID 1 and its own, the wrapper's state, the control plane's database (a
+    path on the host), and the control plane's API on the shared loopback."""
+    sid = control.create_session()
+    api = f"http://127.0.0.1:{control.port}/sessions"
+    probe = (
+        "cat /proc/1/environ; echo environ=$?; env; "
+        "ls /var/lib/fsm-agent/*; echo state=$?; "
+        f"cat {control.db}; echo db=$?; "
+        "python3 -c \"import urllib.request as u; u.urlopen('" + api + "')\" 2>&1 | tail -1"
+    )
+    mid = control.send(sid, f"RUN[{probe}] MODE:run")
+    assert _final(control, sid, mid)["state"] == "completed"
+    out = _tool_output(fake_llm)
+    assert "environ=1" in out and "state=2" in out and "db=1" in out, out
+    assert "401" in out, out
+    for secret in ("FSM_AGENT_TOKEN", "KILO_SERVER_PASSWORD", "FSM_AGENT_API_KEY"):
+        assert secret not in out, out

@@ -230,11 +230,15 @@ def running_control(
     *,
     extra_args: list[str] | None = None,
     limits: dict[str, int] | None = None,
+    runtime: dict[str, str] | None = None,
 ) -> Iterator[Control]:
     config = write_config(tmp / "fsm-agent.toml", timers or {}, kilo_config)
     if limits:
         with config.open("a") as file:
             file.write("\n[limits]\n" + "".join(f"{k} = {v}\n" for k, v in limits.items()))
+    if runtime:
+        with config.open("a") as file:
+            file.write("\n[runtime]\n" + "".join(f'{k} = "{v}"\n' for k, v in runtime.items()))
     control = Control(tmp, config, free_port(), extra_args)
     control.start()
     try:

@@ -6,6 +6,8 @@ test, each prompt picking its own fate):
 text      a short streamed reply
 slow      40 tokens, ``SLOW_DELAY`` apart (time for a test to do something mid-turn)
 tool      a ``bash`` tool call (``echo hi-from-tool``); after the tool result, "Tool finished."
+run       a ``bash`` tool call of the command written ``RUN[...]`` in the prompt (what an agent
+          told to look around would run); its output reaches the model in the next request
 question  a ``question`` tool call; after the answer, "Thanks."
 hang      headers, then nothing (until the client goes away)
 500       HTTP 500
@@ -39,6 +41,7 @@ from fsm.demo.scripted_model import chunk
 
 SLOW_DELAY = 0.25
 MODE = re.compile(r"MODE:(\w+)")
+RUN = re.compile(r"RUN\[(.+?)\]", re.DOTALL)
 
 
 @dataclass
@@ -137,6 +140,12 @@ def build_app(fake: FakeLLM) -> Starlette:
                     yield piece
             elif mode == "tool":
                 command = {"command": "echo hi-from-tool", "description": "Echo a greeting"}
+                for piece in _tool_call(model, "bash", command, f"call_fake_{calls}"):
+                    yield piece
+            elif mode == "run":
+                users = [m for m in body["messages"] if m.get("role") == "user"]
+                found = RUN.search(_text_of(users[-1]))
+                command = {"command": found[1] if found else "true", "description": "Run it"}
                 for piece in _tool_call(model, "bash", command, f"call_fake_{calls}"):
                     yield piece
             elif mode == "question":
