@@ -26,7 +26,9 @@ answers() { docker version --format '{{.Server.APIVersion}}' >/dev/null 2>&1; }
 can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; }
 
 missing=()
-command -v docker >/dev/null || missing+=(docker.io)
+# dockerd, not docker: a machine may have the client alone (this one's image has
+# /usr/local/bin/docker and no daemon).
+command -v dockerd >/dev/null || missing+=(docker.io)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v tini >/dev/null || [ -x /usr/bin/tini ] || missing+=(tini)
 if [ ${#missing[@]} -gt 0 ]; then
