@@ -65,6 +65,8 @@ from typing import Any
 
 import anyio
 
+from adapters.kilo.process import RunAs
+
 GIT_TIMEOUT = 30.0
 MESSAGE_TIMEOUT = 30.0
 MAX_MESSAGE_BYTES = 4096
@@ -341,7 +343,7 @@ def _command_name(args: Sequence[str]) -> str:
 class _Git:
     """Git confined to one workspace: fixed executable, environment, options and repository."""
 
-    def __init__(self, workdir: Path, private_root: Path) -> None:
+    def __init__(self, workdir: Path, private_root: Path, run_as: RunAs | None = None) -> None:
         self.workdir = workdir
         self.git_dir = workdir / ".git"
         self.env = git_environment(private_root / "home", workdir=workdir)
@@ -354,6 +356,11 @@ class _Git:
             f"--work-tree={workdir}",
             *hardening_options(private_root / "hooks"),
         ]
+        if run_as is not None:
+            # The repository is the agent's (its uid owns the workspace): git runs as the agent,
+            # so it can write there, git's ownership check passes, and nothing it runs (if the
+            # hardening missed something) holds more than the agent already has.
+            self.prefix = run_as.command(self.prefix, workdir)
 
     async def run(self, *args: str) -> bytes:
         with anyio.fail_after(GIT_TIMEOUT):
@@ -389,14 +396,18 @@ class _Git:
             )
 
 
-def _private_root(workdir: Path) -> Path:
-    """A fresh directory outside the workspace holding an empty HOME and an empty hooks dir."""
+def _private_root(workdir: Path, shared: bool = False) -> Path:
+    """A fresh directory outside the workspace holding an empty HOME and an empty hooks dir.
+    ``shared``: git runs as another user (the agent), who must be able to look into them; they
+    stay empty and are nobody's to write but ours."""
     root = Path(tempfile.mkdtemp(prefix="fsm-agent-git-"))
     if _is_within(root, workdir):
         shutil.rmtree(root, ignore_errors=True)
         raise GitError(f"the temporary directory {root} lies inside the workspace")
     for name in ("home", "hooks"):
-        (root / name).mkdir(mode=0o500)
+        (root / name).mkdir(mode=0o555 if shared else 0o500)
+    if shared:
+        root.chmod(0o711)
     return root
 
 
@@ -413,11 +424,15 @@ async def auto_commit(
     generate: Callable[[], Awaitable[str]],
     *,
     private_paths: Sequence[Path] = (),
+    run_as: RunAs | None = None,
 ) -> dict[str, Any]:
     """Commit everything the turn changed; the report, never an exception.
 
     ``private_paths`` are the wrapper's own state (Kilo's state directory); with
     ``<workdir>/.fsm-agent`` they are never committed. Relative ones are taken from ``workdir``.
+    ``run_as``: the user the workspace belongs to (``[kilo] user``, the container's agent): git
+    runs as that user. The wrapper cannot write that user's ``.git`` then, so the private paths
+    are kept out by pathspec and index removal alone, not also by ``info/exclude``.
     """
     root: Path | None = None
     try:
@@ -425,8 +440,8 @@ async def auto_commit(
         private = _private_relpaths(workdir, private_paths)
         patterns = [p for p in map(_exclude_pattern, private) if p is not None]
         excludes = [spec for rel in private for spec in _exclude_pathspecs(rel)]
-        root = _private_root(workdir)
-        git = _Git(workdir, root)
+        root = _private_root(workdir, shared=run_as is not None)
+        git = _Git(workdir, root, run_as)
         if not _has_git_dir(workdir):
             # No repository, so nothing of the agent's to load: git says what is wrong.
             await git.run("status", "--porcelain")
@@ -445,7 +460,8 @@ async def auto_commit(
             message = ""
         message = message or _capped(fallback_message(prompt))
         await git.guard()
-        _ensure_excluded(git.git_dir, patterns)
+        if run_as is None:
+            _ensure_excluded(git.git_dir, patterns)
         await git.run("add", "-A", "--", ".", *excludes)
         if private:
             await git.run(

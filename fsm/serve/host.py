@@ -265,6 +265,7 @@ class WrapperHost:
             command.prompt,
             generate,
             private_paths=[self.settings.state_dir],
+            run_as=self.settings.kilo_run_as,
         )
         self.log.info("auto-commit", message_id=mid, **result)
         self.core.note("auto_commit", {"message_id": mid, **result})

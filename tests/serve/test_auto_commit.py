@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import anyio
 import pytest
 
+from adapters.kilo.process import RunAs
 from fsm.serve.auto_commit import auto_commit, fallback_message
 from tests.fakes.fake_llm import FakeLLM
 from tests.fakes.ingest_server import FakeIngest
@@ -76,3 +80,37 @@ def test_a_completed_turn_with_auto_commit_commits_and_reports_it(
         assert (outcome.message_id, outcome.status) == (mid, "completed")
         types = ingest.event_types()
         assert types.index("wrapper.auto_commit_started") < types.index("wrapper.auto_commit")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the workspace to another uid")
+def test_a_workspace_of_another_user_is_committed_by_git_running_as_that_user() -> None:
+    """In the container the workspace is the agent's and the wrapper is another uid: git as the
+    wrapper could not write ``.git`` (``Permission denied: 'exclude'``, measured) and refuses a
+    repository of another owner. With ``run_as`` git runs as the workspace's user."""
+
+    agent = RunAs.lookup("nobody")
+    top = Path(tempfile.mkdtemp())  # pytest's tmp_path lies under a 0700 root-only folder
+    top.chmod(0o755)
+    ws = top / "ws"
+    ws.mkdir()
+    os.chown(ws, agent.uid, agent.gid)
+    try:
+        _commit_as(agent, ws)
+    finally:
+        shutil.rmtree(top)
+
+
+def _commit_as(agent: RunAs, ws: Path) -> None:
+
+    def as_agent(*args: str) -> None:
+        subprocess.run(agent.command(["git", *args], ws), check=True, capture_output=True)
+
+    as_agent("init", "-q")
+    as_agent("config", "user.email", "a@example.com")
+    as_agent("config", "user.name", "agent")
+    subprocess.run(agent.command(["sh", "-c", "echo hi > f.txt"], ws), check=True)
+    result = anyio.run(lambda: auto_commit(ws, "write f", _message, run_as=agent))
+    assert result["success"] and not result["skipped"], result
+    objects = [p for p in (ws / ".git" / "objects").rglob("*") if p.is_file()]
+    assert objects and all(p.stat().st_uid == agent.uid for p in objects)
+    assert _git(ws, "-c", f"safe.directory={ws}", "log", "-1", "--format=%s") == "Add notes"
