@@ -235,3 +235,64 @@ def test_the_agent_finds_no_secret_and_cannot_reach_the_control_planes_data(
     assert "401" in out, out
     for secret in ("FSM_AGENT_TOKEN", "KILO_SERVER_PASSWORD", "FSM_AGENT_API_KEY"):
         assert secret not in out, out
+
+
+def _top(container: str) -> list[tuple[int, str, str]]:
+    """(host pid, user, command) of every process in ``container``."""
+    rows = docker("top", container, "-eo", "pid,user,args").splitlines()[1:]
+    out = []
+    for row in rows:
+        pid, user, args = row.split(None, 2)
+        out.append((int(pid), user, args))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def test_the_wrapper_killed_inside_its_container_is_restarted_there_by_the_supervisor(
+    control: Control,
+) -> None:
+    """Acceptance 13: the wrapper process dies, the container does not. The in-container
+    supervisor starts a new wrapper, the old Kilo is gone with the old wrapper, the accepted
+    message fails agent_restarted, and the next one works in the same container."""
+    sid = control.create_session()
+    first = control.send(sid, "say hello MODE:text")
+    assert _final(control, sid, first)["state"] == "completed"
+    container = one_container(sid)
+    labels = json.loads(docker("inspect", container))[0]["Config"]["Labels"]
+    fsm, agent = labels["io.fsm-agent.fsm-uid"], labels["io.fsm-agent.agent-uid"]
+    before = _top(container)  # the host has no such users: docker top shows their uids
+    wrapper = [pid for pid, user, args in before if user in (fsm, "fsm") and " serve" in args]
+    kilo = [pid for pid, user, args in before if user in (agent, "agent") and "kilo" in args]
+    assert wrapper and kilo, before
+    running = control.send(sid, "long answer MODE:slow")
+    control.wait_message(sid, running, ("running",), timeout=60)
+    subprocess.run(["kill", "-9", str(wrapper[0])], check=True)
+    done = _final(control, sid, running, 90)
+    assert (done["state"], done["reason"]) == ("failed", "agent_restarted"), done
+    nxt = control.send(sid, "again MODE:text")
+    assert _final(control, sid, nxt)["state"] == "completed"
+    assert containers(sid) == [container]  # the same container: its supervisor did it
+    assert not any(_alive(pid) for pid in kilo), "the old Kilo outlived its wrapper"
+
+
+def test_auto_commit_works_in_the_agents_workspace(control: Control, fake_llm: FakeLLM) -> None:
+    """The workspace is the agent's; git runs as the agent (found broken by the image tests:
+    git as the wrapper's uid could not write the agent's .git)."""
+    sid = control.create_session()
+    setup = "git init -q && git config user.email a@example.com && git config user.name a"
+    mid = control.send(sid, f"RUN[{setup} && echo hi > f.txt] MODE:run", auto_commit=True)
+    assert _final(control, sid, mid)["state"] == "completed"
+    reports = wait_for(
+        "the auto-commit report",
+        lambda: [
+            e.data["event"]["properties"]
+            for e in control.events(sid)
+            if e.kind == "event" and e.data["event"].get("type") == "wrapper.auto_commit"
+        ],
+        60,
+        control.tail,
+    )
+    assert reports[0]["success"] and not reports[0]["skipped"], reports
