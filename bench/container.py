@@ -1,0 +1,200 @@
+"""Containers: a session's wrapper as a real container, from create to ready, against
+``docker run`` of the same image with a no-op command plus Kilo's own start, measured in the
+same rounds.
+
+Each round, interleaved so that a noisy moment hits both sides:
+
+* the baseline: ``docker run --rm --network host --entrypoint /bin/true <image>`` (what the
+  daemon costs to make, start and reap a container of this image);
+* the measured: ``DockerRuntime.start`` (create, start: labels, mounts, the token file) of a
+  wrapper whose ingest is a test endpoint on loopback, until the wrapper is ready (its lifecycle
+  frames ``wrapper → ready`` and ``agent_link → streaming`` arrived); Kilo's own start is what
+  the wrapper logged for it in that same container (spawn to first healthy answer). The goal:
+  create → ready ≤ 1.2x (no-op run + Kilo's start).
+
+The wrapper's memory inside the container is its RSS (``/proc/<pid>/status`` of the host pid
+``docker top`` shows) once ready and idle; the goal is ≤ 60 MiB.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+from adapters.runtime.base import WrapperSpec
+from adapters.runtime.docker import DockerRuntime
+from adapters.runtime.image import ensure_image
+from bench.common import Figure, median
+from fsm.runtime_settings import RuntimeSettings
+from tests.fakes.fake_llm import running_fake_llm
+from tests.fakes.ingest_server import FakeIngest
+from tests.fakes.wrapper_process import write_config
+
+RUNS = 5
+
+
+def _docker(*args: str) -> str:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _noop_run(image: str) -> float:
+    started = time.monotonic()
+    _docker("run", "--rm", "--network", "host", "--entrypoint", "/bin/true", image)
+    return time.monotonic() - started
+
+
+def _kilo_startup(container: str) -> float:
+    done = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
+    for raw in (done.stdout + done.stderr).splitlines():
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if record.get("message") == "Kilo is healthy" and "startup" in record:
+            return float(record["startup"])
+    raise RuntimeError(f"no 'Kilo is healthy' line in the logs of {container}")
+
+
+def _wrapper_rss_mib(container: str, fsm_uid: str) -> float:
+    for row in _docker("top", container, "-eo", "pid,user,args").splitlines()[1:]:
+        pid, user, args = row.split(None, 2)
+        if user in (fsm_uid, "fsm") and " serve" in args:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no wrapper process in {container}")
+
+
+async def _one(
+    runtime: DockerRuntime, image: str, tmp: Path, config: Path, i: int
+) -> dict[str, float]:
+    ingest = FakeIngest(token=f"bench-token-{i}")
+    ingest.start()
+    try:
+        sid = f"bench{i}"
+        workdir = tmp / f"ws{i}"
+        workdir.mkdir()
+        spec = WrapperSpec(
+            session_id=sid,
+            agent_session=f"agent_{sid}",
+            user_id="bench",
+            ingest_url=ingest.url,
+            token=ingest.token,
+            workdir=workdir,
+            config=config,
+        )
+        started = time.monotonic()
+        await runtime.start(spec)
+        created = time.monotonic() - started
+
+        def ready() -> bool:
+            return "ready" in ingest.lifecycle("wrapper") and "streaming" in ingest.lifecycle(
+                "agent_link"
+            )
+
+        while not ready():
+            if time.monotonic() - started > 120:
+                raise RuntimeError("the wrapper was not ready within 120 s")
+            await anyio.sleep(0.01)
+        elapsed = time.monotonic() - started
+        container = runtime.container(sid) or ""
+        labels = json.loads(_docker("inspect", image))[0]["Config"]["Labels"]
+        await anyio.sleep(1.0)  # idle: what it holds between turns
+        rss = _wrapper_rss_mib(container, labels["io.fsm-agent.fsm-uid"])
+        kilo = _kilo_startup(container)
+        await runtime.stop(sid, 10.0)
+        return {"ready": elapsed, "create": created, "kilo": kilo, "rss": rss}
+    finally:
+        ingest.close()
+
+
+def run() -> list[Figure]:
+    image = ensure_image(log=lambda _line: None)
+    rounds: list[dict[str, float]] = []
+    with running_fake_llm() as llm, tempfile.TemporaryDirectory(prefix="fsm-bench-ctr-") as t:
+        tmp = Path(t)
+        config = write_config(tmp / "fsm-agent.toml", {}, llm.provider_config())
+
+        async def main() -> None:
+            async with DockerRuntime(
+                RuntimeSettings(network="host"),
+                lambda *_a: None,
+                state_dir=tmp / "state",
+                image=image,
+            ) as runtime:
+                for i in range(RUNS):
+                    noop = _noop_run(image)
+                    row = await _one(runtime, image, tmp, config, i)
+                    rounds.append({**row, "noop": noop})
+
+        anyio.run(main)
+    ready = median([r["ready"] for r in rounds])
+    noop = median([r["noop"] for r in rounds])
+    kilo = median([r["kilo"] for r in rounds])
+    baseline = noop + kilo
+    ratio = ready / baseline
+    rss = max(r["rss"] for r in rounds)
+    note = (
+        f"median of {RUNS}; create → started {median([r['create'] for r in rounds]) * 1000:.0f} ms"
+    )
+    return [
+        Figure(
+            "container",
+            "container create → wrapper ready",
+            round(ready * 1000, 1),
+            "ms",
+            baseline="docker run no-op + Kilo's own start",
+            baseline_value=round(baseline * 1000, 1),
+            ratio=round(ratio, 2),
+            target="<= 1.2x (docker run + Kilo start)",
+            meets_target=ratio <= 1.2,
+            runs=RUNS,
+            note=note,
+            samples=[r["ready"] for r in rounds],
+        ),
+        Figure(
+            "container",
+            "docker run of the image, no-op command",
+            round(noop * 1000, 1),
+            "ms",
+            runs=RUNS,
+            samples=[r["noop"] for r in rounds],
+        ),
+        Figure(
+            "container",
+            "Kilo's own start in the container (spawn → healthy)",
+            round(kilo * 1000, 1),
+            "ms",
+            runs=RUNS,
+            note="as the wrapper measured it, in the measured containers",
+            samples=[r["kilo"] for r in rounds],
+        ),
+        Figure(
+            "container",
+            "wrapper RSS in the container (idle, after ready)",
+            round(rss, 1),
+            "MiB",
+            target="<= 60 MiB",
+            meets_target=rss <= 60,
+            runs=RUNS,
+            note="highest of the rounds; the wrapper process alone (not the supervisor, not Kilo)",
+            samples=[r["rss"] for r in rounds],
+        ),
+    ]
+
+
+def _main() -> None:
+    for figure in run():
+        print(figure.name, figure.value, figure.unit, figure.ratio or "", figure.note)
+
+
+if __name__ == "__main__":
+    _main()
