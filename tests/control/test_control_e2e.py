@@ -17,22 +17,10 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.fakes.control_process import Control, SseEvent, running_control, wait_for
+from tests.fakes.control_process import WRAPPER_FAST, Control, SseEvent, running_control, wait_for
 from tests.fakes.fake_llm import FakeLLM
 
 pytestmark = pytest.mark.kilo
-
-WRAPPER_FAST = {
-    "ingest_heartbeat": "1s",
-    "ingest_backoff_initial": "100ms",
-    "ingest_backoff_max": "500ms",
-    "agent_stop_grace": "1s",
-    "wrapper_backoff_initial": "100ms",
-    "wrapper_backoff_max": "500ms",
-    # Room for a wrapper told to go (shutdown, release) to stop its Kilo on a loaded machine:
-    # past it the wrapper is signalled and exits non-zero (seen once with both cores busy).
-    "wrapper_stop_grace": "10s",
-}
 
 
 def _alive(pid: int) -> bool:

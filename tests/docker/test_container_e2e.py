@@ -22,7 +22,7 @@ import pytest
 from adapters.runtime.docker import LABEL_SESSION
 from adapters.runtime.image import ensure_image
 from tests.docker_support import docker_daemon
-from tests.fakes.control_process import Control, running_control, wait_for
+from tests.fakes.control_process import WRAPPER_FAST, Control, running_control, wait_for
 from tests.fakes.fake_llm import FakeLLM
 
 __all__ = ["docker_daemon"]
@@ -30,13 +30,7 @@ __all__ = ["docker_daemon"]
 pytestmark = pytest.mark.kilo
 
 FAST = {
-    "ingest_heartbeat": "1s",
-    "ingest_backoff_initial": "100ms",
-    "ingest_backoff_max": "500ms",
-    "agent_stop_grace": "1s",
-    "wrapper_backoff_initial": "100ms",
-    "wrapper_backoff_max": "500ms",
-    "wrapper_stop_grace": "10s",
+    **WRAPPER_FAST,
     # A paused container sends nothing: stale after 4 s, replaced 2 s later.
     "stale_heartbeat": "4s",
     "stale_grace": "2s",

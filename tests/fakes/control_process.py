@@ -222,6 +222,21 @@ def parse_sse(text: str) -> list[SseEvent]:
     return events
 
 
+WRAPPER_FAST = {
+    "ingest_heartbeat": "1s",
+    "ingest_backoff_initial": "100ms",
+    "ingest_backoff_max": "500ms",
+    "agent_stop_grace": "1s",
+    "wrapper_backoff_initial": "100ms",
+    "wrapper_backoff_max": "500ms",
+    # Room for a wrapper told to go (shutdown, release) to stop its Kilo on a loaded machine:
+    # past it the wrapper is signalled and exits non-zero (seen once with both cores busy).
+    "wrapper_stop_grace": "10s",
+}
+"""Timers of the end-to-end tests of a control plane and its wrappers: quick reconnects and
+restarts, nothing that waits for a production timeout."""
+
+
 @contextmanager
 def running_control(
     tmp: Path,
