@@ -73,6 +73,10 @@ def docker_control(
     # Everything allowed: a tool the model runs must not wait on a permission nobody answers
     # (Kilo asks before touching paths outside the workspace, e.g. /proc).
     config = fake_llm.provider_config(permission={"bash": "allow", "*": "allow"})
+    # Kilo's snapshot system, after a container was killed mid-turn, can take long enough to
+    # initialize that Kilo asks the user whether to disable it (question.asked, "Snapshot is
+    # slow", seen under load): the turn then rightly waits for an answer nobody here gives.
+    config["snapshot"] = False
     with running_control(tmp, config, FAST, extra_args=extra, runtime=runtime) as c:
         yield c
         sessions = [s["id"] for s in c.http.get("/sessions").json()]
@@ -88,8 +92,27 @@ def control(tmp_path: Path, fake_llm: FakeLLM, image: str) -> Iterator[Control]:
         yield c
 
 
+def _logs(container: str) -> str:
+    done = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
+    return done.stdout + done.stderr
+
+
 def _final(control: Control, sid: str, mid: str, timeout: float = 120) -> dict[str, Any]:
-    return control.wait_message(sid, mid, ("completed", "failed", "cancelled"), timeout)
+    try:
+        return control.wait_message(sid, mid, ("completed", "failed", "cancelled"), timeout)
+    except AssertionError as exc:
+        # The live containers' own output (the runtime keeps it only once one exits).
+        logs = "".join(
+            f"\n--- docker logs {c[:12]}\n"
+            + "\n".join(_logs(c).splitlines()[-40:])
+            for c in containers(sid)
+        )
+        asked = [
+            json.dumps(e.data["event"])[:600]
+            for e in control.events(sid)
+            if e.kind == "event" and str(e.data["event"].get("type", "")).endswith(".asked")
+        ]
+        raise AssertionError(f"{exc}{logs}\n--- asked: {asked}") from None
 
 
 def test_a_prompt_completes_in_a_container(control: Control) -> None:
