@@ -34,9 +34,10 @@ run: setup
 demo:
     {{venv}}/bin/fsm-agent demo
 
-# Lint, types and the whole test suite.
+# Lint, types and the whole test suite: two workers, each test file on one of them (module
+# fixtures such as a built image are shared within a file). Most tests wait on real processes.
 test: setup lint types
-    {{py}} -m pytest
+    {{py}} -m pytest -n 2 --dist loadfile
 
 # ruff over everything.
 lint:
