@@ -15,9 +15,11 @@ None).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal, Protocol
 
+import anyio
 import msgspec
 
 from fsm.secrets_input import TOKEN_ENV as _TOKEN_ENV
@@ -34,6 +36,7 @@ __all__ = [
     "WrapperSpec",
     "WrapperStartError",
     "restart",
+    "stop_all",
 ]
 
 TOKEN_ENV = _TOKEN_ENV
@@ -151,6 +154,16 @@ class RuntimePort(Protocol):
         adopted wrapper is ``running`` and its exit is reported like any other.
         """
         ...
+
+
+async def stop_all(runtime: RuntimePort, session_ids: Iterable[str], grace: float) -> None:
+    """Stop every one of ``session_ids`` at once, each with ``grace``, and wait for them all:
+    what a runtime does when it is left. Shielded: the stops must finish even if the owner is
+    cancelled meanwhile (nothing a runtime started may outlive it unasked)."""
+    with anyio.CancelScope(shield=True):
+        async with anyio.create_task_group() as stoppers:
+            for session_id in list(session_ids):
+                stoppers.start_soon(runtime.stop, session_id, grace)
 
 
 async def restart(runtime: RuntimePort, spec: WrapperSpec, grace: float) -> int | None:

@@ -79,6 +79,7 @@ from adapters.runtime.base import (
     WrapperAlreadyRunningError,
     WrapperSpec,
     WrapperStartError,
+    stop_all,
 )
 from adapters.runtime.docker_api import DockerAPI, DockerError
 from adapters.runtime.local import _check_session_id, _config_pass_env, _stamp
@@ -274,10 +275,7 @@ class DockerRuntime:
     ) -> bool | None:
         self._closing = True
         assert self._tg is not None
-        with anyio.CancelScope(shield=True):
-            async with anyio.create_task_group() as stoppers:
-                for session_id in list(self._boxes):
-                    stoppers.start_soon(self.stop, session_id, self.exit_grace)
+        await stop_all(self, self._boxes, self.exit_grace)
         self._tg.cancel_scope.cancel()
         try:
             return await self._tg.__aexit__(exc_type, exc, tb)

@@ -74,6 +74,7 @@ from adapters.runtime.base import (
     WrapperAlreadyRunningError,
     WrapperSpec,
     WrapperStartError,
+    stop_all,
 )
 from fsm.config import ConfigError, read_toml
 from fsm.secrets_input import API_KEY_ENV
@@ -208,12 +209,8 @@ class LocalRuntime:
     ) -> bool | None:
         self._closing = True
         assert self._tg is not None
-        # Shielded: the stop must finish even if the owner is cancelled meanwhile (a cancelled
-        # owner has already made the watchers SIGKILL their children; see _watch).
-        with anyio.CancelScope(shield=True):
-            async with anyio.create_task_group() as stoppers:
-                for session_id in [*self._children, *self._orphans]:
-                    stoppers.start_soon(self.stop, session_id, self.exit_grace)
+        # (A cancelled owner has already made the watchers SIGKILL their children; see _watch.)
+        await stop_all(self, [*self._children, *self._orphans], self.exit_grace)
         return await self._tg.__aexit__(exc_type, exc, tb)
 
     # -- the port ---------------------------------------------------------------------------------

@@ -103,8 +103,7 @@ def _final(control: Control, sid: str, mid: str, timeout: float = 120) -> dict[s
     except AssertionError as exc:
         # The live containers' own output (the runtime keeps it only once one exits).
         logs = "".join(
-            f"\n--- docker logs {c[:12]}\n"
-            + "\n".join(_logs(c).splitlines()[-40:])
+            f"\n--- docker logs {c[:12]}\n" + "\n".join(_logs(c).splitlines()[-40:])
             for c in containers(sid)
         )
         asked = [
