@@ -57,7 +57,7 @@ graph: setup
 fuzz examples="3000": setup
     FSM_AGENT_FUZZ_EXAMPLES={{examples}} {{py}} -m pytest -q tests/fuzz -p no:cacheprovider
 
-# Every benchmark (engine, simulator, relay, control plane, detection): one table, bench/results.{json,md}.
+# Every benchmark (engine, simulator, relay, control plane, detection, container): one table, bench/results.{json,md}.
 bench *args: setup
     {{py}} -m pip install -q --disable-pip-version-check -e '.[bench]'
     {{py}} -m bench.run {{args}}

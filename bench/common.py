@@ -20,7 +20,7 @@ from typing import Any
 @dataclass
 class Figure:
     bench: str
-    """Which benchmark (engine, simulator, relay, control, detection)."""
+    """Which benchmark (engine, simulator, relay, control, detection, container)."""
     name: str
     value: float
     unit: str
