@@ -39,7 +39,7 @@ from fsm.effects import ArmTimer, CancelTimer, Effect
 from fsm.events import Event, TimerFired
 from fsm.model import MachineDef, State, Timer, TimerKind, Transition
 from fsm.spec import Ctx, MachineSpec
-from fsm.timers import TimerValues
+from fsm.timer_table import TimerValues
 from fsm.validate import timer_span
 
 RecordKind = Literal["start", "transition", "internal", "ignored", "timer_dropped", "fault"]

@@ -16,7 +16,7 @@ import msgspec
 from fsm.effects import Effect
 from fsm.events import Event
 from fsm.model import MachineDef
-from fsm.timers import TimerTable
+from fsm.timer_table import TimerTable
 from fsm.validate import validate
 
 Ctx = TypeVar("Ctx", bound=msgspec.Struct)

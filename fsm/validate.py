@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 
 from fsm.model import ANY_STATE, MachineDef, Timer, TimerKind
-from fsm.timers import TimerTable
+from fsm.timer_table import TimerTable
 
 
 class DeclarationError(ValueError):

@@ -157,9 +157,10 @@ class ControlHost:
     def ingest_base(self) -> str:
         return f"ws://{self.settings.listen_host}:{self.port}/ingest"
 
-    async def run(self) -> None:
-        from fsm.control.api import build_app
-
+    async def run(self, build_app: Callable[[ControlHost], Any]) -> None:
+        """Serve until ``request_stop``. ``build_app(host)`` makes the ASGI app of the client API
+        and the ingest socket (``fsm.control.api.build_app``): the API depends on the host, never
+        the other way round, so the host takes it as an argument."""
         s = self.settings
         s.base_dir.mkdir(parents=True, exist_ok=True)
         sock = socket.socket(

@@ -25,6 +25,7 @@ from typing import Literal
 import anyio
 
 from fsm.config import ConfigError, timer_values
+from fsm.control.api import build_app
 from fsm.control.host import ControlHost, ControlSettings
 from fsm.limits import limit_values
 from fsm.logs import JsonLog
@@ -195,7 +196,7 @@ def run_control(
                         return
 
             tg.start_soon(on_signals)
-            await control.run()
+            await control.run(build_app)
             tg.cancel_scope.cancel()
 
     anyio.run(main)

@@ -24,6 +24,7 @@ import httpx
 import uvicorn
 
 from fsm.config import timer_values
+from fsm.control.api import build_app as build_control_app
 from fsm.control.host import ControlHost, ControlSettings
 from fsm.demo.scripted_model import build_app, kilo_provider_config
 from fsm.logs import JsonLog
@@ -238,7 +239,7 @@ async def _demo(
             timer_values(config)["control"],
             JsonLog(open(root / "control.log", "a")),  # noqa: SIM115 - lives as long as the demo
         )
-        tg.start_soon(host.run)
+        tg.start_soon(host.run, build_control_app)
         await host.ready.wait()
         code = await _drive(host, api_key, workspace, prompt, out, timeout)
         host.request_stop()

@@ -36,6 +36,7 @@ from adapters.runtime.base import (
 )
 from adapters.runtime.docker import LABEL_CONTROL, LABEL_SESSION, DockerRuntime
 from fsm.config import timer_values
+from fsm.control.api import build_app
 from fsm.control.host import ControlHost, ControlSettings
 from fsm.logs import JsonLog
 from fsm.runtime_settings import RuntimeSettings
@@ -480,7 +481,7 @@ async def test_the_control_plane_runs_a_container_per_session_and_removes_it_on_
     host = ControlHost(settings, values, JsonLog(log))
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(host.run)
+            tg.start_soon(host.run, build_app)
             await host.ready.wait()
             assert isinstance(host.runtime, DockerRuntime)
             entry, token = host.create_session()

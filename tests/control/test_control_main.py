@@ -25,7 +25,7 @@ class StubHost:
     def __init__(self, settings: ControlSettings, values: Any, log: Any) -> None:
         StubHost.seen.append(settings)
 
-    async def run(self) -> None:
+    async def run(self, build_app: Any) -> None:
         return None
 
     def request_stop(self) -> None:

@@ -23,6 +23,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from adapters.store import sqlite as store_module
+from fsm.control.api import build_app
 from fsm.control.host import ControlHost, ControlSettings
 from fsm.logs import JsonLog
 from fsm.timers import CONTROL_TIMERS
@@ -89,7 +90,7 @@ def test_one_sessions_failing_writes_leave_every_other_session_alone(
         (tmp_path / "state").mkdir()
         host = ControlHost(settings, CONTROL_TIMERS.defaults(), JsonLog(io.StringIO()))
         async with anyio.create_task_group() as tg:
-            tg.start_soon(host.run)
+            tg.start_soon(host.run, build_app)
             await host.ready.wait()
             (bad, bad_token), (good, good_token) = (
                 (e.row.id, t) for e, t in (host.create_session(), host.create_session())
