@@ -83,6 +83,14 @@ class AbortAgentTurn(Effect, frozen=True):
     message_id: str
 
 
+class AgentStuck(Effect, frozen=True):
+    """Kilo took a prompt and did nothing with it for the whole no-progress window: Kilo itself is
+    wedged (seen after a burst of prompts and aborts: every later prompt is taken and never
+    run), so the wrapper restarts it instead of failing prompt after prompt."""
+
+    message_id: str
+
+
 class EmitOutcome(Effect, frozen=True):
     message_id: str
     status: str

@@ -61,9 +61,44 @@ class QuestionBody(msgspec.Struct, forbid_unknown_fields=True):
     reject: bool = False
 
 
+FILE_TYPES = ("text/*", "image/png", "image/jpeg", "image/gif", "image/webp")
+"""Media types a prompt's files may have: what Kilo hands the model (text it inlines, images).
+Any other reaches Kilo's history and fails that message and every later one of the
+conversation ("'file part media type a/b' functionality not supported", measured on 7.7.9)."""
+
+
+IMAGE_SIGNATURES = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+"""How each image type begins: a body that is not the image it says it is made Kilo's turn hang
+(measured: a 'PNG' of text never got an outcome), so it is refused before it reaches Kilo."""
+
+
+def _readable_type(mime: str) -> bool:
+    return mime in FILE_TYPES or (mime.startswith("text/") and "text/*" in FILE_TYPES)
+
+
+def _content_problem(mime: str, content: bytes) -> str | None:
+    if mime.startswith("text/"):
+        try:
+            content.decode("utf-8")
+        except UnicodeDecodeError:
+            return "is not UTF-8 text"
+        return None
+    signatures = IMAGE_SIGNATURES.get(mime, ())
+    if not any(content.startswith(sig) for sig in signatures) or (
+        mime == "image/webp" and content[8:12] != b"WEBP"
+    ):
+        return f"is not a {mime} image"
+    return None
+
+
 def check_files(files: list[FilePart] | None, limits: LimitValues) -> None:
-    """Each file a ``data:`` URL whose media type is the part's and whose base64 decodes; their
-    number and size within the configured bounds. A 400 names the file."""
+    """Each file a ``data:`` URL whose media type is the part's, one of ``FILE_TYPES``, and whose
+    base64 decodes; their number and size within the configured bounds. A 400 names the file."""
     if not files:
         return
     if len(files) > limits.attachments:
@@ -81,17 +116,27 @@ def check_files(files: list[FilePart] | None, limits: LimitValues) -> None:
             "files",
         )
     for i, part in enumerate(files):
+        if not _readable_type(part.mime):
+            raise HTTPProblem(
+                400,
+                f"files[{i}].mime {part.mime!r} is not a type the agent reads "
+                f"({', '.join(FILE_TYPES)})",
+                f"files[{i}].mime",
+            )
         head, comma, data = part.url.partition(",")
         if not comma or head != f"data:{part.mime};base64":
             raise HTTPProblem(
                 400, f"files[{i}].url must be data:{part.mime};base64,<content>", f"files[{i}].url"
             )
         try:
-            base64.b64decode(data, validate=True)
+            content = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise HTTPProblem(
                 400, f"files[{i}].url: the content is not base64", f"files[{i}].url"
             ) from None
+        problem = _content_problem(part.mime, content)
+        if problem is not None:
+            raise HTTPProblem(400, f"files[{i}].url: the content {problem}", f"files[{i}].url")
 
 
 def check_prompt(body: PromptBody, limits: LimitValues) -> None:

@@ -43,6 +43,7 @@ import msgspec
 
 from fsm.clock import Clock
 from fsm.effects import (
+    AgentStuck,
     Effect,
     EmitOutcome,
     NotifyTurns,
@@ -608,6 +609,8 @@ class WrapperCore:
             self._forget_runs()
             for machine in self.active_turns():
                 self.group.send(machine.machine_id, Event(effect.trigger))
+        elif isinstance(effect, AgentStuck):
+            self.group.send("wrapper", Event("agent_hung", {"message_id": effect.message_id}))
         elif isinstance(effect, EmitOutcome):
             self._emit_outcome(effect)
             self.group.send("wrapper", Event("turn_ended", {"message_id": effect.message_id}))

@@ -330,3 +330,21 @@ def test_a_runtime_notice_is_logged_and_explains_a_message_lost_soon_after() -> 
     clock.advance_by(CONTROL_TIMERS.defaults()["runtime_notice_window"] + 1)
     core.frame(OutcomeFrame(4, "m2", "failed", "agent_restarted"))
     assert later.error == ""
+
+
+def test_a_prompt_kilo_never_starts_restarts_kilo_so_the_next_one_runs() -> None:
+    """Seen in the wrapper API fuzzer: after a burst of prompts and aborts Kilo took every later
+    prompt and ran none. The first such prompt fails no_progress, and the wrapper restarts Kilo
+    instead of handing the next one to the same wedged Kilo."""
+    p = Pair()
+    p.boot()
+    p.session.send_message("work")
+    assert p.wrapper.wrapper.state == "running"
+    window = WRAPPER_TIMERS.defaults()["turn_no_progress"]
+    waited = 0.0
+    while waited <= window:  # Kilo heartbeats all along: alive, just not running the prompt
+        p.kilo("server.heartbeat")
+        p.clock.advance_by(5.0)
+        waited += 5.0
+    assert p.wrapper.wrapper.state in ("restarting", "starting")
+    assert [m.reason for m in p.session.messages.values()] == ["no_progress"]

@@ -45,8 +45,12 @@ def _file(text: str, mime: str = "text/plain") -> FilePart:
     return FilePart(mime, f"data:{mime};base64," + base64.b64encode(text.encode()).decode())
 
 
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+
+
 def test_files_within_their_bounds_pass() -> None:
-    check_files([_file("a"), _file("b", "image/png")], defaults())
+    png = FilePart("image/png", "data:image/png;base64," + base64.b64encode(PNG).decode())
+    check_files([_file("a"), _file("b", "text/markdown"), png], defaults())
     check_files(None, defaults())
 
 
@@ -58,6 +62,13 @@ def test_files_within_their_bounds_pass() -> None:
         ([_file("a"), FilePart("text/plain", "data:text/plain;base64,!!")], "files[1].url"),
         ([_file("a")] * 9, "files"),
         ([_file("x" * 300_000)], "files"),
+        ([FilePart("a/b", "data:a/b;base64,aGk=")], "files[0].mime"),
+        ([_file("not a png", "image/png")], "files[0].url"),
+        ([FilePart("text/plain", "data:text/plain;base64,/w==")], "files[0].url"),
+        (
+            [_file("a"), FilePart("application/zip", "data:application/zip;base64,aGk=")],
+            "files[1].mime",
+        ),
     ],
 )
 def test_bad_files_are_refused_naming_the_file(files: list[FilePart], field: str) -> None:

@@ -24,6 +24,8 @@ Timers:
 
 When the agent is lost (crash or hang), a turn that made no progress yet is resubmitted once (back
 to ``queued``, dispatched again when the agent is back); otherwise it fails ``agent_restarted``.
+A turn Kilo took and never started within the no-progress window fails ``no_progress`` and says
+Kilo is wedged (``AgentStuck``): the wrapper restarts Kilo rather than hand it the next prompt.
 
 What counts as progress is declared once, in ``KILO_EVENTS`` below, next to the machine it drives:
 only real model output (non-empty text/reasoning, a tool call's state changes, a step's finish)
@@ -49,7 +51,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from fsm.effects import AbortAgentTurn, EmitOutcome, SubmitPrompt
+from fsm.effects import AbortAgentTurn, AgentStuck, EmitOutcome, SubmitPrompt
 from fsm.events import Event
 from fsm.model import MachineDef, State, on, silence_timer, span_timer, state_timer
 from fsm.spec import MachineSpec
@@ -153,7 +155,14 @@ DECLARATION = MachineDef(
         on("no_progress", "running", None, guard="tool_running"),
         on(
             "no_progress",
-            ("accepted", "running"),
+            "accepted",
+            "failed",
+            effects=("abort_agent_turn", "reason_no_progress", "agent_stuck"),
+            doc="Kilo never started it: Kilo is wedged and is restarted",
+        ),
+        on(
+            "no_progress",
+            "running",
             "failed",
             effects=("abort_agent_turn", "reason_no_progress"),
         ),
@@ -252,6 +261,7 @@ SPEC = MachineSpec(
     effects={
         "submit_prompt": _submit,
         "abort_agent_turn": lambda ctx, _e: AbortAgentTurn(ctx.message_id),
+        "agent_stuck": lambda ctx, _e: AgentStuck(ctx.message_id),
         "note_progress": _note_progress,
         "note_tool_started": _tool_started,
         "note_tool_finished": _tool_finished,

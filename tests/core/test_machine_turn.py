@@ -6,7 +6,7 @@ Defaults: no progress 7 min (paused while the user is asked, held while a tool r
 
 from __future__ import annotations
 
-from fsm.effects import AbortAgentTurn, EmitOutcome, SubmitPrompt
+from fsm.effects import AbortAgentTurn, AgentStuck, EmitOutcome, SubmitPrompt
 from fsm.machines import turn
 from fsm.machines.turn import TurnContext
 from tests.core.harness import Driver
@@ -163,4 +163,5 @@ def test_a_prompt_kilo_took_but_never_started_fails_no_progress_not_at_the_hard_
     assert d.state == "failed"
     effects = d.take_effects()
     assert any(isinstance(e, AbortAgentTurn) for e in effects)
+    assert AgentStuck("m1") in effects  # Kilo is wedged: the wrapper restarts it
     assert effects[-1] == EmitOutcome("m1", "failed", "no_progress", "")

@@ -151,9 +151,10 @@ def test_wrapper_job_api_fuzzed_from_its_live_document(
 def assert_still_serving(wrapper: Wrapper, ingest: FakeIngest) -> None:
     """The fuzzed wrapper is still ready and still runs a prompt to its end.
 
-    Kilo may still be draining the fuzzer's aborts and drop the first prompt it is handed
-    (issue 13: it answers prompt_async and never opens the turn); the wrapper then fails that one
-    ``no_progress`` within the window, visibly, and the next prompt must complete."""
+    After the fuzzer's burst of prompts and aborts Kilo can be wedged: it answers prompt_async and
+    never opens a turn, for that prompt and every later one. The wrapper fails the first one
+    ``no_progress`` within the window, visibly, and restarts Kilo (``AgentStuck``); the next
+    prompt must complete on the new Kilo."""
     wrapper.wait_ready()
     for attempt in (1, 2):
         message_id = wrapper.prompt(f"still there ({attempt})? MODE:text")

@@ -103,3 +103,32 @@ def test_an_unknown_command_fails_with_kilos_own_words(
         after = wrapper.prompt("still fine MODE:text")
         outcome = ingest.wait_for(lambda: _outcomes(ingest, 2), 60, "a second outcome")[1]
         assert (outcome.message_id, outcome.status) == (after, "completed")
+
+
+@pytest.mark.parametrize(
+    "mime, content",
+    [("a/b", b"\x00\x01garbage"), ("image/png", b"not a png"), ("application/x-y", b"zz")],
+)
+def test_a_file_of_an_odd_type_does_not_break_the_conversation(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest, mime: str, content: bytes
+) -> None:
+    """A file Kilo cannot hand the model used to poison the conversation: that message and every
+    later one failed "'file part media type a/b' functionality not supported". Such types are
+    now refused (400 naming the file), and a garbled image fails at most its own message."""
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config()) as wrapper:
+        wrapper.wait_ready()
+        url = f"data:{mime};base64," + base64.b64encode(content).decode()
+        response = wrapper.request(
+            "POST",
+            "/job/prompt",
+            json={"prompt": "odd MODE:text", "files": [{"mime": mime, "url": url}]},
+        )
+        if response.status_code == 202:
+            ingest.wait_for(lambda: _outcomes(ingest, 1), 60, "the odd file's outcome")
+        else:
+            assert response.status_code == 400, response.text
+        after = wrapper.prompt("still fine MODE:text")
+        outcome = ingest.wait_for(
+            lambda: [o for o in ingest.outcomes() if o.message_id == after], 60, "the next outcome"
+        )[0]
+        assert outcome.status == "completed", outcome
