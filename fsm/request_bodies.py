@@ -61,24 +61,23 @@ class QuestionBody(msgspec.Struct, forbid_unknown_fields=True):
     reject: bool = False
 
 
-FILE_TYPES = ("text/*", "image/png", "image/jpeg", "image/gif", "image/webp")
-"""Media types a prompt's files may have: what Kilo hands the model (text it inlines, images).
-Any other reaches Kilo's history and fails that message and every later one of the
-conversation ("'file part media type a/b' functionality not supported", measured on 7.7.9)."""
-
-
 IMAGE_SIGNATURES = {
     "image/png": (b"\x89PNG\r\n\x1a\n",),
     "image/jpeg": (b"\xff\xd8\xff",),
     "image/gif": (b"GIF87a", b"GIF89a"),
     "image/webp": (b"RIFF",),
 }
-"""How each image type begins: a body that is not the image it says it is made Kilo's turn hang
-(measured: a 'PNG' of text never got an outcome), so it is refused before it reaches Kilo."""
+"""The images a prompt's files may be, and how each begins: a body that is not the image it says
+it is made Kilo's turn hang (measured: a 'PNG' of text never got an outcome)."""
+
+FILE_TYPES = ("text/*", *IMAGE_SIGNATURES)
+"""Media types a prompt's files may have: what Kilo hands the model (text it inlines, images).
+Any other reaches Kilo's history and fails that message and every later one of the
+conversation ("'file part media type a/b' functionality not supported", measured on 7.7.9)."""
 
 
 def _readable_type(mime: str) -> bool:
-    return mime in FILE_TYPES or (mime.startswith("text/") and "text/*" in FILE_TYPES)
+    return mime.startswith("text/") or mime in IMAGE_SIGNATURES
 
 
 def _content_problem(mime: str, content: bytes) -> str | None:

@@ -48,7 +48,7 @@ from fsm.clock import Clock
 from fsm.effects import Effect, FailMessages, SendCommand, SendShutdown
 from fsm.engine import Record, Snapshot, StateMachine
 from fsm.events import Event
-from fsm.kilo_events import TurnTranslator
+from fsm.kilo_events import TurnTranslator, clip_error
 from fsm.machines import session, turn
 from fsm.protocol import (
     PROTOCOL_VERSION,
@@ -94,7 +94,7 @@ def exit_detail(code: int | None, reason: str | None, detail: str = "") -> str:
         words = f"{words} ({status})" if words else f"the wrapper ended with {status}"
     if detail:
         words = f"{words}: {detail}" if words else detail
-    return words.encode()[:1024].decode(errors="ignore")
+    return clip_error(words)
 
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -105,7 +105,6 @@ TURN_ENDED = TERMINAL
 WITH_AGENT = ("accepted", "running")
 """Message states of a prompt Kilo has: lost with its wrapper (``agent_restarted``…)."""
 UNFINISHED = ("queued", *WITH_AGENT)
-TURN_NOT_SENT = turn.NOT_SENT
 TURN_WORKING = ("running", "waiting_user", "finalizing")
 """Turn states in which Kilo works on the prompt (or has just closed it): the message runs."""
 CONNECTED = session.CONNECTED
@@ -428,7 +427,7 @@ class SessionCore:
             if not self.turn_states:
                 self.tools_running.clear()  # a tool cut off by the turn's end never says so
         message = self.messages.get(message_id)
-        if message is None or state in (*TURN_NOT_SENT, *TURN_ENDED):
+        if message is None or state in (*turn.NOT_SENT, *TURN_ENDED):
             return
         if message.state == "queued":
             self._set(message, "accepted")
