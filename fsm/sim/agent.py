@@ -425,9 +425,14 @@ class KiloProcess:
             self._open(text, [*run.messages, *([message_id] if message_id else [])])
             return
         # A final error drops what was queued behind the run: those messages end with it.
-        self._closed(run, reason, [m for _t, _s, m in self.queue if m])
-        self.queue.clear()
+        self._closed(run, reason, self._drop_queue())
         self.emit("session.turn.close", reason=reason)
+
+    def _drop_queue(self) -> list[str]:
+        """Empty the queue of prompts behind the run; the message ids it held."""
+        ids = [m for _t, _s, m in self.queue if m]
+        self.queue.clear()
+        return ids
 
     def _closed(self, run: TurnRun, reason: str, queued: list[str]) -> None:
         """Note which messages a run's final close ended (the run's, and follow-ups queued
@@ -441,8 +446,7 @@ class KiloProcess:
         if run is None or self.draining:
             self.queue.clear()
             return  # abort on an idle session: 200 true, no events
-        queued = [m for _t, _s, m in self.queue if m]
-        self.queue.clear()
+        queued = self._drop_queue()
         if run.handle is not None:
             run.handle.cancel()
         run.handle = None
