@@ -30,7 +30,7 @@ from adapters.runtime.base import WrapperSpec
 from adapters.runtime.docker import DockerRuntime
 from adapters.runtime.image import ensure_image
 from bench.common import Figure, median
-from fsm.runtime_settings import RuntimeSettings
+from fsm.settings.runtime import RuntimeSettings
 from tests.fakes.fake_llm import running_fake_llm
 from tests.fakes.ingest_server import FakeIngest
 from tests.fakes.wrapper_process import write_config

@@ -17,7 +17,7 @@ from typing import Any
 
 import websockets
 
-from fsm.protocol import EventFrame, Heartbeat, Hello, encode
+from fsm.wire.protocol import EventFrame, Heartbeat, Hello, encode
 
 HEARTBEAT = 5.0
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench.common import Figure, median
-from fsm.protocol import LifecycleFrame
+from fsm.wire.protocol import LifecycleFrame
 from tests.fakes.control_process import Control, running_control, wait_for
 from tests.fakes.fake_llm import running_fake_llm
 from tests.fakes.ingest_server import FakeIngest
@@ -43,7 +43,7 @@ SERVE_TIMERS = {
 CONTROL_TIMERS = {
     "ingest_heartbeat": "1s",
     "ingest_backoff_initial": "100ms",
-    "ingest_backoff_max": "500ms",  # below the stale window (fsm/timer_relations.py)
+    "ingest_backoff_max": "500ms",  # below the stale window (fsm/machines/timer_relations.py)
     "agent_stop_grace": "1s",
     "wrapper_backoff_initial": "100ms",
     "wrapper_stop_grace": "2s",

@@ -4,7 +4,7 @@ Three machines of the same shape run side by side, round-robin, on the same ``Vi
 (so the timer itself costs the same in all three and the ratio measures the machine layer):
 
 * **ours**: a declaration like the real machines (two working states, each with a state timer,
-  plus the ``fault`` → ``failed`` row every machine has), run by ``fsm.engine.StateMachine``
+  plus the ``fault`` → ``failed`` row every machine has), run by ``fsm.engine.machine.StateMachine``
   in a ``MachineGroup`` — the path every host takes: ``handle`` returns ``CancelTimer`` and
   ``ArmTimer`` effects and the group schedules them on the clock;
 * **bare transitions**: a ``transitions.Machine`` with the same states and triggers whose
@@ -29,14 +29,14 @@ import msgspec
 from transitions import Machine
 
 from bench.common import Figure, interleaved, median
-from fsm.clock import TimerHandle, VirtualClock
-from fsm.effects import ArmTimer, CancelTimer, Effect
-from fsm.engine import StateMachine
-from fsm.events import Event, TimerFired
-from fsm.model import MachineDef, State, on, state_timer
-from fsm.runner import MachineGroup
-from fsm.spec import MachineSpec
-from fsm.timers import TimerSetting, TimerTable
+from fsm.engine.clock import TimerHandle, VirtualClock
+from fsm.engine.effects import ArmTimer, CancelTimer, Effect
+from fsm.engine.events import Event, TimerFired
+from fsm.engine.machine import StateMachine
+from fsm.engine.model import MachineDef, State, on, state_timer
+from fsm.engine.runner import MachineGroup
+from fsm.engine.spec import MachineSpec
+from fsm.machines.timers import TimerSetting, TimerTable
 
 TRANSITIONS = 20_000
 """Transitions per measurement (10,000 round trips idle → busy → idle)."""

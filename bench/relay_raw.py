@@ -18,7 +18,7 @@ import httpx
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
-from fsm.protocol import EventFrame, Hello, encode
+from fsm.wire.protocol import EventFrame, Hello, encode
 
 
 async def drain_acks(ws: ClientConnection) -> None:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fsm.clock import VirtualClock
-from fsm.effects import Effect, SpawnAgent, StartWrapper, StopAgent
-from fsm.protocol import (
+from fsm.control.core import LogEntry, SessionCore
+from fsm.engine.clock import VirtualClock
+from fsm.engine.effects import Effect, SpawnAgent, StartWrapper, StopAgent
+from fsm.machines.timers import CONTROL_TIMERS, WRAPPER_TIMERS
+from fsm.serve.core import Identity, PromptAgent, WrapperCore
+from fsm.wire.protocol import (
     PROTOCOL_VERSION,
     WRAPPER_VERSION,
     AbortCommand,
@@ -22,9 +25,7 @@ from fsm.protocol import (
     decode_from_wrapper,
     encode,
 )
-from fsm.session_core import LogEntry, SessionCore
-from fsm.timers import CONTROL_TIMERS, WRAPPER_TIMERS
-from fsm.wrapper_core import Identity, PromptAgent, Transmit, WrapperCore
+from fsm.wire.transmit import Transmit
 
 KS = "ses_kilo"
 
@@ -278,7 +279,7 @@ def test_a_message_lost_with_an_oom_killed_wrapper_says_so_in_its_error() -> Non
 
 
 def test_exit_details_are_cut_to_one_kibibyte() -> None:
-    from fsm.session_core import exit_detail
+    from fsm.control.core import exit_detail
 
     assert exit_detail(None, None) == ""
     assert exit_detail(None, "start_failed", "no such image: x") == (

@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidState, InvalidURI
 from websockets.protocol import SEND_EOF
 
-from fsm.protocol import ControlFrame, Frame, decode_from_control, encode
+from fsm.wire.protocol import ControlFrame, Frame, decode_from_control, encode
 
 log = logging.getLogger("fsm_agent.ingest")
 

@@ -38,8 +38,8 @@ import httpx
 import msgspec
 
 from adapters.kilo import event_stream
-from fsm.kilo_events import error_text
-from fsm.protocol import FilePart
+from fsm.wire.kilo_events import error_text
+from fsm.wire.protocol import FilePart
 
 USERNAME = "kilo"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")

@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 import anyio
 import msgspec
 
-from fsm.secrets_input import TOKEN_ENV as _TOKEN_ENV
+from fsm.settings.secrets import TOKEN_ENV as _TOKEN_ENV
 
 __all__ = [
     "EXIT_REASONS",

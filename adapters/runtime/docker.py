@@ -17,7 +17,7 @@ anyone with the socket, and every process of the container inherits the environm
 0600 file in a per-session directory of the control plane's 0700 state directory, bind-mounted
 *read-write* at ``/run/fsm-agent/secrets`` and passed as ``--token-file``. Its reader (the image's
 supervisor, as root; or the wrapper itself when ``[runtime] user`` runs the container as that
-uid, which then owns the file) removes it once read (``fsm.secrets_input``): it is then gone
+uid, which then owns the file) removes it once read (``fsm.settings.secrets``): it is then gone
 from the container *and* the host. A read-only mount would keep it readable there for the
 container's whole life (a bind-mounted file cannot be unlinked: EBUSY/EROFS); a writable private
 directory is the mount that does not stay readable. Whatever is left (a wrapper that died before
@@ -83,9 +83,9 @@ from adapters.runtime.base import (
 )
 from adapters.runtime.docker_api import DockerAPI, DockerError
 from adapters.runtime.local import _check_session_id, _config_pass_env, _stamp
-from fsm.config import ConfigError, read_toml
-from fsm.runtime_settings import RuntimeSettings
-from fsm.secrets_input import API_KEY_ENV
+from fsm.settings.config import ConfigError, read_toml
+from fsm.settings.runtime import RuntimeSettings
+from fsm.settings.secrets import API_KEY_ENV
 
 __all__ = [
     "CONFIG_PATH",
@@ -504,7 +504,7 @@ class DockerRuntime:
         user = uid(self.settings.user)
         return _Owners(
             # The image's supervisor reads the token as root; a container run as [runtime] user
-            # reads it as that user (``fsm.secrets_input`` wants the reader's own file).
+            # reads it as that user (``fsm.settings.secrets`` wants the reader's own file).
             token=user,
             wrapper=user or uid(labels.get(LABEL_FSM_UID)),
             agent=uid(labels.get(LABEL_AGENT_UID)) or user,

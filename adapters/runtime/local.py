@@ -76,8 +76,8 @@ from adapters.runtime.base import (
     WrapperStartError,
     stop_all,
 )
-from fsm.config import ConfigError, read_toml
-from fsm.secrets_input import API_KEY_ENV
+from fsm.settings.config import ConfigError, read_toml
+from fsm.settings.secrets import API_KEY_ENV
 
 __all__ = ["API_KEY_ENV", "DEFAULT_COMMAND", "WRAPPER_ENV", "LocalRuntime"]
 

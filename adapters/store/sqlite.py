@@ -77,7 +77,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
-    from fsm.session_core import Message
+    from fsm.control.core import Message
 
 __all__ = [
     "MAX_EVENTS_PAGE",

@@ -1,1 +1,2 @@
-"""``fsm-agent control``: the session side (one SessionCore per session, SQLite, local runtime)."""
+"""The control side (``fsm-agent control``): its sans-I/O ``core`` (one SessionCore per session)
+beside its ``host`` (store, runtime, sockets), the REST/SSE ``api``, views and metrics."""

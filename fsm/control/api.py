@@ -6,7 +6,8 @@ wrapper with a wrong token is refused with nothing written. Errors are JSON nami
 
 Every operation is declared once in ``operations()``: its handler, the type its body decodes to,
 the types it answers with. The routes and ``GET /openapi.json`` are both built from that list.
-Every input is bounded (``fsm.limits``, and the field bounds on the types); what is out of bounds
+Every input is bounded (``fsm.settings.limits``, and the field bounds on the types); what is out of
+bounds
 is a 4xx naming the field, never a 5xx.
 
 The ingest socket is where the least trusted peer talks (a wrapper is only as trustworthy as the
@@ -20,7 +21,8 @@ agent beside it), so it is admitted in steps, each with a close code and a reaso
    "replaced by a newer connection"): nothing the old one sends afterwards is applied or acked.
 
 Every frame is checked before it is decoded (text only, at most ``limits.frame_bytes`` — 1009 —
-and at most ``limits.frame_depth`` deep) and decoded into the bounded types of ``fsm.protocol``;
+and at most ``limits.frame_depth`` deep) and decoded into the bounded types of
+``fsm.wire.protocol``;
 any violation closes that socket with 1008 and the reason. Nothing from one socket can raise past
 its own task: another session never notices.
 """
@@ -42,6 +44,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from fsm.control.core import UNFINISHED, LogEntry
 from fsm.control.host import ControlHost, SessionEntry
 from fsm.control.views import (
     Accepted,
@@ -52,15 +55,15 @@ from fsm.control.views import (
     SessionStopping,
     SessionSummary,
 )
-from fsm.httpjson import (
+from fsm.settings.limits import LimitValues
+from fsm.wire.httpjson import (
     ErrorBody,
     HTTPProblem,
     decode_body,
     json_response,
     path_id,
 )
-from fsm.limits import LimitValues
-from fsm.openapi import (
+from fsm.wire.openapi import (
     ERROR_HANDLERS,
     SSE,
     TEXT,
@@ -71,7 +74,7 @@ from fsm.openapi import (
     ident,
     routes,
 )
-from fsm.protocol import (
+from fsm.wire.protocol import (
     WRAPPER_VERSION,
     EventsDropped,
     Frame,
@@ -82,8 +85,13 @@ from fsm.protocol import (
     encode,
     nesting_depth,
 )
-from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody, check_prompt
-from fsm.session_core import UNFINISHED, LogEntry
+from fsm.wire.request_bodies import (
+    AbortBody,
+    PermissionBody,
+    PromptBody,
+    QuestionBody,
+    check_prompt,
+)
 
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
@@ -120,7 +128,7 @@ def openapi_document(limits: LimitValues, host: ControlHost | None = None) -> di
         description=(
             "Sessions of sandboxed coding agents: create one, send it messages, read its event "
             "log (SSE, resumable with Last-Event-ID). Wrappers connect on the WebSocket "
-            "/ingest/{session_id} (not described here: see fsm/protocol.py)."
+            "/ingest/{session_id} (not described here: see fsm/wire/protocol.py)."
         ),
         operations=operations(cast(ControlHost, host), limits),
         limits=limits,

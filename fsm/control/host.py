@@ -54,22 +54,22 @@ from adapters.store.sqlite import (
     StoreError,
     hash_token,
 )
-from fsm.clock import RealClock
-from fsm.collector import settle_collector
+from fsm.control.core import LogEntry, Message, SessionCore
 from fsm.control.metrics import Metrics
 from fsm.control.views import SessionDetail, SessionSummary, WrapperAccess
-from fsm.effects import Effect, StartWrapper, StopWrapper
-from fsm.engine import Record, Snapshot
-from fsm.http_guard import reap_silent_connections
-from fsm.httpjson import HTTPProblem
-from fsm.limits import LimitValues, defaults
-from fsm.logs import JsonLog, capture_asyncio, capture_stdlib
-from fsm.protocol import Ack, Frame, ReleaseCommand, Shutdown, Welcome
-from fsm.runtime_settings import RuntimeSettings
-from fsm.session_core import LogEntry, Message, SessionCore
-from fsm.tasks import start_guarded
-from fsm.timers import TimerValues
-from fsm.wrapper_core import Transmit
+from fsm.engine.clock import RealClock
+from fsm.engine.effects import Effect, StartWrapper, StopWrapper
+from fsm.engine.machine import Record, Snapshot
+from fsm.hosting.collector import settle_collector
+from fsm.hosting.logs import JsonLog, capture_asyncio, capture_stdlib
+from fsm.hosting.tasks import start_guarded
+from fsm.machines.timers import TimerValues
+from fsm.settings.limits import LimitValues, defaults
+from fsm.settings.runtime import RuntimeSettings
+from fsm.wire.http_guard import reap_silent_connections
+from fsm.wire.httpjson import HTTPProblem
+from fsm.wire.protocol import Ack, Frame, ReleaseCommand, Shutdown, Welcome
+from fsm.wire.transmit import Transmit
 
 SNAPSHOT_DEBOUNCE = 30.0
 FLUSH_PERIOD = 0.05
@@ -219,7 +219,7 @@ class ControlHost:
                     lambda: reap_silent_connections(server, self.values["http_first_request"]),
                 )
                 self._load_sessions()
-                settle_collector()  # what was restored lives on; see fsm/collector.py
+                settle_collector()  # what was restored lives on; see fsm/hosting/collector.py
                 self.log.info(
                     "control plane listening",
                     url=f"http://{s.listen_host}:{self.port}",

@@ -12,7 +12,7 @@ agent as another user in its container (issue 14); until then, this layout only 
 database out of the tree the agent is told is its own.
 
 The API key never comes from argv: ``--api-key-file`` or ``FSM_AGENT_API_KEY``, which is removed
-from the environment once read (``fsm.secrets_input``).
+from the environment once read (``fsm.settings.secrets``).
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from typing import Literal
 
 import anyio
 
-from fsm.config import ConfigError, timer_values
 from fsm.control.api import build_app
 from fsm.control.host import ControlHost, ControlSettings
-from fsm.limits import limit_values
-from fsm.logs import JsonLog
-from fsm.runtime_settings import RuntimeSettings, runtime_settings
-from fsm.secrets_input import API_KEY_ENV, SecretInputError, control_api_key
-from fsm.serve.settings import load_file, parse_listen, warn_if_exposed
+from fsm.hosting.logs import JsonLog
+from fsm.settings.config import ConfigError, timer_values
+from fsm.settings.file import load_file
+from fsm.settings.limits import limit_values
+from fsm.settings.listen import parse_listen, warn_if_exposed
+from fsm.settings.runtime import RuntimeSettings, runtime_settings
+from fsm.settings.secrets import API_KEY_ENV, SecretInputError, control_api_key
 
 DEFAULT_STATE_DIR = Path(".fsm-agent/control")
 DEFAULT_WORKSPACES = Path(".fsm-agent/workspaces")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from fsm.engine import Record
+from fsm.engine.machine import Record
 
 
 class Metrics:

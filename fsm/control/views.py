@@ -7,8 +7,8 @@ from typing import Annotated
 
 import msgspec
 
-from fsm.protocol import Short
-from fsm.session_core import Message
+from fsm.control.core import Message
+from fsm.wire.protocol import Short
 
 
 class CreateSessionBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -23,12 +23,12 @@ import anyio
 import httpx
 import uvicorn
 
-from fsm.config import timer_values
 from fsm.control.api import build_app as build_control_app
 from fsm.control.host import ControlHost, ControlSettings
 from fsm.demo.scripted_model import build_app, kilo_provider_config
-from fsm.logs import JsonLog
-from fsm.runtime_settings import RuntimeSettings
+from fsm.hosting.logs import JsonLog
+from fsm.settings.config import timer_values
+from fsm.settings.runtime import RuntimeSettings
 
 COLORS = {
     "transition": "\033[36m",

@@ -1,1 +1,1 @@
-"""The lifecycles, one module each (see ``fsm.catalog`` for the list)."""
+"""The lifecycles, one module each (see ``fsm.machines.catalog`` for the list)."""

@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import msgspec
 
-from fsm.effects import ProbeHealth, Reconcile, Signal, Subscribe, Unsubscribe
-from fsm.events import Event
-from fsm.model import Budget, MachineDef, State, on, silence_timer, state_timer
-from fsm.spec import MachineSpec, emit
-from fsm.timers import WRAPPER_TIMERS
+from fsm.engine.effects import ProbeHealth, Reconcile, Signal, Subscribe, Unsubscribe
+from fsm.engine.events import Event
+from fsm.engine.model import Budget, MachineDef, State, on, silence_timer, state_timer
+from fsm.engine.spec import MachineSpec, emit
+from fsm.machines.timers import WRAPPER_TIMERS
 
 
 class AgentLinkContext(msgspec.Struct):

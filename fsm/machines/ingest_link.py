@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import msgspec
 
-from fsm.effects import (
+from fsm.engine.effects import (
     CloseSocket,
     ExitProcess,
     OpenSocket,
@@ -28,10 +28,18 @@ from fsm.effects import (
     SendHeartbeat,
     SendHello,
 )
-from fsm.events import Event
-from fsm.model import Backoff, MachineDef, State, backoff_timer, on, silence_timer, state_timer
-from fsm.spec import MachineSpec, emit
-from fsm.timers import WRAPPER_TIMERS
+from fsm.engine.events import Event
+from fsm.engine.model import (
+    Backoff,
+    MachineDef,
+    State,
+    backoff_timer,
+    on,
+    silence_timer,
+    state_timer,
+)
+from fsm.engine.spec import MachineSpec, emit
+from fsm.machines.timers import WRAPPER_TIMERS
 
 
 class IngestLinkContext(msgspec.Struct):

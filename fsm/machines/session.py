@@ -46,9 +46,9 @@ from collections.abc import Callable
 
 import msgspec
 
-from fsm.effects import FailMessages, SendCommand, SendShutdown, StartWrapper, StopWrapper
-from fsm.events import Event
-from fsm.model import (
+from fsm.engine.effects import FailMessages, SendCommand, SendShutdown, StartWrapper, StopWrapper
+from fsm.engine.events import Event
+from fsm.engine.model import (
     Budget,
     MachineDef,
     State,
@@ -58,8 +58,8 @@ from fsm.model import (
     span_timer,
     state_timer,
 )
-from fsm.spec import MachineSpec, emit
-from fsm.timers import CONTROL_TIMERS
+from fsm.engine.spec import MachineSpec, emit
+from fsm.machines.timers import CONTROL_TIMERS
 
 
 class SessionContext(msgspec.Struct):

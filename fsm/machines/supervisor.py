@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import msgspec
 
-from fsm.effects import Effect, ExitProcess, StartWrapper
-from fsm.events import Event
-from fsm.model import Backoff, Budget, MachineDef, State, backoff_timer, on, state_timer
-from fsm.spec import MachineSpec
-from fsm.timers import SUPERVISOR_TIMERS
+from fsm.engine.effects import Effect, ExitProcess, StartWrapper
+from fsm.engine.events import Event
+from fsm.engine.model import Backoff, Budget, MachineDef, State, backoff_timer, on, state_timer
+from fsm.engine.spec import MachineSpec
+from fsm.machines.timers import SUPERVISOR_TIMERS
 
 
 class SignalWrapper(Effect, frozen=True):

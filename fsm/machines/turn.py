@@ -51,11 +51,11 @@ from typing import NamedTuple
 
 import msgspec
 
-from fsm.effects import AbortAgentTurn, AgentStuck, EmitOutcome, SubmitPrompt
-from fsm.events import Event
-from fsm.model import MachineDef, State, on, silence_timer, span_timer, state_timer
-from fsm.spec import MachineSpec
-from fsm.timers import WRAPPER_TIMERS
+from fsm.engine.effects import AbortAgentTurn, AgentStuck, EmitOutcome, SubmitPrompt
+from fsm.engine.events import Event
+from fsm.engine.model import MachineDef, State, on, silence_timer, span_timer, state_timer
+from fsm.engine.spec import MachineSpec
+from fsm.machines.timers import WRAPPER_TIMERS
 
 
 class TurnContext(msgspec.Struct):
@@ -291,7 +291,8 @@ class KiloShape(NamedTuple):
     """One shape of Kilo event and what it means for the turn it belongs to."""
 
     shape: str
-    """``type``, then for parts the part type and a qualifier (see ``fsm.kilo_events.shape_of``)."""
+    """``type``, then for parts the part type and a qualifier (see
+    ``fsm.wire.kilo_events.shape_of``)."""
     meaning: str
     """One of ``MEANINGS``."""
     seen: str
@@ -419,7 +420,7 @@ KILO_EVENTS: tuple[KiloShape, ...] = (
         "heartbeats and bookkeeping; an unknown kind never keeps a turn alive",
     ),
 )
-"""The one place that says what each Kilo event means for a turn; ``fsm.kilo_events`` computes
+"""The one place that says what each Kilo event means for a turn; ``fsm.wire.kilo_events`` computes
 an event's shape and looks it up here. Every kind in the captures is covered (``tests/
 test_kilo_events.py`` checks that each captured event has a row)."""
 

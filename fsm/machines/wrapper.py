@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import msgspec
 
-from fsm.effects import (
+from fsm.engine.effects import (
     ExitProcess,
     NotifyTurns,
     OpenAgentLink,
@@ -34,10 +34,10 @@ from fsm.effects import (
     SpawnAgent,
     StopAgent,
 )
-from fsm.events import Event
-from fsm.model import Budget, MachineDef, State, backoff_timer, on, state_timer
-from fsm.spec import MachineSpec, emit
-from fsm.timers import WRAPPER_TIMERS
+from fsm.engine.events import Event
+from fsm.engine.model import Budget, MachineDef, State, backoff_timer, on, state_timer
+from fsm.engine.spec import MachineSpec, emit
+from fsm.machines.timers import WRAPPER_TIMERS
 
 
 class WrapperContext(msgspec.Struct):

@@ -1,1 +1,2 @@
-"""``fsm-agent serve``: the wrapper host, WrapperCore given a body (Kilo, a socket, real time)."""
+"""The wrapper side (``fsm-agent serve``): its sans-I/O ``core`` (WrapperCore) beside its ``host``
+(Kilo, a socket, real time), the job API, auto-commit and the in-container supervisor."""

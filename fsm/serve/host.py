@@ -45,9 +45,8 @@ from anyio.abc import TaskGroup
 from adapters.ingest.websocket_client import IngestConnection
 from adapters.kilo.client import ID_PATTERN, KiloClient, KiloError, ascending_id
 from adapters.kilo.process import KiloServer, start_kilo
-from fsm.clock import RealClock
-from fsm.collector import settle_collector
-from fsm.effects import (
+from fsm.engine.clock import RealClock
+from fsm.engine.effects import (
     AbortAgentTurn,
     CloseSocket,
     Effect,
@@ -60,18 +59,20 @@ from fsm.effects import (
     Subscribe,
     Unsubscribe,
 )
-from fsm.engine import Record
-from fsm.http_guard import reap_silent_connections
-from fsm.logs import JsonLog, capture_asyncio, capture_stdlib
-from fsm.outbox import Outbox
-from fsm.protocol import WRAPPER_VERSION, ControlFrame, PromptCommand
+from fsm.engine.machine import Record
+from fsm.hosting.collector import settle_collector
+from fsm.hosting.logs import JsonLog, capture_asyncio, capture_stdlib
+from fsm.hosting.tasks import start_guarded
+from fsm.machines.timers import TimerValues
 from fsm.serve.auto_commit import auto_commit
+from fsm.serve.core import AgentCall, Identity, PromptAgent, WrapperCore
 from fsm.serve.job_api import build_app
 from fsm.serve.settings import ServeSettings
-from fsm.slash import parse_slash
-from fsm.tasks import start_guarded
-from fsm.timers import TimerValues
-from fsm.wrapper_core import AgentCall, Identity, PromptAgent, Transmit, WrapperCore
+from fsm.wire.http_guard import reap_silent_connections
+from fsm.wire.outbox import Outbox
+from fsm.wire.protocol import WRAPPER_VERSION, ControlFrame, PromptCommand
+from fsm.wire.slash import parse_slash
+from fsm.wire.transmit import Transmit
 
 ACK_WAIT = 1.0
 """Longest the event subscription waits for acks when the outbox window is full."""

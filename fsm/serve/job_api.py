@@ -19,12 +19,18 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fsm.httpjson import ErrorBody, HTTPProblem, decode_body, json_response, path_id
-from fsm.limits import LimitValues, defaults
-from fsm.openapi import ERROR_HANDLERS, Answer, Operation, document, ident, routes
-from fsm.protocol import WRAPPER_VERSION, PermissionCommand, PromptCommand, QuestionCommand
-from fsm.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody, check_prompt
-from fsm.wrapper_core import Unavailable, UnknownMessage, WrapperCore
+from fsm.serve.core import Unavailable, UnknownMessage, WrapperCore
+from fsm.settings.limits import LimitValues, defaults
+from fsm.wire.httpjson import ErrorBody, HTTPProblem, decode_body, json_response, path_id
+from fsm.wire.openapi import ERROR_HANDLERS, Answer, Operation, document, ident, routes
+from fsm.wire.protocol import WRAPPER_VERSION, PermissionCommand, PromptCommand, QuestionCommand
+from fsm.wire.request_bodies import (
+    AbortBody,
+    PermissionBody,
+    PromptBody,
+    QuestionBody,
+    check_prompt,
+)
 
 
 class PromptAccepted(msgspec.Struct):

@@ -2,7 +2,7 @@
 
 The wrapper holds a token that drives its job API and its ingest link, next to an agent that runs
 arbitrary code as the same user. So, before the token is read, the process makes itself
-undumpable (``fsm.secrets_input.make_undumpable``: its ``/proc/<pid>/environ`` and ``mem`` become
+undumpable (``fsm.settings.secrets.make_undumpable``: its ``/proc/<pid>/environ`` and ``mem`` become
 root's, ptrace is refused); the token never comes from argv; ``FSM_AGENT_TOKEN`` is removed from
 the environment once read; Kilo gets an allow-listed environment (``adapters/kilo/process.py``);
 and Kilo's state lives outside the workspace by default. As root none of this is a boundary; the
@@ -21,17 +21,13 @@ from typing import Any
 
 import anyio
 
-from fsm.config import ConfigError
-from fsm.limits import limit_values
-from fsm.logs import JsonLog
-from fsm.secrets_input import TOKEN_ENV, SecretInputError, make_undumpable, serve_token
-from fsm.serve.settings import (
-    ServeSettings,
-    kilo_run_as,
-    load_file,
-    parse_listen,
-    warn_if_exposed,
-)
+from fsm.hosting.logs import JsonLog
+from fsm.serve.settings import ServeSettings, kilo_run_as
+from fsm.settings.config import ConfigError
+from fsm.settings.file import load_file
+from fsm.settings.limits import limit_values
+from fsm.settings.listen import parse_listen, warn_if_exposed
+from fsm.settings.secrets import TOKEN_ENV, SecretInputError, make_undumpable, serve_token
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PATH_PART = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")

@@ -14,19 +14,15 @@ config home, read-only to that user, at ``[kilo] config_home`` (or ``FSM_AGENT_K
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from adapters.kilo.process import RunAs
-from fsm.config import ConfigError, read_toml, timer_values
-from fsm.limits import LimitValues, defaults
-from fsm.logs import JsonLog
-from fsm.timers import TimerValues
+from fsm.settings.config import ConfigError
+from fsm.settings.limits import LimitValues, defaults
 
 
 class ServeSettings(msgspec.Struct, kw_only=True):
@@ -95,78 +91,3 @@ def kilo_run_as(
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return None if run_as.uid == os.geteuid() else run_as
-
-
-class FileSettings(msgspec.Struct, forbid_unknown_fields=True):
-    """One file serves both sides: the control plane passes its own to the wrappers it starts."""
-
-    timers: dict[str, Any] = {}
-    outbox: dict[str, int] = {}
-    kilo: dict[str, Any] = {}
-    control: dict[str, Any] = {}
-    limits: dict[str, Any] = {}
-    runtime: dict[str, Any] = {}
-    """The control plane's container runtime (``fsm.runtime_settings``); unused by a wrapper."""
-
-
-def load_file(path: Path | None) -> tuple[FileSettings, TimerValues]:
-    if path is None:
-        return FileSettings(), timer_values()["wrapper"]
-    data = read_toml(path)
-    try:
-        file_settings = msgspec.convert(data, FileSettings)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    unknown = set(file_settings.outbox) - {"max_frames", "max_bytes"}
-    if unknown:
-        raise ConfigError(
-            f"{path}: outbox.{sorted(unknown)[0]} is not a setting (known: max_frames, max_bytes)"
-        )
-    return file_settings, timer_values(path)["wrapper"]
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"--listen: expected HOST:PORT (e.g. 127.0.0.1:8080), got {value!r}")
-    number = int(port)
-    if not 0 <= number <= 65535:
-        raise ValueError(f"--listen: port {number} is out of range 0-65535")
-    return host.strip("[]"), number
-
-
-EXPOSED_WARNING = (
-    "listening on {host} without TLS: put a TLS-terminating proxy in front; tokens and prompts "
-    "cross the network in clear"
-)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, 127.0.0.0/8 and ::1 (also as ``::ffff:127.x``): what only this
-    machine can reach. Any other name or address (``0.0.0.0``, ``::``, a host name) may be
-    reachable from the network."""
-    name = host.strip("[]").lower().rstrip(".")
-    if name == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(name.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
-def exposure_warning(host: str) -> str | None:
-    """The warning to print (and log) when binding ``host`` sends secrets over a network in
-    clear; None on loopback. Neither host speaks TLS itself: bearer tokens, the ingest link's
-    frames and every prompt would travel readable by anyone on the path."""
-    return None if is_loopback(host) else EXPOSED_WARNING.format(host=host)
-
-
-def warn_if_exposed(host: str, log: JsonLog) -> None:
-    """One human line on stderr and one log line when ``host`` is not loopback."""
-    warning = exposure_warning(host)
-    if warning is not None:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
-        log.warning(warning, host=host)

@@ -37,16 +37,16 @@ from pathlib import Path
 import anyio
 from anyio.abc import Process, TaskGroup
 
-from fsm.clock import RealClock
-from fsm.config import ConfigError, timer_values
-from fsm.effects import Effect, ExitProcess, StartWrapper
-from fsm.engine import StateMachine
-from fsm.events import Event
-from fsm.logs import JsonLog
+from fsm.engine.clock import RealClock
+from fsm.engine.effects import Effect, ExitProcess, StartWrapper
+from fsm.engine.events import Event
+from fsm.engine.machine import StateMachine
+from fsm.engine.runner import MachineGroup
+from fsm.hosting.logs import JsonLog
 from fsm.machines.supervisor import SPEC, SignalWrapper
-from fsm.runner import MachineGroup
-from fsm.secrets_input import TOKEN_ENV, SecretInputError, make_undumpable, read_secret_file
-from fsm.timers import TimerValues
+from fsm.machines.timers import TimerValues
+from fsm.settings.config import ConfigError, timer_values
+from fsm.settings.secrets import TOKEN_ENV, SecretInputError, make_undumpable, read_secret_file
 
 KNOWN_CAPS = ("setuid", "setgid", "kill", "net_bind_service")
 """Capabilities ``--caps`` may hand the child; anything broader is refused."""

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from fsm.clock import TimerHandle
+from fsm.engine.clock import TimerHandle
 from fsm.sim.process import Scheduler, SimProcess
 from fsm.sim.scenario import Segment, WorldConfig
 

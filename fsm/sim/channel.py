@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Frames cross as production sends them — encoded by ``fsm.protocol`` on one side, decoded on the
+Frames cross as production sends them — encoded by ``fsm.wire.protocol`` on one side, decoded on the
 other — so a frame that would not survive JSON does not survive here either. A connection is a
 WebSocket over TCP, and its faults are TCP's, not a datagram's:
 
@@ -30,7 +30,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
-from fsm.protocol import (
+from fsm.sim.process import Scheduler, SimProcess
+from fsm.sim.scenario import WorldConfig
+from fsm.wire.protocol import (
     ControlFrame,
     Frame,
     WrapperFrame,
@@ -38,8 +40,6 @@ from fsm.protocol import (
     decode_from_wrapper,
     encode,
 )
-from fsm.sim.process import Scheduler, SimProcess
-from fsm.sim.scenario import WorldConfig
 
 PathState = Literal["up", "down", "partitioned"]
 Note = Callable[[str, str], None]

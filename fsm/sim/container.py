@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from fsm.effects import (
+from fsm.engine.effects import (
     AbortAgentTurn,
     CloseSocket,
     Effect,
@@ -35,15 +35,16 @@ from fsm.effects import (
     Subscribe,
     Unsubscribe,
 )
-from fsm.engine import Record
-from fsm.outbox import Outbox
-from fsm.protocol import WRAPPER_VERSION
+from fsm.engine.machine import Record
+from fsm.machines.timers import TimerValues
+from fsm.serve.core import AgentCall, Identity, PromptAgent, WrapperCore
 from fsm.sim.agent import FakeKilo, KiloProcess, Subscription
 from fsm.sim.channel import Connection, IngestChannel, WrapperEnd
 from fsm.sim.process import Scheduler, SimProcess
 from fsm.sim.scenario import WorldConfig
-from fsm.timers import TimerValues
-from fsm.wrapper_core import AgentCall, Identity, PromptAgent, Transmit, WrapperCore
+from fsm.wire.outbox import Outbox
+from fsm.wire.protocol import WRAPPER_VERSION
+from fsm.wire.transmit import Transmit
 
 Note = Callable[[str, str], None]
 

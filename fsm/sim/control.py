@@ -25,16 +25,16 @@ from collections.abc import Callable
 import msgspec
 
 from adapters.store.sqlite import EventRow, MessageRow, SessionRow, hash_token
-from fsm.effects import Effect, StartWrapper, StopWrapper
-from fsm.engine import Record
-from fsm.protocol import Ack, Frame, SeqFrame, Shutdown, Welcome, WrapperFrame
-from fsm.session_core import LogEntry, SessionCore
+from fsm.control.core import LogEntry, SessionCore
+from fsm.engine.effects import Effect, StartWrapper, StopWrapper
+from fsm.engine.machine import Record
+from fsm.machines.timers import TimerValues
 from fsm.sim.channel import Connection
 from fsm.sim.process import Scheduler
 from fsm.sim.runtime import FakeRuntime
 from fsm.sim.store import MemoryStore
-from fsm.timers import TimerValues
-from fsm.wrapper_core import Transmit
+from fsm.wire.protocol import Ack, Frame, SeqFrame, Shutdown, Welcome, WrapperFrame
+from fsm.wire.transmit import Transmit
 
 
 class SimControl:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from fsm.session_core import TERMINAL
+from fsm.control.core import TERMINAL
 from fsm.sim.scenario import Expectation
 from fsm.sim.timeline import clock_label
 from fsm.sim.world import TAKEN, World

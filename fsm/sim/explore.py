@@ -38,9 +38,9 @@ from typing import Any
 
 import msgspec
 
-from fsm.clock import TimerHandle
-from fsm.runner import TimerEntry
-from fsm.session_core import UNFINISHED
+from fsm.control.core import UNFINISHED
+from fsm.engine.clock import TimerHandle
+from fsm.engine.runner import TimerEntry
 from fsm.sim.invariants import Invariants, Violation
 from fsm.sim.scenario import Action, Segment, WorldConfig
 from fsm.sim.timeline import render_text
@@ -94,7 +94,7 @@ class ChoiceClock:
 
     runs_in_deadline_order = False
     """Any slow callback may run next: a machine timer gets a clock entry per arm, never one
-    kept and moved on (``fsm.runner``), so that firing a timer is one step of the search."""
+    kept and moved on (``fsm.engine.runner``), so that firing a timer is one step of the search."""
 
     def __init__(self, prompt: float = 1.0) -> None:
         self.prompt = prompt

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from fsm.durations import format_duration
+from fsm.engine.durations import format_duration
 from fsm.sim.invariants import Invariants, Violation
 from fsm.sim.scenario import Action, Segment, WorldConfig
 from fsm.sim.timeline import render_text

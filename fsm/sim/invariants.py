@@ -55,12 +55,12 @@ from typing import Any
 
 import msgspec
 
-from fsm.engine import Record, StateMachine
+from fsm.control.core import LogEntry
+from fsm.engine.machine import Record, StateMachine
+from fsm.engine.model import MachineDef
+from fsm.engine.validate import timer_span
 from fsm.machines.turn import NOT_SENT
-from fsm.model import MachineDef
-from fsm.protocol import EventsDropped, LifecycleFrame, OutcomeFrame, SeqFrame
-from fsm.session_core import LogEntry
-from fsm.validate import timer_span
+from fsm.wire.protocol import EventsDropped, LifecycleFrame, OutcomeFrame, SeqFrame
 
 TERMINAL = ("completed", "failed", "cancelled")
 REST = frozenset({("session", "stopped")})

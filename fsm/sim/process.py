@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-from fsm.clock import TimerHandle
+from fsm.engine.clock import TimerHandle
 
 ProcessState = Literal["running", "paused", "dead"]
 
@@ -85,7 +85,7 @@ class SimProcess:
 
     @property
     def runs_in_deadline_order(self) -> bool:
-        """As its scheduler does (see ``fsm.runner``)."""
+        """As its scheduler does (see ``fsm.engine.runner``)."""
         return bool(getattr(self.scheduler, "runs_in_deadline_order", True))
 
     def now(self) -> float:

@@ -22,13 +22,13 @@ from typing import Any
 
 import msgspec
 
-from fsm.model import Transition
+from fsm.engine.model import Transition
+from fsm.engine.spec import MachineSpec
 from fsm.sim.expect import ExpectResult, judge
 from fsm.sim.invariants import Invariants, Violation
 from fsm.sim.scenario import Mutant, Removal, Scenario
 from fsm.sim.timeline import Line
 from fsm.sim.world import World
-from fsm.spec import MachineSpec
 
 
 class RunResult(msgspec.Struct):

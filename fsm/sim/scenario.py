@@ -23,9 +23,9 @@ from typing import Any
 
 import msgspec
 
-from fsm.durations import DurationError, parse_duration
-from fsm.protocol import WRAPPER_VERSION
-from fsm.timers import TABLES
+from fsm.engine.durations import DurationError, parse_duration
+from fsm.machines.timers import TABLES
+from fsm.wire.protocol import WRAPPER_VERSION
 
 Duration = str | int | float
 FieldPath = tuple[str | int, ...]
@@ -156,7 +156,7 @@ class Segment(msgspec.Struct, frozen=True):
     text: str = ""
 
     def label(self) -> str:
-        from fsm.durations import format_duration
+        from fsm.engine.durations import format_duration
 
         if self.seconds is not None:
             return f"{self.kind} {format_duration(self.seconds)}"
@@ -214,7 +214,7 @@ class Action(msgspec.Struct, frozen=True, kw_only=True):
         if self.plan is not None:
             parts.append("[" + ", ".join(s.label() for s in self.plan) + "]")
         if self.duration is not None:
-            from fsm.durations import format_duration
+            from fsm.engine.durations import format_duration
 
             parts.append(f"for {format_duration(self.duration)}")
         if self.error:
@@ -741,7 +741,7 @@ _REMOVAL = re.compile(r"^\s*(\w+)\s*:\s*(\w+)\s+(\*|\w+)\s*->\s*(\w+|none)\s*$")
 
 
 def _compile_mutant(c: _Checker, m: MutantSpec, i: int) -> Mutant:
-    from fsm import catalog
+    from fsm.machines import catalog
 
     path: FieldPath = ("mutant", i)
     timers = _check_timers(c, m.timers, (*path, "timers"))

@@ -22,11 +22,10 @@ import random
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
-from fsm.clock import VirtualClock
-from fsm.config import timer_values
-from fsm.engine import Record, StateMachine
-from fsm.protocol import PermissionReply, SeqFrame, WrapperFrame
-from fsm.session_core import LogEntry, Message
+from fsm.control.core import LogEntry, Message
+from fsm.engine.clock import VirtualClock
+from fsm.engine.machine import Record, StateMachine
+from fsm.settings.config import timer_values
 from fsm.sim.agent import FakeKilo
 from fsm.sim.channel import IngestChannel
 from fsm.sim.container import SimWrapper
@@ -37,6 +36,7 @@ from fsm.sim.runtime import FakeRuntime
 from fsm.sim.scenario import Action, WorldConfig
 from fsm.sim.store import MemoryStore
 from fsm.sim.timeline import Line
+from fsm.wire.protocol import PermissionReply, SeqFrame, WrapperFrame
 
 TAKEN = ("start", "transition", "internal")
 

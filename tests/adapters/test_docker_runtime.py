@@ -35,11 +35,11 @@ from adapters.runtime.base import (
     WrapperStartError,
 )
 from adapters.runtime.docker import LABEL_CONTROL, LABEL_SESSION, DockerRuntime
-from fsm.config import timer_values
 from fsm.control.api import build_app
 from fsm.control.host import ControlHost, ControlSettings
-from fsm.logs import JsonLog
-from fsm.runtime_settings import RuntimeSettings
+from fsm.hosting.logs import JsonLog
+from fsm.settings.config import timer_values
+from fsm.settings.runtime import RuntimeSettings
 from tests.docker_support import TEST_LABEL, docker_daemon, docker_image, remove_labelled
 
 __all__ = ["docker_daemon"]  # the fixture, used by name
@@ -54,7 +54,7 @@ args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and 
 path = args["token-file"]
 with open(path) as f:
     token = f.read().strip()
-os.unlink(path)  # as fsm.secrets_input does: single-use
+os.unlink(path)  # as fsm.settings.secrets does: single-use
 with open(os.path.join(args["workdir"], "standin.txt"), "w") as f:
     f.write(hashlib.sha256(token.encode()).hexdigest() + "\n" + " ".join(sys.argv[1:]))
 if "config" in args:  # what the wrapper would read: the config and the Kilo file it names

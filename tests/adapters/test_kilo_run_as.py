@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from adapters.kilo.process import RunAs, build_env
-from fsm.config import ConfigError
 from fsm.serve.settings import KILO_CONFIG_HOME_ENV, KILO_STATE_ENV, KILO_USER_ENV, kilo_run_as
+from fsm.settings.config import ConfigError
 
 AGENT = RunAs("agent", 10002, 10002, Path("/home/agent"), "/bin/bash")
 

@@ -32,7 +32,7 @@ from adapters.store.sqlite import (
     hash_token,
     token_matches,
 )
-from fsm.engine import ArmedTimer, Snapshot
+from fsm.engine.machine import ArmedTimer, Snapshot
 
 
 def session(sid: str = "s1", created_at: float = 100.0) -> SessionRow:

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import fsm.control.main
-from fsm.cli import app
+from fsm.cli.app import app
 from fsm.control.host import ControlSettings
 
 WARNING = "without TLS: put a TLS-terminating proxy in front"

@@ -25,8 +25,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from adapters.store import sqlite as store_module
 from fsm.control.api import build_app
 from fsm.control.host import ControlHost, ControlSettings
-from fsm.logs import JsonLog
-from fsm.timers import CONTROL_TIMERS
+from fsm.hosting.logs import JsonLog
+from fsm.machines.timers import CONTROL_TIMERS
 
 ERRORS: list[Callable[[], BaseException]] = [
     lambda: store_module.StoreError("generic"),

@@ -17,7 +17,7 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from fsm.protocol import (
+from fsm.wire.protocol import (
     Ack,
     Command,
     EventFrame,

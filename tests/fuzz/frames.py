@@ -47,7 +47,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from fsm.protocol import PROTOCOL_VERSION, WRAPPER_VERSION
+from fsm.wire.protocol import PROTOCOL_VERSION, WRAPPER_VERSION
 
 INT63 = 2**63
 

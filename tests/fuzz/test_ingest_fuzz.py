@@ -44,8 +44,8 @@ from hypothesis import HealthCheck, given, settings
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from fsm.limits import defaults as limit_defaults
-from fsm.protocol import PROTOCOL_VERSION, WRAPPER_VERSION
+from fsm.settings.limits import defaults as limit_defaults
+from fsm.wire.protocol import PROTOCOL_VERSION, WRAPPER_VERSION
 from tests.fakes.control_process import API_KEY, Control, free_port
 from tests.fuzz.frames import (
     ACCEPT,

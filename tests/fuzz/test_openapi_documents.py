@@ -30,13 +30,13 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 
-from fsm.clock import VirtualClock
 from fsm.control import api as control_api
 from fsm.control.host import ControlHost
-from fsm.limits import limit_values
+from fsm.engine.clock import VirtualClock
+from fsm.machines.timers import WRAPPER_TIMERS
 from fsm.serve import job_api
-from fsm.timers import WRAPPER_TIMERS
-from fsm.wrapper_core import Identity, WrapperCore
+from fsm.serve.core import Identity, WrapperCore
+from fsm.settings.limits import limit_values
 from tests.fakes.control_process import API_KEY, Control, running_control
 from tests.fakes.fake_llm import FakeLLM
 from tests.fakes.ingest_server import FakeIngest

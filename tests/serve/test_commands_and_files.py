@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fsm.protocol import LifecycleFrame
+from fsm.wire.protocol import LifecycleFrame
 from tests.fakes.fake_llm import FakeLLM
 from tests.fakes.ingest_server import FakeIngest
 from tests.fakes.wrapper_process import running_wrapper

@@ -28,10 +28,10 @@ import httpx
 import pytest
 
 from adapters.kilo.client import KiloClient
-from fsm.config import timer_values
-from fsm.logs import JsonLog
+from fsm.hosting.logs import JsonLog
 from fsm.serve.host import WrapperHost
 from fsm.serve.settings import ServeSettings
+from fsm.settings.config import timer_values
 from tests.fakes.fake_llm import FakeLLM, running_fake_llm
 from tests.fakes.ingest_server import FakeIngest
 from tests.fakes.wrapper_process import Wrapper, running_wrapper

@@ -28,12 +28,12 @@ import pytest
 
 from adapters.kilo.client import ID_PATTERN, KiloClient, ascending_id
 from adapters.kilo.process import start_kilo
-from fsm.config import timer_values
-from fsm.logs import JsonLog
-from fsm.protocol import PromptCommand
+from fsm.hosting.logs import JsonLog
+from fsm.serve.core import PromptAgent
 from fsm.serve.host import WrapperHost
 from fsm.serve.settings import ServeSettings
-from fsm.wrapper_core import PromptAgent
+from fsm.settings.config import timer_values
+from fsm.wire.protocol import PromptCommand
 from tests.fakes.fake_llm import FakeLLM, running_fake_llm
 from tests.fakes.ingest_server import FakeIngest
 from tests.fakes.wrapper_process import Wrapper, git_workspace, running_wrapper

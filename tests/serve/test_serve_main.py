@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 import fsm.serve.host
 import fsm.serve.main
-from fsm.cli import app
+from fsm.cli.app import app
 from fsm.serve.main import default_state_dir
-from fsm.serve.settings import ServeSettings, is_loopback
+from fsm.serve.settings import ServeSettings
+from fsm.settings.listen import is_loopback
 
 WARNING = "without TLS: put a TLS-terminating proxy in front"
 

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from fsm.secrets_input import TOKEN_ENV
 from fsm.serve.supervise import take_token
+from fsm.settings.secrets import TOKEN_ENV
 
 FAST = """[timers]
 supervisor_backoff_initial = "20ms"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fsm.engine import StateMachine
-from fsm.events import Event
-from fsm.runner import MachineGroup
+from fsm.engine.events import Event
+from fsm.engine.machine import StateMachine
+from fsm.engine.runner import MachineGroup
 from fsm.sim.explore import ChoiceClock, explore
 from fsm.sim.run import mutated
 from fsm.sim.scenario import Removal
-from tests.core.test_engine_timers import SILENCE
+from tests.engine.test_engine_timers import SILENCE
 
 
 def test_the_real_machines_keep_every_invariant_within_the_bound() -> None:

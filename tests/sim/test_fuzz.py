@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from fsm.cli import app
+from fsm.cli.app import app
 from fsm.sim.fuzz import fuzz_many, run_schedule, schedule_toml
 from fsm.sim.run import mutated
 from fsm.sim.scenario import Action, Removal, Segment

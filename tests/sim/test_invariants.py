@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from fsm.events import Event
-from fsm.protocol import Frame, PromptCommand
-from fsm.session_core import CONNECTED, Message, SessionCore
+from fsm.control.core import CONNECTED, Message, SessionCore
+from fsm.engine.events import Event
 from fsm.sim.fuzz import fuzz_many
 from fsm.sim.run import mutated, run_scenario
 from fsm.sim.scenario import Removal, load_scenario, parse_scenario
+from fsm.wire.protocol import Frame, PromptCommand
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 HELD = SCENARIOS / "held_prompt_replaced_wrapper.toml"
@@ -123,7 +123,7 @@ DRAIN = SCENARIOS / "prompt_during_abort_drain.toml"
 def every_close_to_every_turn(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The wrapper before runs were tracked: every Kilo event, a close included, went to every
     open turn, and a prompt was handed to Kilo even while it drained an abort."""
-    from fsm.wrapper_core import WrapperCore
+    from fsm.serve.core import WrapperCore
 
     monkeypatch.setattr(WrapperCore, "_targets", lambda self, _trigger: self.active_turns())
     monkeypatch.setattr(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fsm.clock import VirtualClock
-from fsm.protocol import EventFrame, EventsDropped, LifecycleFrame, OutcomeFrame
+from fsm.engine.clock import VirtualClock
 from fsm.sim.process import SimProcess
 from fsm.sim.scenario import Action, Segment, WorldConfig
 from fsm.sim.world import World
+from fsm.wire.protocol import EventFrame, EventsDropped, LifecycleFrame, OutcomeFrame
 
 
 def test_a_stopped_process_runs_nothing_until_continued_and_a_killed_one_never() -> None:

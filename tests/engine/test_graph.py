@@ -1,0 +1,107 @@
+"""The committed diagrams are the rendering of the current code, and the renderer shows timers."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fsm.cli.app import app
+from fsm.engine import graph
+from fsm.machines import catalog
+from fsm.settings.config import timer_values
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def test_committed_diagrams_match_the_code() -> None:
+    result = runner.invoke(app, ["graph", "--check", "--out", str(ROOT / "diagrams")])
+    assert result.exit_code == 0, result.output
+
+
+def test_changing_a_timer_default_without_regenerating_fails_the_check(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "diagrams", tmp_path / "diagrams")
+    config = tmp_path / "fsm.toml"
+    config.write_text('[timers]\nstale_heartbeat = "91s"\n')
+    result = runner.invoke(
+        app, ["graph", "--check", "--out", str(tmp_path / "diagrams"), "--config", str(config)]
+    )
+    assert result.exit_code == 1
+    assert "-    ready --> stale : after 90s / heartbeat_missed" in result.output
+    assert "+    ready --> stale : after 91s / heartbeat_missed" in result.output
+    assert "session.svg was rendered from an older DOT source" in result.output
+
+
+def test_timers_appear_on_edges_and_in_the_table() -> None:
+    values = timer_values()
+    session = catalog.BY_NAME["session"]
+    mmd = graph.mermaid(session.definition, values["control"])
+    assert "running --> stale : after 90s / heartbeat_missed" in mmd
+    assert "stale --> restarting : after 15s / replace [budget wrapper_restarts]" in mmd
+    page = graph.markdown(catalog.ALL, values)
+    assert (
+        "| `ready, waiting, running, idle` | `stale` | `silence` | `stale_heartbeat` | `90s` |"
+        in page
+    )
+
+
+def test_graph_writes_every_format_and_the_check_accepts_it(tmp_path: Path) -> None:
+    if shutil.which("dot") is None:
+        pytest.fail(graph.DOT_MISSING)
+    result = runner.invoke(app, ["graph", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in tmp_path.iterdir()}
+    for spec in catalog.ALL:
+        assert {f"{spec.name}.mmd", f"{spec.name}.dot", f"{spec.name}.svg"} <= names
+    assert (tmp_path / "README.md").read_text().count("```mermaid") == len(catalog.ALL)
+    assert "<svg" in (tmp_path / "turn.svg").read_text()
+    assert runner.invoke(app, ["graph", "--check", "--out", str(tmp_path)]).exit_code == 0
+
+
+def test_without_graphviz_graph_says_what_to_install_and_writes_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    result = runner.invoke(app, ["graph", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0
+    assert "apt-get install graphviz" in result.output
+    assert (tmp_path / "d" / "wrapper.mmd").exists()
+    assert not (tmp_path / "d" / "wrapper.svg").exists()
+
+
+def test_bad_format_and_bad_config_exit_2_naming_the_problem(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["graph", "--format", "png", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown format(s) png" in result.output
+    config = tmp_path / "bad.toml"
+    config.write_text('[timers]\nstale_hearbeat = "90s"\n')
+    result = runner.invoke(app, ["graph", "--config", str(config), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "timers.stale_hearbeat is not a timer; did you mean 'stale_heartbeat'?" in result.output
+    config.write_text('[timers]\nstale_heartbeat = "soon"\n')
+    result = runner.invoke(app, ["timers", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "stale_heartbeat" in result.output and "expected a duration" in result.output
+
+
+def test_help_explains_every_command() -> None:
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0
+    for command in ("graph", "timers"):
+        assert command in top.output
+        sub = runner.invoke(app, [command, "--help"])
+        assert sub.exit_code == 0
+        assert "--config" in sub.output
+    assert "--check" in runner.invoke(app, ["graph", "--help"]).output
+
+
+def test_timers_command_shows_effective_values(tmp_path: Path) -> None:
+    config = tmp_path / "fsm.toml"
+    config.write_text('[timers]\nstale_heartbeat = "10m"\n')
+    result = runner.invoke(app, ["timers", "--config", str(config)])
+    assert result.exit_code == 0
+    line = next(ln for ln in result.output.splitlines() if "stale_heartbeat" in ln)
+    assert "10m" in line and "(default 90s)" in line
