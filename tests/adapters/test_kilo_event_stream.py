@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,9 +15,10 @@ from anyio.abc import SocketStream
 
 from adapters.kilo.client import KiloClient, KiloError, parse_sse, parse_sse_bytes
 from adapters.kilo.event_stream import StreamBroken
+from tests.paths import KILO_CAPTURES
 
 pytestmark = pytest.mark.anyio
-CAPTURES = Path(__file__).resolve().parent / "fixtures" / "kilo"
+CAPTURES = KILO_CAPTURES
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from fsm.cli.app import app
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 

@@ -12,8 +12,8 @@ from fsm.cli.app import app
 from fsm.engine import graph
 from fsm.machines import catalog
 from fsm.settings.config import timer_values
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +17,9 @@ from fsm.machines.timers import WRAPPER_TIMERS
 from fsm.serve.core import Identity, WrapperCore
 from fsm.wire.protocol import Frame, PromptCommand, Welcome
 from fsm.wire.transmit import Transmit
+from tests.paths import KILO_CAPTURES
 
-CAPTURES = Path(__file__).resolve().parent / "fixtures" / "kilo"
+CAPTURES = KILO_CAPTURES
 
 
 def captured(name: str) -> list[dict[str, Any]]:

@@ -28,8 +28,8 @@ from fsm.settings.secrets import (
     read_secret_file,
     serve_token,
 )
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "tok-5d2e-from-a-file"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +15,10 @@ from fsm.engine.machine import StateMachine
 from fsm.machines import turn
 from fsm.wire.kilo_events import ERROR_DETAIL_BYTES, TurnTranslator, clip_error, session_of
 from tests.engine.harness import Driver
+from tests.paths import KILO_CAPTURES, SHARED_KILO
 
 # Copies of captures from a real Kilo 7.7.9 (shared/kilo/captures), kept with the tests.
-CAPTURES = Path(__file__).resolve().parent / "fixtures" / "kilo"
+CAPTURES = KILO_CAPTURES
 
 
 def stream(name: str) -> list[dict[str, Any]]:
@@ -128,7 +128,7 @@ def test_tool_lifecycle_holds_the_clock_and_network_waits_are_not_questions() ->
 # spinner and any part update after a question counted as progress, and a network wait was
 # nothing at all.
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "kilo"
+SHARED = SHARED_KILO
 MIN = 60.0
 
 
