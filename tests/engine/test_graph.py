@@ -40,7 +40,7 @@ def test_timers_appear_on_edges_and_in_the_table() -> None:
     session = catalog.BY_NAME["session"]
     mmd = graph.mermaid(session.definition, values["control"])
     assert "running --> stale : after 90s / heartbeat_missed" in mmd
-    assert "stale --> restarting : after 15s / replace [budget wrapper_restarts]" in mmd
+    assert "stale --> restarting : after 15s / replace<br/>[budget wrapper_restarts]" in mmd
     page = graph.markdown(catalog.ALL, values)
     assert (
         "| `ready, waiting, running, idle` | `stale` | `silence` | `stale_heartbeat` | `90s` |"
@@ -105,3 +105,39 @@ def test_timers_command_shows_effective_values(tmp_path: Path) -> None:
     assert result.exit_code == 0
     line = next(ln for ln in result.output.splitlines() if "stale_heartbeat" in ln)
     assert "10m" in line and "(default 90s)" in line
+
+
+def test_diagrams_run_top_down_with_every_label_folded_to_a_narrow_column() -> None:
+    """Left to right, one label per line, the session diagram was 5,822 pt wide: unreadable at
+    page width. Top-down with folded labels no label line is wider than its column."""
+    values = timer_values()
+    for spec in catalog.ALL:
+        side = values[spec.table.side]
+        mmd = graph.mermaid(spec.definition, side)
+        assert mmd.splitlines()[2] == "    direction TB"
+        for line in mmd.splitlines():
+            if " --> " in line and " : " in line:
+                event, *rest = line.split(" : ", 1)[1].split("<br/>")
+                assert not event.startswith(("[", "=>")), line
+                for part in rest:
+                    assert len(part) <= graph.LABEL_WIDTH + 2 or " " not in part.strip(), line
+        text = graph.dot(spec.definition, side)
+        assert "rankdir=TB;" in text
+        for label in text.split('label="')[1:]:
+            for part in label.split('"', 1)[0].split("\\l"):
+                width = max(graph.LABEL_WIDTH, graph.NOTE_WIDTH) + 2
+                folded = part.startswith(("[", "=>", " ")) or " timer " in part
+                assert len(part) <= width or not folded or " " not in part.strip(), part
+
+
+def test_sources_of_one_labelled_arrow_meet_at_a_junction_so_the_label_is_drawn_once() -> None:
+    text = graph.dot(catalog.BY_NAME["session"].definition, timer_values()["control"])
+    # ready, waiting, running and idle all go stale on the same silence timer.
+    assert text.count("after 90s / heartbeat_missed") == 1
+    junction = next(
+        line.split(" -> ")[0].strip()
+        for line in text.splitlines()
+        if "-> stale [label=" in line and "heartbeat_missed" in line
+    )
+    for state in ("ready", "waiting", "running", "idle"):
+        assert f"    {state} -> {junction} [arrowhead=none];" in text
