@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 from anyio.abc import Process
 
 from adapters.environment import LOCALE_PREFIX, LOGIN_ENV
@@ -282,19 +281,44 @@ async def _prepare_kilo_home(run_as: RunAs, state_dir: Path) -> None:
         )
 
 
-async def start_kilo(
+@dataclass
+class SpawnedKilo:
+    """A ``kilo serve`` spawned and not yet known healthy: the first half of ``start_kilo``.
+
+    The wrapper spawns Kilo before it imports the rest of its host (``fsm.serve.main``): Kilo's
+    cold start is seconds of its own work on another core, and the wrapper's imports (uvicorn,
+    websockets, httpx: about 0.15 s in the container) then overlap it instead of preceding it.
+    ``start_kilo(first=...)`` finishes the start it began; ``abandon`` kills it when nobody will.
+    """
+
+    binary: Path
+    pidfile: Path
+    started: float
+    process: Process
+    port: int
+    password: str
+    out_path: Path
+    err_path: Path
+
+    async def abandon(self) -> None:
+        signal_group(self.process.pid, signal.SIGKILL)
+        with anyio.CancelScope(shield=True):
+            await self.process.wait()
+        remove_pidfile(self.pidfile, self.process.pid)
+
+
+async def spawn_kilo(
     *,
     workdir: Path,
     state_dir: Path,
     config: Mapping[str, Any],
     kilo_bin: str | None,
-    startup_timeout: float,
     rng: random.Random | None = None,
     env: Mapping[str, str] | None = None,
     pass_env: Sequence[str] = (),
     run_as: RunAs | None = None,
-) -> KiloServer:
-    """Start Kilo in ``workdir`` and return once it answers healthy, or raise ``KiloStartError``.
+) -> SpawnedKilo:
+    """Spawn Kilo on a drawn port (the first of ``start_kilo``'s tries) without waiting for it.
 
     ``env`` (default ``os.environ``) is only where variables are picked from: Kilo gets its
     allow-list plus ``pass_env`` (``build_env``), never the whole of it. ``run_as``: Kilo's user,
@@ -315,32 +339,77 @@ async def start_kilo(
             )
         await _prepare_kilo_home(run_as, state_dir)
     draw = rng or random.SystemRandom()
-    started = time.monotonic()
+    return await _spawn_once(
+        binary,
+        workdir,
+        state_dir,
+        pidfile,
+        config,
+        draw.randint(*PORT_RANGE),
+        1,
+        time.monotonic(),
+        os.environ if env is None else env,
+        pass_env,
+        run_as,
+    )
+
+
+async def start_kilo(
+    *,
+    workdir: Path,
+    state_dir: Path,
+    config: Mapping[str, Any],
+    kilo_bin: str | None,
+    startup_timeout: float,
+    rng: random.Random | None = None,
+    env: Mapping[str, str] | None = None,
+    pass_env: Sequence[str] = (),
+    run_as: RunAs | None = None,
+    first: SpawnedKilo | None = None,
+) -> KiloServer:
+    """Start Kilo in ``workdir`` and return once it answers healthy, or raise ``KiloStartError``.
+
+    ``first``: a spawn already under way (``spawn_kilo``), which this start waits for as its first
+    try; the start-up timeout counts from that spawn.
+    """
+    draw = rng or random.SystemRandom()
+    source = os.environ if env is None else env
+    spawned = first or await spawn_kilo(
+        workdir=workdir,
+        state_dir=state_dir,
+        config=config,
+        kilo_bin=kilo_bin,
+        rng=draw,
+        env=source,
+        pass_env=pass_env,
+        run_as=run_as,
+    )
+    started = spawned.started
     deadline = started + startup_timeout
     last: KiloStartError | None = None
     for attempt in range(1, PORT_TRIES + 1):
-        port = draw.randint(*PORT_RANGE)
-        try:
-            return await _start_once(
-                binary,
+        if attempt > 1:
+            spawned = await _spawn_once(
+                spawned.binary,
                 workdir,
                 state_dir,
-                pidfile,
+                spawned.pidfile,
                 config,
-                port,
+                draw.randint(*PORT_RANGE),
                 attempt,
                 started,
-                deadline,
-                os.environ if env is None else env,
+                source,
                 pass_env,
                 run_as,
             )
+        try:
+            return await _wait_started(spawned, deadline)
         except PortTaken as exc:
             last = exc
     raise KiloStartError(f"no free port after {PORT_TRIES} tries: {last}")
 
 
-async def _start_once(
+async def _spawn_once(
     binary: Path,
     workdir: Path,
     state_dir: Path,
@@ -349,11 +418,10 @@ async def _start_once(
     port: int,
     attempt: int,
     started: float,
-    deadline: float,
     env: Mapping[str, str],
     pass_env: Sequence[str],
     run_as: RunAs | None,
-) -> KiloServer:
+) -> SpawnedKilo:
     password = secrets.token_urlsafe(24)
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -372,24 +440,27 @@ async def _start_once(
             start_new_session=True,
         )
     write_pidfile(pidfile, process.pid)
+    return SpawnedKilo(binary, pidfile, started, process, port, password, out_path, err_path)
+
+
+async def _wait_started(spawned: SpawnedKilo, deadline: float) -> KiloServer:
+    """Wait for the spawned Kilo's listening line and health; kill it on any failure."""
+    process = spawned.process
     try:
-        url = await _wait_listening(process, out_path, err_path, deadline)
-        await _wait_healthy(process, url, password, deadline, err_path)
+        url = await _wait_listening(process, spawned.out_path, spawned.err_path, deadline)
+        await _wait_healthy(process, url, spawned.password, deadline, spawned.err_path)
     except BaseException:
-        signal_group(process.pid, signal.SIGKILL)
-        with anyio.CancelScope(shield=True):
-            await process.wait()
-        remove_pidfile(pidfile, process.pid)
+        await spawned.abandon()
         raise
     return KiloServer(
         url=url,
-        port=port,
+        port=spawned.port,
         pid=process.pid,
-        password=password,
+        password=spawned.password,
         process=process,
-        pidfile=pidfile,
-        started_at=started,
-        healthy_after=time.monotonic() - started,
+        pidfile=spawned.pidfile,
+        started_at=spawned.started,
+        healthy_after=time.monotonic() - spawned.started,
     )
 
 
@@ -413,6 +484,8 @@ async def _wait_listening(process: Process, out: Path, err: Path, deadline: floa
 async def _wait_healthy(
     process: Process, url: str, password: str, deadline: float, err: Path
 ) -> None:
+    import httpx  # here, not at the top: spawn_kilo runs before the wrapper has imported it
+
     async with httpx.AsyncClient(base_url=url, auth=(USERNAME, password)) as client:
         while True:
             remaining = deadline - time.monotonic()

@@ -44,7 +44,7 @@ from anyio.abc import TaskGroup
 
 from adapters.ingest.websocket_client import IngestConnection
 from adapters.kilo.client import ID_PATTERN, KiloClient, KiloError, ascending_id
-from adapters.kilo.process import KiloServer, start_kilo
+from adapters.kilo.process import KiloServer, SpawnedKilo, start_kilo
 from fsm.engine.clock import RealClock
 from fsm.engine.effects import (
     AbortAgentTurn,
@@ -117,8 +117,17 @@ def record_session(state_dir: Path, agent_session: str, kilo_session: str) -> No
 
 
 class WrapperHost:
-    def __init__(self, settings: ServeSettings, values: TimerValues, log: JsonLog) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        values: TimerValues,
+        log: JsonLog,
+        early_kilo: SpawnedKilo | None = None,
+    ) -> None:
         self.settings = settings
+        self.early_kilo = early_kilo
+        """Kilo spawned before this host was imported (``fsm.serve.launch``): the first start
+        waits for it instead of spawning one; the launcher kills it if no start took it."""
         self.values = values
         self.log = log
         capture_stdlib(log)
@@ -320,8 +329,10 @@ class WrapperHost:
         s = self.settings
         with anyio.CancelScope() as scope:
             self.spawn_scope = scope
+            first, self.early_kilo = self.early_kilo, None
             try:
                 server = await start_kilo(
+                    first=first,
                     workdir=s.workdir,
                     state_dir=s.state_dir,
                     config=s.kilo_config,

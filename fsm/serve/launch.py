@@ -1,0 +1,49 @@
+"""Start the wrapper's Kilo first, then import and run the host.
+
+Kilo's cold start is seconds of its own work; the wrapper's start before it spawns Kilo is the
+interpreter plus its imports (the host, uvicorn, websockets, httpx: measured 0.3 s from the
+wrapper's exec to Kilo's spawn in the container). Spawning Kilo before importing the host lets
+those imports run on the other core while Kilo boots, so a session's container is ready sooner
+(issue 14's start-up goal: create → ready within 1.2x of ``docker run`` + Kilo's own start).
+
+The host still owns the start: its wrapper machine's first ``SpawnAgent`` waits for this spawn
+(``start_kilo(first=...)``) under the same start-up timeout, counted from the spawn. A spawn that
+fails here is left to the host, which starts Kilo as always and reports why it cannot; one the host
+never took (it stopped first) is killed on the way out.
+"""
+
+from __future__ import annotations
+
+from adapters.kilo.process import SpawnedKilo, spawn_kilo
+from fsm.hosting.logs import JsonLog
+from fsm.machines.timers import TimerValues
+from fsm.serve.settings import ServeSettings
+
+
+async def early_kilo(settings: ServeSettings) -> SpawnedKilo | None:
+    try:
+        return await spawn_kilo(
+            workdir=settings.workdir,
+            state_dir=settings.state_dir,
+            config=settings.kilo_config,
+            kilo_bin=settings.kilo_bin,
+            pass_env=settings.kilo_pass_env,
+            run_as=settings.kilo_run_as,
+        )
+    except Exception:  # the host's own start says why, under its machine's budget
+        return None
+
+
+async def run_wrapper(settings: ServeSettings, values: TimerValues, log: JsonLog) -> int:
+    """Spawn Kilo, import the host while it boots, run the host; the process's exit code."""
+    early = await early_kilo(settings)
+    host = None
+    try:
+        from fsm.serve.host import WrapperHost  # after the spawn: see the module docstring
+
+        host = WrapperHost(settings, values, log, early_kilo=early)
+        return await host.run()
+    finally:
+        left = early if host is None else host.early_kilo
+        if left is not None:
+            await left.abandon()
