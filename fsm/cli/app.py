@@ -1,7 +1,10 @@
 """The ``fsm-agent`` command line.
 
-Bad input exits 2 with a message that says what was wrong (typer/click's usage errors already
-do); a failed ``--check`` exits 1 with the diff.
+Bad input exits 2 with one line that says what was wrong (typer/click's usage errors already
+do); a failed ``--check`` exits 1 with the diff. Every command that takes ``--config`` loads it
+through ``fsm.settings.file.load_config``, the one strict loader, so no command accepts a file
+another refuses. Help text is plain (no rich markup): the help strings name TOML tables such as
+``[timers]``, which rich would read as markup and swallow.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from fsm.engine import graph
 from fsm.engine.durations import format_duration
 from fsm.machines import catalog
 from fsm.machines.timers import TABLES, TimerValues
-from fsm.settings.config import ConfigError, timer_values
+from fsm.settings.config import ConfigError
+from fsm.settings.file import Config, load_config
 
 app = typer.Typer(
     name="fsm-agent",
@@ -28,15 +32,48 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fsm-agent")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fsm-agent {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Options of the tool itself (``--version``); each command has its own."""
+
 
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="TOML file whose [timers] table overrides durations (e.g. stale_heartbeat = '90s').",
-        exists=True,
-        dir_okay=False,
+        help="TOML file whose [timers] table overrides durations (e.g. stale_heartbeat = '90s'); "
+        "also [limits], [runtime], [kilo], [outbox]. An unknown table or key is an error.",
+        show_default=False,
     ),
 ]
 
@@ -61,13 +98,22 @@ def _check_runtime(runtime: str, image: str | None, allowed: tuple[str, ...]) ->
         raise typer.Exit(2)
 
 
-def _values(config: Path | None) -> dict[str, TimerValues]:
+def _config(path: Path | None) -> Config:
+    """``--config`` loaded and checked whole, or one line and exit 2."""
     try:
-        values = timer_values(config)
+        return load_config(path)
+    except ConfigError as exc:
+        typer.echo(f"error: --config {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _values(config: Path | None) -> dict[str, TimerValues]:
+    values = _config(config).timers
+    try:
         for spec in catalog.ALL:
             spec.check(values[spec.table.side])
-    except (ConfigError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except ValueError as exc:
+        typer.echo(f"error: --config {exc}", err=True)
         raise typer.Exit(2) from None
     return values
 
@@ -136,11 +182,7 @@ def limits_command(config: ConfigOption = None) -> None:
     """Print every input bound's effective value, its default, who enforces it and why."""
     from fsm.settings import limits
 
-    try:
-        values = limits.limit_values(config)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    values = _config(config).limits
     for setting in limits.SETTINGS:
         effective = values[setting.key]
         shown = limits.format_limit(setting, effective)
@@ -163,11 +205,8 @@ def openapi_command(
     """Write the OpenAPI 3.1 documents of the control plane's and the wrapper's HTTP APIs."""
     from fsm.cli import openapi_files
 
-    try:
-        documents = openapi_files.render(config)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    _config(config)
+    documents = openapi_files.render(config)
     if check:
         stale = openapi_files.stale(documents, out)
         if stale:

@@ -27,11 +27,10 @@ import anyio
 from fsm.control.api import build_app
 from fsm.control.host import ControlHost, ControlSettings
 from fsm.hosting.logs import JsonLog
-from fsm.settings.config import ConfigError, timer_values
-from fsm.settings.file import load_file
-from fsm.settings.limits import limit_values
-from fsm.settings.listen import parse_listen, warn_if_exposed
-from fsm.settings.runtime import RuntimeSettings, runtime_settings
+from fsm.settings.config import ConfigError
+from fsm.settings.file import load_config
+from fsm.settings.listen import bind_error, bind_error_message, parse_listen, warn_if_exposed
+from fsm.settings.runtime import RuntimeSettings
 from fsm.settings.secrets import API_KEY_ENV, SecretInputError, control_api_key
 
 DEFAULT_STATE_DIR = Path(".fsm-agent/control")
@@ -148,10 +147,10 @@ def run_control(
         return 2
     try:
         host, port = parse_listen(listen)
-        load_file(config)  # the same file is handed to wrappers: check it here, once
-        values = timer_values(config)["control"]
-        limits = limit_values(config)
-        containers = runtime_settings(config)
+        loaded = load_config(config)  # the same file is handed to wrappers: checked here, whole
+        values = loaded.timers["control"]
+        limits = loaded.limits
+        containers = loaded.runtime
         state, db, workspaces = layout(db=db, state_dir=state_dir, workspaces=base_dir)
         if runtime == "docker":
             containers = docker_settings(containers, image)
@@ -200,5 +199,12 @@ def run_control(
             await control.run(build_app)
             tg.cancel_scope.cancel()
 
-    anyio.run(main)
+    try:
+        anyio.run(main)
+    except (OSError, BaseExceptionGroup) as exc:
+        failed = bind_error(exc)
+        if failed is None:
+            raise
+        print(f"error: {bind_error_message(host, port, failed)}", file=sys.stderr)
+        return 2
     return 0

@@ -26,6 +26,9 @@ def parse_duration(value: str | int | float) -> float:
         text = value.strip().replace(" ", "")
         if not text:
             raise DurationError("expected a duration like '90s' or '5m', got an empty string")
+        if text.startswith("-") and _readable(text[1:]):
+            # "-5s" is a negative duration, not an unreadable one: say the same as for -5.
+            raise DurationError(f"a duration cannot be negative, got {value!r}")
         try:
             seconds = float(text)
         except ValueError:
@@ -43,6 +46,15 @@ def parse_duration(value: str | int | float) -> float:
     if seconds < 0:
         raise DurationError(f"a duration cannot be negative, got {value!r}")
     return seconds
+
+
+def _readable(text: str) -> bool:
+    """Whether ``text`` (no sign) reads as a duration: tells "-5s" (negative) from "-x" (junk)."""
+    try:
+        parse_duration(text)
+    except DurationError:
+        return False
+    return True
 
 
 def format_duration(seconds: float) -> str:

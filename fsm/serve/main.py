@@ -24,9 +24,8 @@ import anyio
 from fsm.hosting.logs import JsonLog
 from fsm.serve.settings import ServeSettings, kilo_run_as
 from fsm.settings.config import ConfigError
-from fsm.settings.file import load_file
-from fsm.settings.limits import limit_values
-from fsm.settings.listen import parse_listen, warn_if_exposed
+from fsm.settings.file import load_config
+from fsm.settings.listen import bind_error, bind_error_message, parse_listen, warn_if_exposed
 from fsm.settings.secrets import TOKEN_ENV, SecretInputError, make_undumpable, serve_token
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -138,11 +137,11 @@ def run_serve(
             return usage_error(f"{name} must not be empty")
     try:
         host, port = parse_listen(listen)
-        file_settings, values = load_file(config)
+        loaded = load_config(config)
+        file_settings, values, limits = loaded.file, loaded.timers["wrapper"], loaded.limits
         kilo = kilo_config(file_settings.kilo, config)
         pass_env = kilo_pass_env(file_settings.kilo, config)
         run_as = kilo_run_as(file_settings.kilo, config)
-        limits = limit_values(config)
         state = state_dir if state_dir is not None else default_state_dir(session_id)
     except (ValueError, ConfigError) as exc:
         return usage_error(str(exc))
@@ -175,9 +174,14 @@ def run_serve(
         version=version,
         limits=limits,
     )
-    from fsm.serve.host import WrapperHost
+    from fsm.serve.launch import run_wrapper  # spawns Kilo, then imports the host
 
     log = JsonLog()
     warn_if_exposed(host, log)
-    host_ = WrapperHost(settings, values, log)
-    return anyio.run(host_.run)
+    try:
+        return anyio.run(run_wrapper, settings, values, log)
+    except (OSError, BaseExceptionGroup) as exc:
+        failed = bind_error(exc)
+        if failed is None:
+            raise
+        return usage_error(bind_error_message(host, port, failed))

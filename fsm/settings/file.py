@@ -2,11 +2,15 @@
 
 The control plane passes its own file to the wrappers it starts, so ``fsm-agent serve`` and
 ``fsm-agent control`` accept the same tables and refuse the same mistakes (an unknown table or
-key is an error naming it, never ignored).
+key is an error naming it, never ignored). Every command that takes ``--config`` (``timers``,
+``graph``, ``limits``, ``openapi``, ``control``, ``serve``) loads it through ``load_config``, so a
+``[timerz]`` that ``control`` refuses is refused by ``timers`` too, with the same message: a
+command that printed the defaults for a typo'd file would tell the operator their overrides hold.
 """
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,10 @@ import msgspec
 
 from fsm.machines.timers import TimerValues
 from fsm.settings.config import ConfigError, read_toml, timer_values
+from fsm.settings.limits import LimitValues, limit_values
+from fsm.settings.runtime import RuntimeSettings, runtime_settings
+
+OUTBOX_KEYS = ("max_frames", "max_bytes")
 
 
 class FileSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -28,17 +36,65 @@ class FileSettings(msgspec.Struct, forbid_unknown_fields=True):
     """The control plane's container runtime (``fsm.settings.runtime``); unused by a wrapper."""
 
 
-def load_file(path: Path | None) -> tuple[FileSettings, TimerValues]:
-    if path is None:
-        return FileSettings(), timer_values()["wrapper"]
-    data = read_toml(path)
+TABLES = FileSettings.__struct_fields__
+"""The tables a file may hold, derived from the struct (one list)."""
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """A configuration file, read and checked whole: every table's effective values."""
+
+    path: Path | None
+    file: FileSettings
+    timers: dict[str, TimerValues]
+    """Per side (``control``, ``wrapper``, ``supervisor``), overrides applied and relations held."""
+    limits: LimitValues
+    runtime: RuntimeSettings
+
+
+def _file_settings(path: Path, data: dict[str, Any]) -> FileSettings:
+    for table in data:
+        if table not in TABLES:
+            near = difflib.get_close_matches(table, TABLES, n=1)
+            hint = f"; did you mean [{near[0]}]?" if near else ""
+            raise ConfigError(
+                f"{path}: [{table}] is not a table of this file{hint} (known: "
+                f"{', '.join(f'[{t}]' for t in TABLES)})"
+            )
     try:
-        file_settings = msgspec.convert(data, FileSettings)
+        settings = msgspec.convert(data, FileSettings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    unknown = set(file_settings.outbox) - {"max_frames", "max_bytes"}
+    unknown = set(settings.outbox) - set(OUTBOX_KEYS)
     if unknown:
         raise ConfigError(
-            f"{path}: outbox.{sorted(unknown)[0]} is not a setting (known: max_frames, max_bytes)"
+            f"{path}: outbox.{sorted(unknown)[0]} is not a setting (known: "
+            f"{', '.join(OUTBOX_KEYS)})"
         )
-    return file_settings, timer_values(path)["wrapper"]
+    return settings
+
+
+def load_config(path: Path | None) -> Config:
+    """Read ``path`` (defaults without one) and check every table; ``ConfigError`` naming the
+    file and the first bad table or key otherwise (a missing file is one too)."""
+    if path is None:
+        return Config(
+            path=None,
+            file=FileSettings(),
+            timers=timer_values(),
+            limits=limit_values(),
+            runtime=runtime_settings(),
+        )
+    settings = _file_settings(path, read_toml(path))
+    return Config(
+        path=path,
+        file=settings,
+        timers=timer_values(path),
+        limits=limit_values(path),
+        runtime=runtime_settings(path),
+    )
+
+
+def load_file(path: Path | None) -> tuple[FileSettings, TimerValues]:
+    """The wrapper's view of ``load_config``: its tables and its timers."""
+    config = load_config(path)
+    return config.file, config.timers["wrapper"]
