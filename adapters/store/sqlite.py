@@ -61,24 +61,49 @@ a logged warning.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import math
 import os
-import re
 import sqlite3
 import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import msgspec
+from adapters.store.checks import check_blob as _check_blob
+from adapters.store.checks import check_int as _check_int
+from adapters.store.checks import check_text as _check_text
+from adapters.store.checks import check_time as _check_time
+from adapters.store.checks import check_token_hash as _check_token_hash
+from adapters.store.checks import invalid as _invalid
+from adapters.store.checks import json_text as _json_text
+from adapters.store.checks import quote as _quote
+from adapters.store.checks import show_int as _show_int
+from adapters.store.rows import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_EVENTS_PAGE,
+    BatchAbortedError,
+    DuplicateEventError,
+    EventOrderError,
+    EventRow,
+    InvalidValueError,
+    LeaseLostError,
+    MessageRow,
+    SchemaTooNewError,
+    SessionExistsError,
+    SessionNotFoundError,
+    SessionRow,
+    StoreError,
+    StoreUnavailableError,
+    hash_token,
+    token_matches,
+)
 
-if TYPE_CHECKING:
-    from fsm.control.core import Message
-
+# The row types and errors live in rows.py (shared with the PostgreSQL store); they are
+# re-exported here so that every ``from adapters.store.sqlite import ...`` keeps working.
 __all__ = [
     "MAX_EVENTS_PAGE",
     "SCHEMA_VERSION",
@@ -87,6 +112,7 @@ __all__ = [
     "EventOrderError",
     "EventRow",
     "InvalidValueError",
+    "LeaseLostError",
     "MessageRow",
     "SchemaTooNewError",
     "SessionExistsError",
@@ -101,85 +127,6 @@ __all__ = [
 
 log = logging.getLogger("fsm_agent.store")
 
-INT64_MAX = 2**63 - 1
-"""The largest INTEGER SQLite stores; binding a larger Python int raises ``OverflowError``."""
-INT64_MIN = -(2**63)
-MAX_EVENTS_PAGE = 10_000
-"""The most events one ``events()`` call returns: a page, not the whole log, stays in memory."""
-
-
-# -- errors ---------------------------------------------------------------------------------------
-
-
-class StoreError(Exception):
-    """The store could not do what it was asked; the message names the operation and the file."""
-
-
-class SessionNotFoundError(StoreError, LookupError):
-    """A write named a session id the store has never seen."""
-
-
-class SessionExistsError(StoreError):
-    """``create_session`` with an id that is already taken (deleted sessions keep their id)."""
-
-
-class EventOrderError(StoreError):
-    """An event batch would break the per-session strictly increasing id order."""
-
-
-class DuplicateEventError(EventOrderError):
-    """An event id is already stored, or appears twice in the batch."""
-
-
-class SchemaTooNewError(StoreError):
-    """The file was written by a newer fsm-agent whose schema this one does not know."""
-
-
-class InvalidValueError(StoreError, ValueError):
-    """A write was given a value the store cannot hold: out of SQLite's 64-bit integer range, a
-    string without a UTF-8 form (a lone surrogate), bytes that are not UTF-8 JSON, a non-finite
-    time, a wrong type, a token hash that is not one. Nothing of that write was stored; the same
-    value will fail again, so retrying it is pointless. Also a ``ValueError``, because that is
-    what it is to a caller that does not know the store."""
-
-
-class StoreUnavailableError(StoreError):
-    """SQLite could not do the work for a reason outside the values given: the disk is full, the
-    file is locked by another writer for longer than ``busy_timeout``, read-only, or failing
-    (``sqlite3.OperationalError``). The same write may succeed later."""
-
-
-class BatchAbortedError(StoreError):
-    """SQLite rolled back the whole batch's transaction (it does so on a full disk, for one):
-    nothing written in the batch so far is stored, later writes in it are refused and the
-    batch's end raises this too. ``__cause__`` is the error that made SQLite give up."""
-
-
-# -- tokens ---------------------------------------------------------------------------------------
-
-_TOKEN_HASH = re.compile(r"[0-9a-f]{64}")
-
-
-def hash_token(token: str) -> str:
-    """The hex SHA-256 of a wrapper token: what the store keeps instead of the token.
-
-    A fast unsalted hash is right here because the tokens are 256-bit random values
-    (``secrets.token_urlsafe(32)``): nobody can guess one from its hash, so a slow password hash
-    (bcrypt, scrypt, argon2) would only add latency to every wrapper connection. An HMAC with a
-    secret key would not help either: the key would have to be stored somewhere the control plane
-    reads, next to this file, so whoever can read the file can read the key. What the hash buys:
-    a copy of the database (a backup, a support bundle) does not let anyone act as a wrapper.
-
-    Never raises: a string with lone surrogates (which no minted token has) is hashed through
-    ``surrogatepass``, so it simply matches nothing.
-    """
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def token_matches(token: str, token_hash: str) -> bool:
-    """Whether ``token`` is the one whose hash is stored, in constant time."""
-    return hmac.compare_digest(hash_token(token), token_hash)
-
 
 def _sql_sha256(value: str | bytes | int | float | None) -> str | None:
     # fsm_sha256() for migration 2: the same digest as hash_token() for a TEXT token.
@@ -188,76 +135,6 @@ def _sql_sha256(value: str | bytes | int | float | None) -> str | None:
     if isinstance(value, bytes):
         return hashlib.sha256(value).hexdigest()
     return hash_token(str(value))
-
-
-# -- rows -----------------------------------------------------------------------------------------
-
-
-class SessionRow(msgspec.Struct, kw_only=True):
-    """One session as stored. Mutable: the control plane keeps it as its in-memory copy."""
-
-    id: str
-    token_hash: str
-    """``hash_token(token)`` of the connected wrapper's token; the token itself is never stored."""
-    agent_session: str
-    user_id: str
-    workdir: str
-    state: str
-    snapshot: bytes = b""
-    """msgspec JSON of the session machine's ``Snapshot``; empty until the first save."""
-    wrapper_id: str | None = None
-    last_seq: int = 0
-    created_at: float
-    updated_at: float
-    deleted: bool = False
-
-    def __repr__(self) -> str:
-        # The hash cannot be used as a token, but it is a credential's fingerprint: a row that
-        # ends up in a log or a traceback does not need to carry it.
-        return (
-            f"SessionRow(id={self.id!r}, token_hash='***', agent_session={self.agent_session!r}, "
-            f"user_id={self.user_id!r}, workdir={self.workdir!r}, state={self.state!r}, "
-            f"snapshot=<{len(self.snapshot)} bytes>, wrapper_id={self.wrapper_id!r}, "
-            f"last_seq={self.last_seq}, created_at={self.created_at}, "
-            f"updated_at={self.updated_at}, deleted={self.deleted})"
-        )
-
-
-class MessageRow(msgspec.Struct, frozen=True, kw_only=True):
-    """One message (prompt) of a session with its state and, once terminal, its outcome."""
-
-    id: str
-    prompt: str
-    state: str
-    reason: str = ""
-    error: str = ""
-    created_at: float
-    finished_at: float | None = None
-    options: bytes = b"{}"
-    """JSON object of the per-execution settings (model, variant, …)."""
-
-    @classmethod
-    def of(cls, message: Message) -> MessageRow:
-        """The row that stores a session machine's message as it is now."""
-        return cls(
-            id=message.id,
-            prompt=message.prompt,
-            state=message.state,
-            reason=message.reason,
-            error=message.error,
-            created_at=message.created_at,
-            finished_at=message.finished_at,
-            options=msgspec.json.encode(message.options),
-        )
-
-
-class EventRow(msgspec.Struct, frozen=True):
-    """One entry of a session's event log; ``data`` is a JSON document."""
-
-    id: int
-    at: float
-    kind: str
-    data: bytes
 
 
 # -- schema ---------------------------------------------------------------------------------------
@@ -376,92 +253,6 @@ def _session(row: tuple[Any, ...]) -> SessionRow:
         updated_at=row[10],
         deleted=bool(row[11]),
     )
-
-
-# -- value checks ---------------------------------------------------------------------------------
-# Each raises InvalidValueError naming the operation (``what`` names the session too) and the
-# field, before any SQL runs; the messages never quote a string's content (a prompt may be long or
-# private, a "hash" may be a token), only what is wrong with it.
-
-
-def _invalid(what: str, field: str, problem: str) -> InvalidValueError:
-    return InvalidValueError(f"could not {what}: {field} {problem}; nothing of it was written")
-
-
-def _quote(value: object) -> str:
-    """An id as error messages show it: ``repr`` for a sane one, never a huge or failing one."""
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 100 else f"{value[:100]!r}… ({len(value)} characters)"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _show_int(value)
-    return f"<a {type(value).__name__}>"
-
-
-def _show_int(value: int) -> str:
-    # repr() of an int of more than 4300 digits raises ValueError itself.
-    return str(value) if value.bit_length() <= 256 else f"a {value.bit_length()}-bit integer"
-
-
-def _check_text(what: str, field: str, value: object, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, str):
-        raise _invalid(what, field, f"must be a string, not {type(value).__name__}")
-    if value.isascii():
-        return
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise _invalid(
-            what,
-            field,
-            f"has no UTF-8 form: character {exc.start} is a lone surrogate {value[exc.start]!a}",
-        ) from exc
-
-
-def _check_int(what: str, field: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _invalid(what, field, f"must be an integer, not {type(value).__name__}")
-    if not low <= value <= high:
-        bounds = "SQLite's signed 64-bit range" if high == INT64_MAX else f"{low}..{high}"
-        raise _invalid(what, field, f"= {_show_int(value)} is outside {bounds} ({low}..{high})")
-
-
-def _check_time(what: str, field: str, value: object, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _invalid(what, field, f"must be a number of seconds, not {type(value).__name__}")
-    if isinstance(value, int):
-        _check_int(what, field, value, INT64_MIN, INT64_MAX)
-    elif not math.isfinite(value):
-        raise _invalid(what, field, f"= {value} is not a finite time")
-
-
-def _check_blob(what: str, field: str, value: object) -> None:
-    if not isinstance(value, bytes | bytearray | memoryview):
-        raise _invalid(what, field, f"must be bytes, not {type(value).__name__}")
-
-
-def _check_token_hash(what: str, value: object) -> None:
-    if not isinstance(value, str) or _TOKEN_HASH.fullmatch(value) is None:
-        got = f"a {len(value)}-character string" if isinstance(value, str) else type(value).__name__
-        raise _invalid(
-            what,
-            "token_hash",
-            f"must be hash_token(token), 64 hex digits 0-9a-f, never the token; got {got}",
-        )
-
-
-def _json_text(what: str, field: str, data: object) -> str:
-    # JSON columns are TEXT so that the sqlite3 shell and json_extract() read them as they are.
-    # Whether it is JSON is the schema's json_valid() CHECK's call, the one every writer meets.
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise _invalid(what, field, f"must be JSON bytes, not {type(data).__name__}")
-    try:
-        return bytes(data).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _invalid(what, field, f"is not UTF-8 JSON ({exc})") from exc
 
 
 # -- the store ------------------------------------------------------------------------------------
