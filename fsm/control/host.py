@@ -494,6 +494,14 @@ class ControlHost:
         entry = self.sessions.get(session_id)
         if entry is None:
             return
+        if self.stop_requested.is_set():
+            # The control plane is stopping and its runtime is stopping every wrapper: the exit
+            # is our doing, not the session's news. Fed to the machine it would record a restart
+            # that never happens and start work on a task group that has already ended ("This
+            # task group is not active"). The session stays as stored; the next control plane
+            # restores it, as after a crash, and its timers decide.
+            self.log.info("wrapper stopped with the control plane", session=session_id, code=code)
+            return
         entry.exits_seen += 1
         if entry.exits_seen < entry.starts_requested:
             self.log.info("a replaced wrapper exited", session=session_id, code=code, reason=reason)

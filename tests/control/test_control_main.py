@@ -5,6 +5,7 @@ loopback warns (issue 12). The host is a stub: what is checked is what ``run_con
 
 from __future__ import annotations
 
+import signal
 import stat
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typer.testing import CliRunner
 import fsm.control.main
 from fsm.cli.app import app
 from fsm.control.host import ControlSettings
+from tests.fakes.control_process import running_control
+from tests.fakes.fake_llm import FakeLLM
 
 WARNING = "without TLS: put a TLS-terminating proxy in front"
 
@@ -98,3 +101,31 @@ def test_control_warns_once_when_listening_beyond_loopback(control: Any) -> None
     )
     code, out, _ = control()
     assert code == 0 and WARNING not in out
+
+
+@pytest.mark.kilo
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_control_plane_stops_its_wrappers_without_a_handler_error(
+    tmp_path: Path, fake_llm: FakeLLM, sig: signal.Signals
+) -> None:
+    """Issue 18: on SIGTERM/SIGINT the runtime stops every wrapper after the host's task group
+    has ended; each exit used to be fed to its session machine, which recorded a restart and
+    started work on the dead task group ('on_exit handler failed ... This task group is not
+    active'). Now an exit at shutdown is logged as such and the session is left as stored."""
+    with running_control(tmp_path, fake_llm.provider_config()) as control:
+        sid = control.create_session()
+        control.wait_state(sid, ("ready",))
+        assert control.stop(sig) == 0
+    lines = control.log_lines()
+    failures = [line for line in lines if line.get("level") == "error"]
+    assert failures == []
+    stopped = [
+        line for line in lines if line.get("message") == "wrapper stopped with the control plane"
+    ]
+    assert [line["session"] for line in stopped] == [sid]
+    restarts = [
+        line
+        for line in lines
+        if line.get("message") == "transition" and "restarting" in str(line.get("transition"))
+    ]
+    assert restarts == []
