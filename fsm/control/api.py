@@ -46,6 +46,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fsm.control.core import UNFINISHED, LogEntry
 from fsm.control.host import ControlHost, SessionEntry
+from fsm.control.ui.routes import ui_routes
 from fsm.control.views import (
     Accepted,
     CreateSessionBody,
@@ -113,6 +114,7 @@ def build_app(host: ControlHost) -> Starlette:
     return Starlette(
         routes=[
             *routes(ops, host.settings.api_key),
+            *ui_routes(host, ops),  # the dashboard: HTML, not in the OpenAPI document
             WebSocketRoute("/ingest/{session_id}", ingest),
         ],
         exception_handlers=ERROR_HANDLERS,
