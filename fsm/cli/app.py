@@ -418,6 +418,14 @@ def demo_command(
     if bool(model_url) != bool(model_key):
         typer.echo("error: give both --model-url and --model-key, or neither", err=True)
         raise typer.Exit(2)
+    if model_url and not model_url.startswith(("http://", "https://")):
+        typer.echo(f"error: --model-url: expected an http(s):// URL, got {model_url!r}", err=True)
+        raise typer.Exit(2)
+    if timeout <= 0:
+        typer.echo(
+            f"error: --timeout must be a positive number of seconds, got {timeout:g}", err=True
+        )
+        raise typer.Exit(2)
     _check_runtime(runtime, image, ("local", "docker"))
     code = anyio.run(
         lambda: run_demo(

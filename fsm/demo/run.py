@@ -2,7 +2,13 @@
 
 It drives the product through its public surfaces only — the control plane's REST API and its
 Server-Sent Events stream — and prints what a user of the API sees: every state transition of the
-session, wrapper, agent link and turn machines, Kilo's events, the message's states, then a summary.
+session, wrapper, agent link and turn machines, Kilo's events, the message's states, then a summary
+with the reply and, for a failed turn, the agent's own error text (the message's ``error``: what
+Kilo said, e.g. "Cannot connect to API"), so a wrong model URL reads as such, not as a hang.
+
+Without ``--model-url``/``--model-key`` Kilo is served a scripted model (``scripted_model.py``)
+that cannot act on a prompt: the demo says so up front, and the reply quotes the prompt and says
+it was not acted on. Start-up steps print progress lines on a terminal (``progress.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import uvicorn
 
 from fsm.control.api import build_app as build_control_app
 from fsm.control.host import ControlHost, ControlSettings
+from fsm.demo.progress import Progress
 from fsm.demo.scripted_model import build_app, kilo_provider_config
 from fsm.hosting.logs import JsonLog
 from fsm.settings.config import timer_values
@@ -57,11 +64,27 @@ SHOWN_EVENTS = frozenset(
 snapshots, heartbeats) are only counted, so the prompt's story stays readable."""
 
 
+SCRIPTED_NOTE = (
+    "no model credentials given (--model-url/--model-key or FSM_AGENT_MODEL_URL/"
+    "FSM_AGENT_MODEL_KEY): serving Kilo a built-in scripted model on {base}. It streams a fixed "
+    "reply that quotes your prompt and does not act on it (no files are written, no tools run); "
+    "for a real OpenAI-compatible model: fsm-agent demo --model-url https://api.example/v1 "
+    "--model-key KEY --model-name MODEL (see examples/kilo-openai.json)"
+)
+REPLY_SHOWN = 400
+"""Characters of the reply the summary shows."""
+WAIT_NOTE_EVERY = 15.0
+"""Seconds between "still waiting" progress lines while a turn runs."""
+
+
 class Printer:
-    def __init__(self, color: bool) -> None:
+    def __init__(self, color: bool, progress: Progress | None = None) -> None:
         self.color = color
         self.start = time.monotonic()
         self.counts: dict[str, int] = {}
+        self.progress = progress or Progress(enabled=False)
+        self.reply: list[str] = []
+        """The assistant's streamed text (``message.part.delta``), for the summary."""
 
     def line(self, kind: str, text: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -73,6 +96,8 @@ class Printer:
 
     def entry(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "transition":
+            if data.get("trigger") == "wrapper_connected":
+                self.progress.step("wrapper connected; Kilo is starting (about 5 s)…")
             self.line(
                 kind,
                 f"session     {data['from'] or '(new)':>12} -> {data['to']:<12} "
@@ -80,6 +105,8 @@ class Printer:
             )
         elif kind == "lifecycle":
             machine = str(data.get("machine", ""))
+            if machine == "wrapper" and data.get("state") == "running":
+                self.progress.step("Kilo ready; the prompt goes to the model…")
             self.line(
                 kind,
                 f"{machine:<11} {data.get('source') or '(new)':>12} -> "
@@ -92,6 +119,8 @@ class Printer:
                 self.counts["event"] = self.counts.get("event", 0) + 1
                 return
             props = event.get("properties", {})
+            if kind_ == "message.part.delta" and props.get("field", "text") == "text":
+                self.reply.append(str(props.get("delta", "")))
             detail = props.get("delta") or props.get("reason") or ""
             self.line(
                 kind,
@@ -151,13 +180,16 @@ async def run_demo(
     wrapper image, built if missing) on the host's network, so it reaches the loopback model
     and control plane as a local wrapper would."""
     root = Path(tempfile.mkdtemp(prefix="fsm-agent-demo-"))
-    out = Printer(color)
+    out = Printer(color, Progress())
     print(f"fsm-agent demo in {root}", flush=True)
     try:
         containers = None
         if runtime == "docker":
             from fsm.control.main import docker_settings
 
+            out.progress.step(
+                "checking dockerd and the wrapper image (a first build takes minutes)…"
+            )
             try:
                 containers = docker_settings(RuntimeSettings(network="host"), image)
             except RuntimeError as exc:
@@ -213,12 +245,7 @@ async def _demo(
             tg.start_soon(lambda: model_server.serve(sockets=[sock]))
             base = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
             kilo_config = kilo_provider_config(base)
-            print(
-                "no model credentials given (--model-url/--model-key or FSM_AGENT_MODEL_URL/"
-                "FSM_AGENT_MODEL_KEY): serving Kilo a built-in scripted model on "
-                f"{base}",
-                flush=True,
-            )
+            print(SCRIPTED_NOTE.format(base=base), flush=True)
         (root / "kilo.json").write_text(json.dumps(kilo_config))
         config = root / "fsm-agent.toml"
         config.write_text('[kilo]\nconfig_file = "kilo.json"\n')
@@ -239,8 +266,10 @@ async def _demo(
             timer_values(config)["control"],
             JsonLog(open(root / "control.log", "a")),  # noqa: SIM115 - lives as long as the demo
         )
+        out.progress.step("starting the control plane…")
         tg.start_soon(host.run, build_control_app)
         await host.ready.wait()
+        out.progress.step(f"control plane ready on 127.0.0.1:{host.port}; starting a wrapper…")
         code = await _drive(host, api_key, workspace, prompt, out, timeout)
         host.request_stop()
         if not (model_url and model_key):
@@ -286,24 +315,50 @@ async def _drive(
             sent = (await client.post(f"/sessions/{sid}/messages", json={"prompt": prompt})).json()
             message_id = sent["id"]
             with anyio.move_on_after(timeout):
-                await done.wait()
+                while not done.is_set():
+                    with anyio.move_on_after(WAIT_NOTE_EVERY):
+                        await done.wait()
+                    if not done.is_set():
+                        waited = time.monotonic() - out.start
+                        out.progress.step(
+                            f"still waiting for the turn ({waited:.0f}s; --timeout {timeout:g}s)…"
+                        )
+            if not final:
+                # No outcome in time: what the control plane knows of the message is the best
+                # account there is (its state, and any error the agent gave so far).
+                session = (await client.get(f"/sessions/{sid}")).json()
+                for message in session.get("messages", []):
+                    if message.get("id") == message_id:
+                        final.update(message, timed_out=True)
             await client.delete(f"/sessions/{sid}")
             with anyio.move_on_after(15):
                 while sid in host.sessions:
                     await anyio.sleep(0.1)
             tg.cancel_scope.cancel()
     state = final.get("state", "no outcome")
+    error = str(final.get("error") or "")
     print("\nsummary", flush=True)
-    print(f"  message   {message_id}: {_state_with_reason(final) if final else state}")
+    shown = _state_with_reason(final) if final else state
+    if final.get("timed_out"):
+        shown += f", no outcome within --timeout {timeout:g}s"
+    print(f"  message   {message_id}: {shown}")
+    if error:
+        print(f"  error     {error}")
+    reply = " ".join("".join(out.reply).split())
+    if reply:
+        cut = reply if len(reply) <= REPLY_SHOWN else reply[: REPLY_SHOWN - 1] + "…"
+        print(f"  reply     {cut}")
     print(
         f"  timeline  {sum(out.counts.values())} entries: "
         + ", ".join(f"{k} {v}" for k, v in sorted(out.counts.items()))
     )
     print(f"  wall time {time.monotonic() - out.start:.1f}s")
     if state != "completed":
+        said = f" (the agent said: {error})" if error else ""
         print(
-            "the prompt did not complete; see control.log and the wrapper's log (workspaces/logs, "
-            "or control/logs with --runtime docker) in the demo folder (rerun with --keep)",
+            f"the prompt did not complete{said}; see control.log and the wrapper's log "
+            "(workspaces/logs, or control/logs with --runtime docker) in the demo folder (rerun "
+            "with --keep)",
             file=sys.stderr,
         )
         return 1

@@ -3,7 +3,10 @@
 Kilo talks to it through its ``@ai-sdk/openai-compatible`` provider exactly as it would to a
 real endpoint: ``POST /v1/chat/completions`` with ``stream: true``, answered with SSE chunks and
 ``[DONE]``. The reply is a short fixed text streamed in small pieces (so the demo shows progress
-events); requests for titles get a title. Nothing here is used by production code paths.
+events), which first quotes the user's last prompt and says it was not acted on: a demo run with
+``--prompt "write hello.txt"`` that answered "Hello" and wrote nothing would look like a broken
+agent, when it is a script that cannot write files. Requests for titles get a title. Nothing here
+is used by production code paths.
 """
 
 from __future__ import annotations
@@ -23,6 +26,36 @@ REPLY = (
     "Hello from the scripted model. fsm-agent started a wrapper, the wrapper started Kilo, "
     "and this reply is streaming back through both state machines."
 )
+ECHO = (
+    "You asked: {prompt!r}. I am the demo's scripted model: I do not act on prompts, so nothing "
+    "was done; run the demo with --model-url and --model-key for a real model. "
+)
+"""What the reply starts with when the request carries a prompt: says the prompt arrived and
+was not acted on."""
+
+
+KILO_CONTEXT = "<environment_details>"
+"""Where Kilo's appended context (time, working directory) starts in a user message."""
+
+
+def last_prompt(messages: list[Any]) -> str:
+    """The prompt of the last user message (a string or OpenAI content parts), or ``""``."""
+    for message in reversed(messages):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        text = ""
+        if isinstance(content, str):
+            text = content
+        elif isinstance(content, list):
+            text = " ".join(
+                str(part.get("text", ""))
+                for part in content
+                if isinstance(part, dict) and part.get("type") == "text"
+            )
+        # Kilo appends its own context to the user's text; the prompt is what comes before it.
+        return " ".join(text.split(KILO_CONTEXT, 1)[0].split())
+    return ""
 
 
 def chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -45,7 +78,13 @@ def build_app(reply: str = REPLY, delay: float = 0.05) -> Starlette:
         model = str(body.get("model", "scripted"))
         messages = body.get("messages") or []
         system = " ".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
-        text = "fsm-agent demo" if "title" in system.lower() else reply
+        prompt = last_prompt(messages)
+        if "title" in system.lower():
+            text = "fsm-agent demo"
+        elif prompt:
+            text = ECHO.format(prompt=prompt[:200]) + reply
+        else:
+            text = reply
 
         async def stream() -> AsyncIterator[bytes]:
             yield chunk(model, {"role": "assistant", "content": ""})
