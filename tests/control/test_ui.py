@@ -3,6 +3,7 @@ what the pages are made of. The browser test (``test_ui_browser.py``) watches it
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from fsm.control.ui.auth import COOKIE
+from fsm.control.ui.diagrams import _rendered, specs
 from tests.fakes.control_process import API_KEY, WRAPPER_FAST, Control, running_control
 from tests.fakes.fake_llm import FakeLLM
 
@@ -95,8 +97,10 @@ def test_the_session_page_draws_every_machine_from_its_declaration(
 
 def test_hostile_paths_get_clear_answers(control: Control) -> None:
     with _signed_in(control) as browser:
-        assert browser.get("/ui/sessions/no-such-session").status_code == 404
-        assert browser.get("/ui/sessions/bad%20id").status_code == 400
+        unknown = browser.get("/ui/sessions/no-such-session")
+        assert unknown.status_code == 404 and "unknown session no-such-session" in unknown.text
+        malformed = browser.get("/ui/sessions/%3Cscript%3E")
+        assert malformed.status_code == 400 and "<script>" not in malformed.text
         assert browser.get("/ui/static/..%2fapi.py").status_code == 404
         assert browser.get("/ui/static/secret.txt").json()["field"] == "path"
         script = browser.get("/ui/static/dashboard.js")
@@ -112,3 +116,10 @@ def test_hostile_paths_get_clear_answers(control: Control) -> None:
 def test_the_dashboard_is_not_in_the_openapi_document(control: Control) -> None:
     paths = control.http.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p.startswith("/ui")]
+
+
+def test_without_graphviz_each_diagram_is_a_list_of_its_states_marked_up_alike() -> None:
+    spec = next(s for s in specs() if s.name == "turn")
+    fallback = _rendered("turn", "digraph turn {}", None)
+    titles = re.findall(r'<li class="node"><title>([a-z_]+)</title>', fallback)
+    assert titles == [state.name for state in spec.definition.states]

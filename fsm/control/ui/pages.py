@@ -53,6 +53,16 @@ def login(next_path: str, problem: str = "") -> str:
     )
 
 
+def problem(status: int, error: str) -> str:
+    """A page that could not be shown (an unknown or malformed session id): what was wrong."""
+    return _page(
+        f"error {status}",
+        f'<h1>{status}</h1><p class="problem" role="alert">{e(error)}</p>'
+        '<p><a href="/ui">all sessions</a></p>',
+        script=False,
+    )
+
+
 def _summary_row(s: SessionSummary) -> str:
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_at))
     return (

@@ -74,7 +74,7 @@ def ui_routes(host: ControlHost, operations: Sequence[Operation]) -> list[BaseRo
             try:
                 return await render(request)
             except HTTPProblem as problem:
-                return html(pages.login(request.url.path, problem.error), problem.status)
+                return html(pages.problem(problem.status, problem.error), problem.status)
 
         return handle
 
