@@ -39,18 +39,20 @@ def _browser(control: Control) -> httpx.Client:
 @contextmanager
 def _signed_in(control: Control) -> Iterator[httpx.Client]:
     with _browser(control) as browser:
-        answer = browser.post("/ui/login", data={"key": API_KEY, "next": "/ui"})
+        answer = browser.post("/ui/login", data={"key": API_KEY, "next": "/ui/"})
         assert answer.status_code == 303, answer.text
         yield browser
 
 
 def test_the_dashboard_asks_for_the_key_and_never_takes_it_from_the_url(control: Control) -> None:
     with _browser(control) as browser:
-        page = browser.get("/ui")
+        bare = browser.get("/ui")
+        assert bare.status_code in (307, 308) and bare.headers["location"].endswith("/ui/")
+        page = browser.get("/ui/")
         assert page.status_code == 401 and 'type="password"' in page.text
         assert "set-cookie" not in page.headers
-        assert browser.get("/ui", params={"token": API_KEY}).status_code == 401
-        wrong = browser.post("/ui/login", data={"key": "guess", "next": "/ui"})
+        assert browser.get("/ui/", params={"token": API_KEY}).status_code == 401
+        wrong = browser.post("/ui/login", data={"key": "guess", "next": "/ui/"})
         assert wrong.status_code == 401 and "not the API key" in wrong.text
         assert COOKIE not in browser.cookies
         assert browser.get("/ui/sessions.json").json() == {
@@ -63,12 +65,12 @@ def test_signing_in_sets_an_httponly_strict_cookie_that_is_not_the_key(control: 
     with _browser(control) as browser:
         answer = browser.post("/ui/login", data={"key": API_KEY, "next": "//elsewhere.example/x"})
         assert answer.status_code == 303
-        assert answer.headers["location"] == "/ui"  # never an open redirect
+        assert answer.headers["location"] == "/ui/"  # never an open redirect
         cookie = answer.headers["set-cookie"]
         attributes = {part.strip().lower() for part in cookie.split(";")}
         assert {"httponly", "samesite=strict", "path=/ui"} <= attributes
         assert API_KEY not in cookie
-        assert browser.get("/ui").status_code == 200
+        assert browser.get("/ui/").status_code == 200
         # The cookie opens the dashboard only: the API still wants the bearer header.
         assert browser.get("/sessions").status_code == 401
 
@@ -77,7 +79,7 @@ def test_the_session_page_draws_every_machine_from_its_declaration(
     control: Control, sid: str
 ) -> None:
     with _signed_in(control) as browser:
-        listing = browser.get("/ui")
+        listing = browser.get("/ui/")
         assert f'href="/ui/sessions/{sid}"' in listing.text
         assert browser.get("/ui/sessions.json").json()[0]["id"] == sid
         page = browser.get(f"/ui/sessions/{sid}")

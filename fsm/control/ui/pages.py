@@ -31,7 +31,7 @@ def _page(title: str, body: str, *, script: bool = True) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="stylesheet" href="/ui/static/dashboard.css">'
         "</head><body>"
-        '<header><a href="/ui">fsm-agent</a> <span>control plane dashboard</span></header>'
+        '<header><a href="/ui/">fsm-agent</a> <span>control plane dashboard</span></header>'
         f"<main>{body}</main>{js}</body></html>"
     )
 
@@ -58,7 +58,7 @@ def problem(status: int, error: str) -> str:
     return _page(
         f"error {status}",
         f'<h1>{status}</h1><p class="problem" role="alert">{e(error)}</p>'
-        '<p><a href="/ui">all sessions</a></p>',
+        '<p><a href="/ui/">all sessions</a></p>',
         script=False,
     )
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from fsm.control.ui import auth, pages
 from fsm.engine.timer_table import TimerValues
@@ -91,10 +91,10 @@ def ui_routes(host: ControlHost, operations: Sequence[Operation]) -> list[BaseRo
     async def login(request: Request) -> Response:
         form = parse_qs((await read_body(request, body_bytes)).decode("utf-8", "replace"))
         key = (form.get("key") or [""])[0]
-        target = (form.get("next") or ["/ui"])[0]
+        target = (form.get("next") or ["/ui/"])[0]
         # Only back into the dashboard: never an open redirect to another site.
         if not target.startswith("/ui") or target.startswith("//"):
-            target = "/ui"
+            target = "/ui/"
         if not auth.key_matches(key, api_key):
             return html(pages.login(target, "That is not the API key."), 401)
         response = RedirectResponse(target, 303, headers=HEADERS)
@@ -112,7 +112,7 @@ def ui_routes(host: ControlHost, operations: Sequence[Operation]) -> list[BaseRo
         try:
             return await login(request)
         except HTTPProblem as problem:
-            return html(pages.login("/ui", problem.error), problem.status)
+            return html(pages.login("/ui/", problem.error), problem.status)
 
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
@@ -121,20 +121,28 @@ def ui_routes(host: ControlHost, operations: Sequence[Operation]) -> list[BaseRo
             return HTTPProblem(404, f"no asset {name[:60]!r}", "path").response()
         return Response((STATIC / name).read_bytes(), media_type=media, headers=HEADERS)
 
+    # One mount: the dashboard is beside the API's operations, not among them (the API's
+    # route table is exactly its OpenAPI document; tests/fuzz/test_openapi_documents.py).
+    # A bare /ui is redirected to /ui/ by the router.
     return [
-        Route("/ui", page(index), methods=["GET"]),
-        Route("/ui/login", login_guarded, methods=["POST"]),
-        Route("/ui/static/{name}", static, methods=["GET"]),
-        Route("/ui/sessions.json", guarded(by_route[("GET", "/sessions")]), methods=["GET"]),
-        Route("/ui/sessions/{session_id}", page(session), methods=["GET"]),
-        Route(
-            "/ui/sessions/{session_id}/state",
-            guarded(by_route[("GET", "/sessions/{session_id}")]),
-            methods=["GET"],
-        ),
-        Route(
-            "/ui/sessions/{session_id}/events",
-            guarded(by_route[("GET", "/sessions/{session_id}/events")]),
-            methods=["GET"],
-        ),
+        Mount(
+            "/ui",
+            routes=[
+                Route("/", page(index), methods=["GET"]),
+                Route("/login", login_guarded, methods=["POST"]),
+                Route("/static/{name}", static, methods=["GET"]),
+                Route("/sessions.json", guarded(by_route[("GET", "/sessions")]), methods=["GET"]),
+                Route("/sessions/{session_id}", page(session), methods=["GET"]),
+                Route(
+                    "/sessions/{session_id}/state",
+                    guarded(by_route[("GET", "/sessions/{session_id}")]),
+                    methods=["GET"],
+                ),
+                Route(
+                    "/sessions/{session_id}/events",
+                    guarded(by_route[("GET", "/sessions/{session_id}/events")]),
+                    methods=["GET"],
+                ),
+            ],
+        )
     ]
