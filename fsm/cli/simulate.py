@@ -1,25 +1,66 @@
 """``fsm-agent simulate`` and ``fsm-agent check``: the simulation harness on the command line.
 
 Kept out of ``fsm/cli/app.py`` so that the harness can grow without touching the command line's
-core;
-``fsm/cli/app.py`` calls ``register(app)`` once. Exit codes follow the rest of the tool: 0 when
-every
-expectation and invariant holds, 1 when one does not, 2 for input that cannot be run (a scenario
-error names the file, the line and the field).
+core; ``fsm/cli/app.py`` calls ``register(app)`` once. Exit codes follow the rest of the tool: 0
+when every expectation and invariant holds, 1 when one does not, 2 for input that cannot be run
+(a scenario error names the file, the line and the field; a number out of range names the option
+and its range, on one line).
+
+Runs that take more than a moment (``check``, a fleet run, a fuzz run) show their progress on one
+rewritten line of stderr when stderr is a terminal, and print nothing extra otherwise (a pipe or a
+CI log gets only the results).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import msgspec
 import typer
 
 from fsm.settings.config import ConfigError
 from fsm.sim.scenario import Scenario, ScenarioError, load_scenario
-from fsm.sim.timeline import clock_label, render_json, render_text
+from fsm.sim.timeline import Line, clock_label, render_json, render_text
+
+
+class Progress:
+    """One line on stderr, rewritten at most every ``every`` seconds, only on a terminal."""
+
+    def __init__(self, stream: TextIO | None = None, every: float = 0.2) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.on = self.stream.isatty()
+        self.every = every
+        self._last = 0.0
+        self._shown = False
+
+    def show(self, text: str) -> None:
+        if not self.on:
+            return
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        self.stream.write(f"\r\x1b[K{text}")
+        self.stream.flush()
+        self._shown = True
+
+    def done(self) -> None:
+        if self._shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._shown = False
+
+
+def _in_range(option: str, value: int, low: int, high: int, why: str = "") -> int:
+    """A number option checked by hand: one line naming it and its range, exit code 2."""
+    if not low <= value <= high:
+        reason = f" ({why})" if why else ""
+        typer.echo(f"error: {option} must be {low} to {high}, not {value}{reason}", err=True)
+        raise typer.Exit(2)
+    return value
 
 
 def _collect(paths: list[Path]) -> list[Path]:
@@ -82,8 +123,35 @@ def simulate_command(
         str, typer.Option(help="Fuzz: faults and prompts happen within this virtual time.")
     ] = "20m",
     faults: Annotated[int, typer.Option(help="Fuzz: most steps per schedule.", min=1)] = 12,
+    fleet: Annotated[
+        int,
+        typer.Option(
+            help="Run a fleet of N sessions (prompts and faults from the seed) instead of files."
+        ),
+    ] = 0,
+    span: Annotated[str, typer.Option(help="Fleet: virtual time to simulate.")] = "2h",
+    shards: Annotated[
+        int, typer.Option(help="Fleet: processes to deal the sessions to (one per core).")
+    ] = 1,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Draw the run: sessions per state over time, faults, one session's lanes "
+            "(.html or .svg, self-contained).",
+            show_default=False,
+        ),
+    ] = None,
+    report_session: Annotated[
+        str, typer.Option(help="The session whose machines the report draws lane by lane.")
+    ] = "s1",
 ) -> None:
     """Run scenarios on the virtual clock: timeline, a pass/fail line per expectation."""
+    if report is not None and report.suffix.lower() not in (".html", ".svg"):
+        typer.echo(f"error: --report: {report} must end in .html or .svg", err=True)
+        raise typer.Exit(2)
+    if fleet:
+        _fleet(fleet, span, shards, seed or 0, report, report_session, as_json)
+        return
     if fuzz:
         _fuzz(fuzz, seed if seed is not None else 0, horizon, faults, as_json)
         return
@@ -93,6 +161,9 @@ def simulate_command(
     from fsm.sim.run import run_scenario
 
     scenarios = _load(_collect(paths))
+    if report is not None and len(scenarios) != 1:
+        typer.echo(f"error: --report draws one run; {len(scenarios)} scenarios given", err=True)
+        raise typer.Exit(2)
     failed = 0
     started = time.perf_counter()
     for scenario in scenarios:
@@ -111,6 +182,15 @@ def simulate_command(
             caught = f", {n - len(survivors)}/{n} mutants caught"
         ok = result.passed and not survivors
         failed += not ok
+        if report is not None:
+            _write_report(
+                report,
+                result.lines,
+                scenario.until,
+                scenario.world.sessions,
+                report_session,
+                f"{scenario.name} (seed {result.seed})",
+            )
         if as_json:
             if not quiet:
                 typer.echo(render_json(result.lines, verbose=verbose))
@@ -155,16 +235,129 @@ def simulate_command(
         raise typer.Exit(1)
 
 
-def _fuzz(count: int, seed: int, horizon: str, faults: int, as_json: bool) -> None:
+def _duration(option: str, text: str) -> float:
     from fsm.engine.durations import DurationError, parse_duration
-    from fsm.sim.fuzz import fuzz_many
 
     try:
-        span = parse_duration(horizon)
+        return parse_duration(text)
     except DurationError as exc:
-        typer.echo(f"error: --horizon: {exc}", err=True)
+        typer.echo(f"error: {option}: {exc}", err=True)
         raise typer.Exit(2) from None
-    report = fuzz_many(count, seed=seed, horizon=span, max_steps=faults)
+
+
+def _write_report(
+    path: Path, lines: list[Line], span: float, sessions: int, session: str, title: str
+) -> None:
+    from fsm.sim.report import render_html, render_svg
+
+    names = {f"s{i + 1}" for i in range(sessions)}
+    if session not in names:
+        typer.echo(
+            f"error: --report-session: no session {session!r} in this run (s1 to s{sessions})",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if path.suffix.lower() == ".svg":
+        text = render_svg(lines, span, sessions, session)
+    else:
+        text = render_html(lines, span, sessions, session, title)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        typer.echo(f"error: --report: {path}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+FLEET_MAX = 100_000
+"""More sessions than one machine holds in memory (about 0.25 MiB each)."""
+
+
+def _fleet(
+    sessions: int,
+    span_text: str,
+    shards: int,
+    seed: int,
+    report: Path | None,
+    report_session: str,
+    as_json: bool,
+) -> None:
+    from fsm.sim.fleet import run_fleet
+
+    _in_range("--fleet", sessions, 1, FLEET_MAX)
+    _in_range("--shards", shards, 1, 64)
+    span = _duration("--span", span_text)
+    if span <= 0:
+        typer.echo("error: --span must be more than 0", err=True)
+        raise typer.Exit(2)
+    if report is not None and report_session not in {f"s{i + 1}" for i in range(sessions)}:
+        typer.echo(
+            f"error: --report-session: no session {report_session!r} in this run "
+            f"(s1 to s{sessions})",
+            err=True,
+        )
+        raise typer.Exit(2)
+    progress = Progress()
+    if shards > 1:
+        progress.show(f"fleet: {sessions:,} sessions in {shards} processes...")
+        progress._last = 0.0
+    result = run_fleet(
+        sessions,
+        span,
+        seed=seed,
+        shards=shards,
+        records="transitions" if report is not None else "none",
+        progress=lambda at: progress.show(
+            f"fleet: {clock_label(at)} of {clock_label(span)} simulated"
+        ),
+    )
+    progress.done()
+    if report is not None:
+        title = f"fleet of {sessions:,} sessions, seed {seed}"
+        _write_report(report, result.lines, span, sessions, report_session, title)
+    faults = sum(1 for line in result.lines if line.kind == "do" and line.trigger != "prompt")
+    if as_json:
+        typer.echo(
+            msgspec.json.encode(
+                {
+                    "type": "fleet",
+                    "sessions": sessions,
+                    "span": span,
+                    "seed": seed,
+                    "shards": result.shards,
+                    "wall": result.wall,
+                    "session_seconds_per_second": result.session_speed,
+                    "callbacks": result.callbacks,
+                    "violations": result.violations,
+                }
+            )
+        )
+    else:
+        for v in result.violations:
+            typer.echo(f"  FAIL  invariant {v}")
+        drawn = f", {faults} faults drawn in {report}" if report is not None else ""
+        typer.echo(
+            f"fleet: {sessions:,} sessions x {clock_label(span)} in {result.wall:.2f} s "
+            f"({result.session_speed:,.0f} session-s/s, {result.shards} shard"
+            f"{'s' if result.shards > 1 else ''}), {result.callbacks:,} callbacks, "
+            f"{len(result.violations)} invariant violations{drawn}"
+        )
+    if result.violations:
+        raise typer.Exit(1)
+
+
+def _fuzz(count: int, seed: int, horizon: str, faults: int, as_json: bool) -> None:
+    from fsm.sim.fuzz import fuzz_many
+
+    span = _duration("--horizon", horizon)
+    progress = Progress()
+    report = fuzz_many(
+        count,
+        seed=seed,
+        horizon=span,
+        max_steps=faults,
+        progress=lambda done: progress.show(f"fuzz: {done}/{count} schedules"),
+    )
+    progress.done()
     if as_json:
         typer.echo(msgspec.json.encode(report.summary()))
     else:
@@ -173,16 +366,41 @@ def _fuzz(count: int, seed: int, horizon: str, faults: int, as_json: bool) -> No
         raise typer.Exit(1)
 
 
+DEPTH_MAX = 20
+"""The search is breadth-first and its frontier grows about fourfold per step: past 20 steps it
+would not end in a day."""
+CHOICE_MAX = 5
+"""Most prompts or faults a schedule may hold: each multiplies the choices at every step."""
+
+
 def check_command(
-    depth: Annotated[int, typer.Option(help="Explore every schedule up to this many steps.")] = 5,
-    prompts: Annotated[int, typer.Option(help="Most prompts a client sends.", min=0)] = 1,
-    faults: Annotated[int, typer.Option(help="Most injected faults per schedule.", min=0)] = 1,
+    depth: Annotated[
+        int, typer.Option(help=f"Explore every schedule up to this many steps (0 to {DEPTH_MAX}).")
+    ] = 5,
+    prompts: Annotated[
+        int, typer.Option(help=f"Most prompts a client sends (0 to {CHOICE_MAX}).")
+    ] = 1,
+    faults: Annotated[
+        int, typer.Option(help=f"Most injected faults per schedule (0 to {CHOICE_MAX}).")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="The report as one JSON object.")] = False,
 ) -> None:
     """Explore the composed machines' reachable states (timers may expire at any moment)."""
     from fsm.sim.explore import explore
 
-    report = explore(depth=depth, prompts=prompts, faults=faults)
+    _in_range("--depth", depth, 0, DEPTH_MAX, "steps of the breadth-first search")
+    _in_range("--prompts", prompts, 0, CHOICE_MAX)
+    _in_range("--faults", faults, 0, CHOICE_MAX)
+    progress = Progress()
+    report = explore(
+        depth=depth,
+        prompts=prompts,
+        faults=faults,
+        progress=lambda moves, states, deepest: progress.show(
+            f"check: {states:,} states, {moves:,} transitions, depth {deepest}/{depth}"
+        ),
+    )
+    progress.done()
     if as_json:
         typer.echo(msgspec.json.encode(report.summary()))
     else:

@@ -11,24 +11,17 @@ per wall second", the figure issue 6 targets).
 from __future__ import annotations
 
 import argparse
-import gc
 import random
 import resource
 import time
 import tracemalloc
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import msgspec
 
-from fsm.sim.scenario import Action, Segment, WorldConfig
+from fsm.sim.fleet import batch_gc, fleet_actions
+from fsm.sim.scenario import WorldConfig
 from fsm.sim.world import World
-
-PLANS = (
-    (Segment("text", 30.0),),
-    (Segment("text", 5.0), Segment("tool", 120.0), Segment("text", 5.0)),
-    (Segment("reasoning", 10.0), Segment("text", 20.0)),
-)
 
 
 class BenchResult(msgspec.Struct):
@@ -60,43 +53,8 @@ class BenchResult(msgspec.Struct):
         )
 
 
-def schedule(rng: random.Random, sessions: int, duration: float) -> list[Action]:
-    actions: list[Action] = []
-    for i in range(sessions):
-        sid = f"s{i + 1}"
-        at = rng.uniform(0, 300)
-        n = 0
-        while at < duration:
-            n += 1
-            plan = rng.choice(PLANS)
-            actions.append(Action(at=at, do="prompt", session=sid, message=f"m{n}", plan=plan))
-            if rng.random() < 0.1:
-                fault = rng.choice(["agent.crash", "agent.hang", "ingest.drop"])
-                when = at + rng.uniform(1, 60)
-                if when < duration:  # past the end it would never happen (and time can't go back)
-                    actions.append(Action(at=when, do=fault, session=sid, duration=30.0))
-            at += rng.uniform(120, 900)
-    return sorted(actions, key=lambda a: a.at)
-
-
-@contextmanager
-def batch_gc() -> Iterator[None]:
-    """The cyclic collector tuned for one long batch run, as the simulator is.
-
-    A world of 1,000 sessions holds a few hundred thousand long-lived objects and makes little
-    cyclic garbage; with the default thresholds the collector still walked them dozens of times
-    (a quarter of the wall time). Objects alive at the start are frozen (never walked again) and
-    young collections run every 20,000 allocations instead of 700.
-    """
-    thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
+schedule = fleet_actions
+"""The bench's script is the fleet run's (``fsm.sim.fleet``)."""
 
 
 def bench(

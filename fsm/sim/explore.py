@@ -328,25 +328,32 @@ def explore(
     *,
     explorer: Explorer | None = None,
     keep_worlds: int = 4000,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> ExploreReport:
     """Breadth-first search of the composed machines; the first violation has a shortest trace.
 
     A world reached for the first time is kept for its own expansion (up to ``keep_worlds`` of
     them; beyond that it is replayed when its turn comes), and the last step tried from a state
     is applied to that state's own world: each transition then costs about one replay.
+    ``progress`` is told (transitions, states, depth) before each state is expanded.
     """
     old = gc.get_threshold()
     # Thousands of live worlds full of reference cycles: the default thresholds make the cyclic
     # collector rescan them all the time (half the run, measured). Collect far less often.
     gc.set_threshold(50_000, 20, 100)
     try:
-        return _explore(depth, prompts, faults, explorer, keep_worlds)
+        return _explore(depth, prompts, faults, explorer, keep_worlds, progress)
     finally:
         gc.set_threshold(*old)
 
 
 def _explore(
-    depth: int, prompts: int, faults: int, explorer: Explorer | None, keep_worlds: int
+    depth: int,
+    prompts: int,
+    faults: int,
+    explorer: Explorer | None,
+    keep_worlds: int,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> ExploreReport:
     started = time.perf_counter()
     ex = explorer or Explorer(prompts=prompts, faults=faults)
@@ -360,6 +367,8 @@ def _explore(
     deepest = 0
     truncated = False
     while frontier:
+        if progress is not None:
+            progress(transitions, len(seen), deepest)  # (transitions, states, depth) so far
         trace, live = frontier.popleft()
         if live is None:
             world, clock, _ = ex.replay(trace)

@@ -250,10 +250,14 @@ def fuzz_many(
     horizon: float = 1200.0,
     max_steps: int = 12,
     config: WorldConfig = FUZZ_WORLD,
+    progress: Callable[[int], None] | None = None,
 ) -> FuzzReport:
+    """``progress`` is told how many schedules have run, before each one."""
     started = time.perf_counter()
     simulated = 0.0
     for i in range(count):
+        if progress is not None:
+            progress(i)
         run_seed = seed + i
         steps = generate(random.Random(run_seed), horizon, max_steps)
         run, _world = run_schedule(steps, run_seed, config=config)

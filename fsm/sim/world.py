@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Iterator
-from typing import Any, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, cast
 
 from fsm.control.core import LogEntry, Message
 from fsm.engine.clock import VirtualClock
@@ -35,10 +35,19 @@ from fsm.sim.process import Scheduler
 from fsm.sim.runtime import FakeRuntime
 from fsm.sim.scenario import Action, WorldConfig
 from fsm.sim.store import MemoryStore
-from fsm.sim.timeline import Line
+from fsm.sim.timeline import SHOWN, Line
 from fsm.wire.protocol import PermissionReply, SeqFrame, WrapperFrame
 
 TAKEN = ("start", "transition", "internal")
+
+Records = Literal["all", "transitions", "none"]
+_KEPT: dict[str, frozenset[str]] = {
+    "all": frozenset({"start", "transition", "internal", "ignored", "timer_dropped", "fault"}),
+    "transitions": SHOWN,
+    "none": frozenset(),
+}
+"""Record kinds each ``records`` setting keeps as timeline lines (world lines follow
+``keep_timeline``)."""
 
 
 class WorldAction:
@@ -64,6 +73,8 @@ class World:
         keep_timeline: bool = True,
         invariants: Invariants | None = None,
         check_states: bool = True,
+        only: Sequence[str] | None = None,
+        records: Records | None = None,
     ) -> None:
         self.config = config
         self.check_states = check_states
@@ -72,13 +83,29 @@ class World:
         self.seed = seed
         self.scheduler: Scheduler = scheduler if scheduler is not None else VirtualClock()
         self.values = timer_values(overrides=timers)
-        self.keep_timeline = keep_timeline
+        self.records: Records = (
+            records if records is not None else ("all" if keep_timeline else "none")
+        )
+        """Which lines the timeline keeps: ``all``; ``transitions`` (what the default text
+        shows: no heartbeat re-arms, progress or ignored events, the bulk of a long run); or
+        ``none`` (benchmarks: the invariants still see every record)."""
+        self.keep_timeline = self.records != "none"
+        self._kept_kinds = _KEPT[self.records]
         self.lines: list[Line] = []
         self.actions: list[WorldAction] = []
         self.invariants = invariants if invariants is not None else Invariants()
         self.store = MemoryStore()
         self.runtime = FakeRuntime(self._launch, self._wrapper_exited, self.note)
         self.sessions = [f"s{i + 1}" for i in range(config.sessions)]
+        if only is not None:
+            unknown = sorted(set(only) - set(self.sessions))
+            if unknown:
+                raise ValueError(f"sessions {unknown} are not in a world of {config.sessions}")
+            # A shard of a larger world: the same names, prefixes and random streams as in the
+            # whole world (each component's stream is named after its session, and sessions
+            # share nothing), so each session's part of the run is the same.
+            wanted = set(only)
+            self.sessions = [sid for sid in self.sessions if sid in wanted]
         self.kilos: dict[str, FakeKilo] = {}
         self.channels: dict[str, IngestChannel] = {}
         self.controls: dict[str, SimControl] = {}
@@ -159,7 +186,7 @@ class World:
         if host == "session":
             label = "session"
         self.invariants.on_record(sid, label, record)
-        if self.keep_timeline:
+        if record.kind in self._kept_kinds:
             self.lines.append(
                 Line(
                     record.at,

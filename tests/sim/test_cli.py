@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fsm.cli.app import app
@@ -118,3 +123,68 @@ def test_fuzz_and_check_from_the_command_line() -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["states"] > 10 and report["transitions"] >= report["states"] - 1
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["check", "--depth", "-1"], "--depth must be 0 to 20, not -1"),
+        (["check", "--depth", "21"], "--depth must be 0 to 20, not 21"),
+        (["check", "--prompts", "-2"], "--prompts must be 0 to 5, not -2"),
+        (["check", "--faults", "99"], "--faults must be 0 to 5, not 99"),
+        (["simulate", "--fleet", "-3"], "--fleet must be 1 to 100000, not -3"),
+        (["simulate", "--fleet", "2", "--shards", "0"], "--shards must be 1 to 64, not 0"),
+        (["simulate", "--fleet", "2", "--span", "soon"], "--span:"),
+    ],
+)
+def test_an_out_of_range_number_is_one_line_and_exit_2(args: list[str], named: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [result.output.strip()]
+    assert result.output.startswith(f"error: {named}")
+
+
+def _on_a_terminal(args: list[str]) -> tuple[str, str]:
+    """Run the CLI with stderr on a pseudo-terminal (stdout a pipe): (stdout, stderr)."""
+    leader, follower = pty.openpty()
+    code = "from fsm.cli.app import app; app()"
+    with subprocess.Popen(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=follower, cwd=ROOT
+    ) as proc:
+        os.close(follower)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            err += chunk
+        out = proc.stdout.read() if proc.stdout is not None else b""
+        assert proc.wait(timeout=120) == 0, err
+    os.close(leader)
+    return out.decode(), err.decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["check", "--depth", "3"], " states, "),
+        (["simulate", "--fleet", "3", "--span", "20m"], " of 0:20:00.000 simulated"),
+        (["simulate", "--fuzz", "2"], "fuzz: 0/2 schedules"),
+    ],
+)
+def test_progress_shows_on_a_terminal_and_not_in_a_pipe(args: list[str], shown: str) -> None:
+    out, err = _on_a_terminal(args)
+    assert shown in err and shown not in out
+    assert err.endswith("\r\x1b[K")  # the progress line is cleared before the results
+    piped = subprocess.run(
+        [sys.executable, "-c", "from fsm.cli.app import app; app()", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=True,
+    )
+    assert piped.stderr == "" and piped.stdout

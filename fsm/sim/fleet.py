@@ -1,0 +1,245 @@
+"""A fleet run: many sessions with prompts and faults for hours, in one process or in shards.
+
+Theory of operation
+-------------------
+``fleet_actions`` writes the script (per session: a prompt every 2 to 15 minutes with one of three
+plans, and after one prompt in ten a fault: Kilo crashed or hung, ingest dropped), from one seed.
+
+Sessions of a world share nothing but the clock: every component's random stream is named after
+its session, the store keeps each session's rows apart, and a session's timers only ever reach
+its own machines. So a world can be cut into **shards** (``World(only=…)``), each run in its own
+process, and each session's part of the run is the same as in the whole world: the same lines
+with the same times, in the same order. What differs is only how sessions *interleave* at one
+instant, which in one process follows the order callbacks were scheduled in. The merge therefore
+puts lines in a canonical order, by time and then by session number, each session's own order
+kept (a stable sort); ``canonical`` applies the same order to a one-process run, so the two can be
+compared byte for byte (``tests/sim/test_fleet.py``) and the same seed always merges to the same
+bytes, whatever the number of shards.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+
+import msgspec
+
+from fsm.sim.scenario import Action, Segment, WorldConfig
+from fsm.sim.timeline import Line
+from fsm.sim.world import Records, World
+
+PLANS = (
+    (Segment("text", 30.0),),
+    (Segment("text", 5.0), Segment("tool", 120.0), Segment("text", 5.0)),
+    (Segment("reasoning", 10.0), Segment("text", 20.0)),
+)
+FAULTS = ("agent.crash", "agent.hang", "ingest.drop")
+
+Progress = Callable[[float], None]
+"""Called with the virtual time reached, now and then (one-process runs only)."""
+
+
+@contextmanager
+def batch_gc() -> Iterator[None]:
+    """The cyclic collector tuned for one long batch run, as the simulator is.
+
+    A world of 1,000 sessions holds a few hundred thousand long-lived objects and makes little
+    cyclic garbage; with the default thresholds the collector still walked them dozens of times
+    (a quarter of the wall time). Objects alive at the start are frozen (never walked again) and
+    young collections run every 20,000 allocations instead of 700.
+    """
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def fleet_actions(rng: random.Random, sessions: int, duration: float) -> list[Action]:
+    """The script of a fleet run; every random choice comes from ``rng``, in session order."""
+    actions: list[Action] = []
+    for i in range(sessions):
+        sid = f"s{i + 1}"
+        at = rng.uniform(0, 300)
+        n = 0
+        while at < duration:
+            n += 1
+            plan = rng.choice(PLANS)
+            actions.append(Action(at=at, do="prompt", session=sid, message=f"m{n}", plan=plan))
+            if rng.random() < 0.1:
+                fault = rng.choice(FAULTS)
+                when = at + rng.uniform(1, 60)
+                if when < duration:  # past the end it would never happen (and time can't go back)
+                    actions.append(Action(at=when, do=fault, session=sid, duration=30.0))
+            at += rng.uniform(120, 900)
+    return sorted(actions, key=lambda a: a.at)
+
+
+class SessionEnd(msgspec.Struct, frozen=True):
+    """Where one session stood at the end: every machine's state, every message's state."""
+
+    session: str
+    machines: dict[str, str]
+    messages: dict[str, str]
+
+
+class FleetResult(msgspec.Struct):
+    sessions: int
+    duration: float
+    seed: int
+    shards: int
+    wall: float
+    callbacks: int
+    lines: list[Line]
+    """Canonical order (see the module's docstring); empty for ``records="none"``."""
+    ends: list[SessionEnd]
+    violations: list[str]
+
+    @property
+    def session_speed(self) -> float:
+        """Session-seconds simulated per wall second."""
+        return self.sessions * self.duration / self.wall if self.wall > 0 else 0.0
+
+
+class _Shard(msgspec.Struct):
+    callbacks: int
+    lines: list[Line]
+    ends: list[SessionEnd]
+    violations: list[tuple[float, str, str]]
+
+
+def _number(session: str) -> int:
+    return int(session[1:])
+
+
+def canonical(lines: Iterable[Line]) -> list[Line]:
+    """Lines by time, then session number; each session's own order kept."""
+    return sorted(lines, key=lambda line: (line.at, _number(line.session)))
+
+
+def _ends(world: World) -> list[SessionEnd]:
+    out = []
+    for sid in world.sessions:
+        machines = {label: m.state for label, m in world.all_machines(sid)}
+        messages = {m.id: m.state for m in world.controls[sid].core.messages.values()}
+        out.append(SessionEnd(sid, machines, messages))
+    return out
+
+
+def run_world(
+    config: WorldConfig,
+    actions: Sequence[Action],
+    duration: float,
+    *,
+    seed: int,
+    only: Sequence[str] | None = None,
+    records: Records = "transitions",
+    progress: Progress | None = None,
+) -> tuple[World, int]:
+    """Play ``actions`` on a world (or the ``only`` part of it) up to ``duration``."""
+    world = World(config, seed=seed, check_states=False, only=only, records=records)
+    wanted = set(world.sessions)
+    with batch_gc():
+        world.start()
+        step = max(duration / 100, 1.0)
+        mark = step
+        for action in actions:
+            if action.session not in wanted:
+                continue
+            if progress is not None:
+                while mark < action.at:
+                    world.run_until(mark)
+                    progress(mark)
+                    mark += step
+            world.run_until(action.at)
+            world.do(action)
+        if progress is not None:
+            while mark < duration:
+                world.run_until(mark)
+                progress(mark)
+                mark += step
+        world.run_until(duration)
+    fired = int(getattr(world.scheduler, "fired", 0))
+    return world, fired
+
+
+def _shard(
+    config: WorldConfig,
+    actions: list[Action],
+    duration: float,
+    seed: int,
+    only: list[str],
+    records: Records,
+) -> bytes:
+    world, fired = run_world(config, actions, duration, seed=seed, only=only, records=records)
+    violations = [(v.at, v.session, str(v)) for v in world.invariants.violations]
+    return msgspec.msgpack.encode(_Shard(fired, world.lines, _ends(world), violations))
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # fork: a shard starts in milliseconds with the modules already imported; spawn elsewhere.
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return multiprocessing.get_context(method)
+
+
+def run_fleet(
+    sessions: int,
+    duration: float,
+    *,
+    seed: int = 0,
+    shards: int = 1,
+    records: Records = "transitions",
+    jitter: float = 0.01,
+    progress: Progress | None = None,
+) -> FleetResult:
+    """The fleet run, its sessions dealt round-robin to ``shards`` processes (1: this one)."""
+    if sessions < 1:
+        raise ValueError("a fleet needs at least one session")
+    if shards < 1:
+        raise ValueError("shards must be at least 1")
+    config = WorldConfig(sessions=sessions, jitter=jitter)
+    actions = fleet_actions(random.Random(seed), sessions, duration)
+    names = [f"s{i + 1}" for i in range(sessions)]
+    shards = min(shards, sessions)
+    started = time.perf_counter()
+    if shards == 1:
+        world, fired = run_world(
+            config, actions, duration, seed=seed, records=records, progress=progress
+        )
+        violations = [(v.at, v.session, str(v)) for v in world.invariants.violations]
+        parts = [_Shard(fired, world.lines, _ends(world), violations)]
+    else:
+        groups = [names[i::shards] for i in range(shards)]
+        with ProcessPoolExecutor(max_workers=shards, mp_context=_context()) as pool:
+            futures = [
+                pool.submit(_shard, config, actions, duration, seed, group, records)
+                for group in groups
+            ]
+            parts = [msgspec.msgpack.decode(f.result(), type=_Shard) for f in futures]
+    wall = time.perf_counter() - started
+    lines = canonical(line for part in parts for line in part.lines)
+    ends = sorted((e for part in parts for e in part.ends), key=lambda e: _number(e.session))
+    found = sorted(
+        (v for part in parts for v in part.violations), key=lambda v: (v[0], _number(v[1]))
+    )
+    return FleetResult(
+        sessions=sessions,
+        duration=duration,
+        seed=seed,
+        shards=shards,
+        wall=wall,
+        callbacks=sum(part.callbacks for part in parts),
+        lines=lines,
+        ends=ends,
+        violations=[v[2] for v in found],
+    )
