@@ -8,7 +8,6 @@ connection mid-turn, once between chunks and once in the middle of one.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -128,9 +127,7 @@ async def test_a_dropped_event_stream_resumes_with_every_event_exactly_once(
         await direct.delete_session(session.id)
 
 
-async def test_an_unreachable_control_plane_ends_the_stream_after_its_retry_budget(
-    tmp_path: Path,
-) -> None:
+async def test_an_unreachable_control_plane_ends_the_stream_after_its_retry_budget() -> None:
     client = ControlClient(
         f"http://127.0.0.1:{free_port()}", API_KEY, retry=Retry(attempts=2, initial=0.01)
     )

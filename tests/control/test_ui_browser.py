@@ -208,3 +208,7 @@ def test_the_highlighted_states_follow_a_turn_in_a_real_browser(
     assert seen[-1]["timeline"] > 10
     assert shot_mid is not None and shot_mid.stat().st_size > 10_000
     assert shot_end.stat().st_size > 10_000
+    # The sessions list, signed in by the same cookie, shows this session in its state.
+    browser.goto(f"{base}/ui/")
+    row = f"document.querySelector('tr[data-session={json.dumps(sid)}] [data-role=state]')"
+    assert browser.eval(f"{row}.textContent") == control.session(sid)["state"]
