@@ -15,7 +15,7 @@
     if (s === null || s === undefined) return "backoff";
     if (s < 0) s = 0;
     if (s < 60) return s.toFixed(1) + " s";
-    if (s < 3600) return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + Math.floor(s % 60) + " s";
     return (s / 3600).toFixed(2) + " h";
   }
 
