@@ -103,7 +103,7 @@ def _config(path: Path | None) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        typer.echo(f"error: --config {exc}", err=True)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -113,7 +113,7 @@ def _values(config: Path | None) -> dict[str, TimerValues]:
         for spec in catalog.ALL:
             spec.check(values[spec.table.side])
     except ValueError as exc:
-        typer.echo(f"error: --config {exc}", err=True)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     return values
 

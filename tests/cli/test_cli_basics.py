@@ -95,7 +95,7 @@ def test_every_command_refuses_the_same_bad_config_in_one_line(
     code, out = run(*command.format(tmp=tmp_path / "out").split(), f"--config={config}")
     assert code == 2, out
     assert out.strip().count("\n") == 0, out
-    assert out.startswith(f"error: --config {config}: ") and expected in out, out
+    assert out.startswith(f"error: {config}: ") and expected in out, out
 
 
 @pytest.mark.parametrize("command", CONFIG_COMMANDS)
@@ -103,7 +103,7 @@ def test_a_missing_or_unreadable_config_is_one_line_exit_2(command: str, tmp_pat
     for path, why in ((tmp_path / "absent.toml", "No such file"), (tmp_path, "Is a directory")):
         code, out = run(*command.format(tmp=tmp_path / "out").split(), f"--config={path}")
         assert code == 2, out
-        assert out.strip() == f"error: --config {path}: cannot read: {why}" + (
+        assert out.strip() == f"error: {path}: cannot read: {why}" + (
             " or directory" if why == "No such file" else ""
         )
 

@@ -129,3 +129,34 @@ def test_stopping_the_control_plane_stops_its_wrappers_without_a_handler_error(
         if line.get("message") == "transition" and "restarting" in str(line.get("transition"))
     ]
     assert restarts == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[timerz]\nstale_heartbeat = '90s'\n", "[timerz] is not a table of this file"),
+        ("[timers]\nstale_heartbeat = '-5s'\n", "a duration cannot be negative, got '-5s'"),
+    ],
+)
+def test_control_refuses_a_bad_config_as_every_command_does(
+    control: Any, tmp_path: Path, text: str, expected: str
+) -> None:
+    config = tmp_path / "fsm-agent.toml"
+    config.write_text(text)
+    code, out, settings = control(f"--config={config}")
+    assert code == 2 and settings is None
+    timers = CliRunner().invoke(app, ["timers", f"--config={config}"])
+    assert timers.exit_code == 2
+    # The same one line, whichever command read the file.
+    assert out.strip() == timers.output.strip()
+    assert expected in out and out.strip().count("\n") == 0
+
+
+def test_control_with_a_missing_config_file_is_one_line_exit_2(
+    control: Any, tmp_path: Path
+) -> None:
+    code, out, _ = control(f"--config={tmp_path / 'absent.toml'}")
+    assert code == 2
+    assert (
+        out.strip() == f"error: {tmp_path / 'absent.toml'}: cannot read: No such file or directory"
+    )

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-import fsm.serve.host
+import fsm.serve.launch
 import fsm.serve.main
 from fsm.cli.app import app
 from fsm.serve.main import default_state_dir
@@ -22,12 +22,13 @@ WARNING = "without TLS: put a TLS-terminating proxy in front"
 
 
 class StubHost:
+    """Stands in for the launcher (``fsm.serve.launch.run_wrapper``: Kilo, then the host)."""
+
     seen: list[ServeSettings] = []
 
-    def __init__(self, settings: ServeSettings, values: Any, log: Any) -> None:
+    @staticmethod
+    async def run(settings: ServeSettings, values: Any, log: Any) -> int:
         StubHost.seen.append(settings)
-
-    async def run(self) -> int:
         return 0
 
 
@@ -35,7 +36,7 @@ class StubHost:
 def serve(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Any:  # a function running the CLI, returning (exit code, stderr, settings)
-    monkeypatch.setattr(fsm.serve.host, "WrapperHost", StubHost)
+    monkeypatch.setattr(fsm.serve.launch, "run_wrapper", StubHost.run)
     monkeypatch.setattr(fsm.serve.main, "make_undumpable", lambda: True)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     StubHost.seen = []
@@ -130,3 +131,10 @@ def test_kilo_pass_env_comes_from_the_config_and_is_checked(serve: Any) -> None:
     ):
         code, out, _ = serve(config=f"[kilo]\n{bad}\n")
         assert code == 2 and message in out, out
+
+
+def test_serve_refuses_a_typod_table_as_every_command_does(serve: Any) -> None:
+    code, out, settings = serve(config="[timerz]\nstale_heartbeat = '90s'\n")
+    assert code == 2 and settings is None
+    assert "[timerz] is not a table of this file; did you mean [timers]?" in out
+    assert out.strip().count("\n") == 0
