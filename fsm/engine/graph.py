@@ -102,9 +102,12 @@ def mermaid(machine: MachineDef, values: TimerValues) -> str:
     for state in machine.states:
         lines.append(f'    state "{state.name}" as {state.name}')
     lines.append(f"    [*] --> {machine.initial}")
+    # One arrow per (source, dest), its transitions one under the other, as in the DOT.
+    merged: dict[tuple[str, str], list[str]] = {}
     for edge in edges(machine, values):
-        label = "<br/>".join(_edge_lines(edge.label))
-        lines.append(f"    {edge.source} --> {edge.dest} : {label}")
+        merged.setdefault((edge.source, edge.dest), []).extend(_edge_lines(edge.label))
+    for (source, dest), label_lines in merged.items():
+        lines.append(f"    {source} --> {dest} : {'<br/>'.join(label_lines)}")
     for state in machine.states:
         if state.terminal:
             lines.append(f"    {state.name} --> [*]")

@@ -117,10 +117,12 @@ def test_diagrams_run_top_down_with_every_label_folded_to_a_narrow_column() -> N
         assert mmd.splitlines()[2] == "    direction TB"
         for line in mmd.splitlines():
             if " --> " in line and " : " in line:
-                event, *rest = line.split(" : ", 1)[1].split("<br/>")
-                assert not event.startswith(("[", "=>")), line
+                first, *rest = line.split(" : ", 1)[1].split("<br/>")
+                assert not first.startswith(("[", "=>", " ")), line
                 for part in rest:
-                    assert len(part) <= graph.LABEL_WIDTH + 2 or " " not in part.strip(), line
+                    folded = part.startswith(("[", "=>", " "))
+                    width = graph.LABEL_WIDTH + 2
+                    assert len(part) <= width or not folded or " " not in part.strip(), line
         text = graph.dot(spec.definition, side)
         assert "rankdir=TB;" in text
         for label in text.split('label="')[1:]:
@@ -128,6 +130,13 @@ def test_diagrams_run_top_down_with_every_label_folded_to_a_narrow_column() -> N
                 width = max(graph.LABEL_WIDTH, graph.NOTE_WIDTH) + 2
                 folded = part.startswith(("[", "=>", " ")) or " timer " in part
                 assert len(part) <= width or not folded or " " not in part.strip(), part
+
+
+def test_mermaid_draws_one_arrow_per_pair_of_states_with_its_transitions_stacked() -> None:
+    mmd = graph.mermaid(catalog.BY_NAME["session"].definition, timer_values()["control"])
+    arrows = [ln.split(" : ")[0] for ln in mmd.splitlines() if " --> " in ln]
+    assert len(arrows) == len(set(arrows))
+    assert "    running --> running : wrapper_connected<br/>heartbeat<br/>frame<br/>" in mmd
 
 
 def test_sources_of_one_labelled_arrow_meet_at_a_junction_so_the_label_is_drawn_once() -> None:
