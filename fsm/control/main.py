@@ -153,6 +153,8 @@ def run_control(
         containers = loaded.runtime
         state, db, workspaces = layout(db=db, state_dir=state_dir, workspaces=base_dir)
         if runtime == "docker":
+            if sys.stderr.isatty():  # progress on a terminal only: a first build takes minutes
+                print("checking dockerd and the wrapper image…", file=sys.stderr, flush=True)
             containers = docker_settings(containers, image)
     except (ValueError, ConfigError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
