@@ -265,18 +265,54 @@ def _operations(name: str, document: dict[str, Any]) -> list[str]:
             body: dict[str, Any] = op.get("requestBody", {}).get("content", {})
             schema: dict[str, Any] = next(iter(body.values())).get("schema", {}) if body else {}
             auth = "bearer" if op.get("security", document.get("security")) else "none"
-            codes = ", ".join(sorted(op.get("responses", {})))
+            responses: dict[str, Any] = op.get("responses", {})
+            codes = ", ".join(sorted(responses))
             rows.append(
                 (
                     f"`{method.upper()} {path}`",
                     op.get("summary", ""),
                     _schema_type(schema) if schema else "",
+                    _answer(responses),
                     auth,
                     codes,
                 )
             )
-    out += _table(("operation", "what it does", "body", "auth", "responses"), rows)
+    out += _table(("operation", "what it does", "body", "answer", "auth", "responses"), rows)
+    out += [f"#### Schemas of the {info['title']}", ""]
+    for schema_name, component in document.get("components", {}).get("schemas", {}).items():
+        out += _component(schema_name, component)
     return out
+
+
+def _answer(responses: dict[str, Any]) -> str:
+    """The schema (or media type) of the first 2xx answer."""
+    for code in sorted(responses):
+        if code.startswith("2"):
+            for media, content in responses[code].get("content", {}).items():
+                schema = content.get("schema", {})
+                typed = "$ref" in schema or schema.get("type") == "array"
+                return _schema_type(schema) if typed else f"`{media}`"
+    return ""
+
+
+def _component(name: str, schema: dict[str, Any]) -> list[str]:
+    """One OpenAPI component schema: its fields with type, default and meaning."""
+    out = [
+        f"**{name}**"
+        + (f": {' '.join(schema['description'].split())}" if "description" in schema else ""),
+        "",
+    ]
+    properties: dict[str, Any] = schema.get("properties", {})
+    if not properties:
+        return [*out, f"{_schema_type(schema)}", ""]
+    required = set(schema.get("required", []))
+    rows = []
+    for field, prop in properties.items():
+        default = "required" if field in required else _default(prop.get("default"))
+        described = [prop, *prop.get("anyOf", [])]
+        meaning = next((str(d["description"]) for d in described if "description" in d), "")
+        rows.append((f"`{field}`", _schema_type(prop), default, meaning))
+    return out + _table(("field", "type", "default", "meaning"), rows)
 
 
 def _frames(title: str, union: Any) -> list[str]:

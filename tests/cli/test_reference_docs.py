@@ -58,6 +58,9 @@ def test_every_declared_row_is_on_its_page() -> None:
         assert f"| `{limit.key}` | {limit.side} |" in pages["configuration.md"]
     assert "| `POST /sessions/{session_id}/messages` |" in pages["api.md"]
     assert "| `POST /job/prompt` |" in pages["api.md"]
+    assert "| PromptBody | MessageAccepted | bearer |" in pages["api.md"]
+    assert "**PromptBody**" in pages["api.md"]
+    assert "| `prompt` | string (≥ 1, ≤ 262,144) | required |" in pages["api.md"]
     for tag in ("hello", "heartbeat", "outcome", "welcome", "prompt", "release"):
         assert f"#### `{tag}` (" in pages["api.md"]
 
