@@ -1,11 +1,16 @@
 """Simulator throughput: simulated seconds per wall second for many concurrent sessions.
 
 A benchmark, not a test (``python -m fsm.sim.bench``): it prints figures and never fails on
-timing. Each session of the world gets a prompt every few minutes (streamed text, reasoning,
-tools) and now and then a fault (Kilo crash or hang, ingest drop); heartbeats run all the time
-(the wrapper's every 5 s, Kilo's every 10 s), which is most of the work. Reported: virtual seconds
-per wall second of the whole world, and the same times the number of sessions ("session-seconds
-per wall second", the figure issue 6 targets).
+timing. The world is ``fsm.sim.fleet``'s: each session gets a prompt every few minutes (streamed
+text, reasoning, tools) and now and then a fault (Kilo crash or hang, ingest drop); heartbeats run
+all the time (the wrapper's every 5 s, Kilo's every 10 s), which is most of the work. Reported:
+virtual seconds per wall second of the whole world, and the same times the number of sessions
+("session-seconds per wall second", the figure issues 6 and 19 target).
+
+The levers, each a flag, so one run can measure each against the same world: ``--lean``
+(machines make no records of internal transitions, which no bench timeline keeps) and
+``--shards K`` (sessions dealt to K processes). ``--census`` counts what the callbacks are, for
+the fast-forward's ceiling (see ``census``).
 """
 
 from __future__ import annotations
@@ -13,15 +18,15 @@ from __future__ import annotations
 import argparse
 import random
 import resource
-import time
 import tracemalloc
-from contextlib import nullcontext
 
 import msgspec
 
-from fsm.sim.fleet import batch_gc, fleet_actions
+from fsm.sim.fleet import fleet_actions, run_fleet, run_world
 from fsm.sim.scenario import WorldConfig
-from fsm.sim.world import World
+
+schedule = fleet_actions
+"""The bench's script is the fleet run's (``fsm.sim.fleet``)."""
 
 
 class BenchResult(msgspec.Struct):
@@ -32,8 +37,11 @@ class BenchResult(msgspec.Struct):
     peak_mib: float | None
     """Peak of Python allocations (tracemalloc), when asked for: it slows the run ~4x."""
     rss_mib: float = 0.0
-    """Peak resident set of this process so far (``ru_maxrss``): the world's peak when the
-    process ran nothing else, as ``bench.simulator`` arranges."""
+    """Peak resident set of this process so far (``ru_maxrss``; with shards, the largest
+    shard's): the world's peak when the process ran nothing else, as ``bench.simulator``
+    arranges."""
+    shards: int = 1
+    lean: bool = False
 
     @property
     def speedup(self) -> float:
@@ -45,16 +53,15 @@ class BenchResult(msgspec.Struct):
 
     def render(self) -> str:
         peak = f", peak {self.peak_mib:.0f} MiB" if self.peak_mib is not None else ""
+        how = f"{self.shards} shard{'s' if self.shards > 1 else ''}" + (
+            ", lean" if self.lean else ""
+        )
         return (
-            f"{self.sessions:>5} sessions x {self.simulated / 3600:g} h: {self.wall:7.2f} s wall, "
-            f"{self.speedup:>10,.0f} simulated s per wall s, "
+            f"{self.sessions:>5} sessions x {self.simulated / 3600:g} h ({how}): "
+            f"{self.wall:7.2f} s wall, {self.speedup:>10,.0f} simulated s per wall s, "
             f"{self.session_speedup:>12,.0f} session-s per wall s, "
             f"{self.callbacks:,} callbacks{peak}, max RSS {self.rss_mib:.0f} MiB"
         )
-
-
-schedule = fleet_actions
-"""The bench's script is the fleet run's (``fsm.sim.fleet``)."""
 
 
 def bench(
@@ -63,34 +70,64 @@ def bench(
     *,
     seed: int = 0,
     memory: bool = False,
-    tune_gc: bool = True,
+    shards: int = 1,
+    lean: bool = False,
 ) -> BenchResult:
-    rng = random.Random(seed)
-    actions = schedule(rng, sessions, duration)
     if memory:
+        if shards != 1:
+            raise ValueError("--memory traces this process: it needs --shards 1")
         tracemalloc.start()
-    world = World(
-        WorldConfig(sessions=sessions, jitter=0.01),
-        seed=seed,
-        keep_timeline=False,
-        check_states=False,
+    result = run_fleet(
+        sessions, duration, seed=seed, shards=shards, records="none", internal=not lean
     )
-    with batch_gc() if tune_gc else nullcontext():
-        started = time.perf_counter()
-        world.start()
-        for action in actions:
-            world.run_until(action.at)
-            world.do(action)
-        world.run_until(duration)
-        wall = time.perf_counter() - started
     peak = None
     if memory:
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
-    clock = world.scheduler
-    fired = int(getattr(clock, "fired", 0))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return BenchResult(sessions, duration, wall, fired, peak, rss)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    rss = max(own, children) / 1024
+    return BenchResult(
+        sessions, duration, result.wall, result.callbacks, peak, rss, result.shards, lean
+    )
+
+
+class Census(msgspec.Struct):
+    """What a world's callbacks are: the ceiling of a fast-forward of quiet stretches.
+
+    A fast-forward may jump only heartbeats "whose sole effect is re-arming silence timers"
+    (issue 19). The wrapper's ingest heartbeat is one: its timer (``heartbeat_due``) and the
+    frame's arrival re-arm the session's stale window, nothing else. Kilo's ``server.heartbeat`` is
+    not: the wrapper forwards it as an event frame with a sequence number, the control plane stores
+    it as an event row and acknowledges it. And every session has a Kilo heartbeat every 10 s,
+    so a session's quiet stretch is never longer than that."""
+
+    callbacks: int
+    wrapper_beats: int
+    """Each is two callbacks (the wrapper's timer, the frame's arrival)."""
+    kilo_beats: int
+    """Each is at least four (Kilo's timer, the wrapper's read, the frame up, the ack down)."""
+    session_seconds: float
+
+    @property
+    def ceiling(self) -> float:
+        """The most a fast-forward of the wrapper's heartbeats could gain (if it cost nothing)."""
+        return self.callbacks / (self.callbacks - 2 * self.wrapper_beats)
+
+
+def census(sessions: int = 100, duration: float = 1200.0, seed: int = 0) -> Census:
+    actions = fleet_actions(random.Random(seed), sessions, duration)
+    world, fired = run_world(
+        WorldConfig(sessions=sessions, jitter=0.01), actions, duration, seed=seed, records="all"
+    )
+    wrapper = sum(1 for line in world.lines if line.trigger == "heartbeat_due")
+    kilo = sum(
+        1
+        for sid in world.sessions
+        for row in world.store.events(sid, limit=10**9)
+        if b'"server.heartbeat"' in row.data  # each one stored: not a pure re-arm
+    )
+    return Census(fired, wrapper, kilo, sessions * duration)
 
 
 def main() -> None:
@@ -98,13 +135,20 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 100, 1000])
     parser.add_argument("--hours", type=float, default=2.0)
     parser.add_argument("--memory", action="store_true", help="also trace peak memory (slower)")
-    parser.add_argument(
-        "--default-gc", action="store_true", help="keep the collector's default thresholds"
-    )
+    parser.add_argument("--shards", type=int, default=1, help="processes (one per core)")
+    parser.add_argument("--lean", action="store_true", help="no internal-transition records")
+    parser.add_argument("--census", action="store_true", help="count what the callbacks are")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args()
+    if args.census:
+        found = census(args.sessions[0], args.hours * 3600)
+        if args.json:
+            print(msgspec.json.encode({**msgspec.to_builtins(found), "ceiling": found.ceiling}))
+        else:
+            print(f"{found}, fast-forward ceiling {found.ceiling:.2f}x")
+        return
     for n in args.sessions:
-        result = bench(n, args.hours * 3600, memory=args.memory, tune_gc=not args.default_gc)
+        result = bench(n, args.hours * 3600, memory=args.memory, shards=args.shards, lean=args.lean)
         if args.json:
             print(msgspec.json.encode(result).decode(), flush=True)
         else:

@@ -13,7 +13,7 @@ from typing import Any
 from fsm.engine.clock import VirtualClock
 from fsm.engine.effects import ArmTimer, CancelTimer, Effect
 from fsm.engine.events import Event, TimerFired
-from fsm.engine.machine import StateMachine
+from fsm.engine.machine import StateMachine, without_internal_records
 from fsm.engine.runner import MachineGroup
 from tests.engine.test_engine_timers import SILENCE
 
@@ -119,3 +119,27 @@ def test_timers_of_one_machine_are_independent_and_die_with_their_machine() -> N
     clock.advance(20.0)
     assert recorder.got == []
     assert clock.pending() == 0
+
+
+def test_without_internal_records_the_timers_and_states_are_the_same() -> None:
+    def run() -> tuple[list[Any], StateMachine[Any], VirtualClock]:
+        clock, group, machine = _group()
+        for t in range(1, 41):
+            clock.advance(t / 10)
+            group.send("m", Event("ping"))  # internal: re-arms the silence window
+        group.send("m", Event("toggle"))  # a transition
+        clock.advance(20.0)
+        return [(r.kind, r.trigger, r.at) for r in machine.history], machine, clock
+
+    kept, full, full_clock = run()
+    with without_internal_records():
+        lean, bare, bare_clock = run()
+    assert StateMachine.internal_records  # restored on the way out
+    assert [r for r in kept if r[0] != "internal"] == lean
+    assert sum(r[0] == "internal" for r in kept) == 40 and len(lean) == 3
+    assert (bare.state, bare._next_token, bare_clock.fired) == (
+        full.state,
+        full._next_token,
+        full_clock.fired,
+    )
+    assert bare.state == "done" and lean[-1] == ("transition", "hushed", 9.0)

@@ -68,3 +68,12 @@ def test_transitions_records_keep_only_what_the_text_timeline_shows(
 def test_a_shard_names_only_sessions_of_its_world() -> None:
     with pytest.raises(ValueError, match="s9"):
         World(WorldConfig(sessions=2), only=["s1", "s9"])
+
+
+def test_without_internal_records_the_run_is_the_same(one_process: dict[int, FleetResult]) -> None:
+    lean = run_fleet(6, SPAN, seed=1, records="transitions", internal=False, shards=2)
+    kept = run_fleet(6, SPAN, seed=1, records="transitions")
+    assert _bytes(lean) == _bytes(kept)
+    assert lean.ends == one_process[1].ends
+    with pytest.raises(ValueError, match="internal"):
+        run_fleet(2, 60.0, records="all", internal=False)
