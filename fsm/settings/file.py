@@ -22,6 +22,12 @@ from fsm.settings.limits import LimitValues, limit_values
 from fsm.settings.runtime import RuntimeSettings, runtime_settings
 
 OUTBOX_KEYS = ("max_frames", "max_bytes")
+KILO_KEYS = ("config", "config_file", "pass_env", "user", "state_dir", "config_home")
+"""The ``[kilo]`` keys the wrapper reads (``fsm.serve.main``: config, config_file, pass_env;
+``fsm.serve.settings.kilo_run_as``: user, state_dir, config_home). A misspelt ``confg_file``
+would otherwise leave Kilo on its default model without a word."""
+CONTROL_KEYS: tuple[str, ...] = ()
+"""``[control]`` is reserved: no key of it is read yet, so any key is a mistake."""
 
 
 class FileSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,12 +70,19 @@ def _file_settings(path: Path, data: dict[str, Any]) -> FileSettings:
         settings = msgspec.convert(data, FileSettings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    unknown = set(settings.outbox) - set(OUTBOX_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{path}: outbox.{sorted(unknown)[0]} is not a setting (known: "
-            f"{', '.join(OUTBOX_KEYS)})"
-        )
+    for table, known in (
+        ("outbox", OUTBOX_KEYS),
+        ("kilo", KILO_KEYS),
+        ("control", CONTROL_KEYS),
+    ):
+        unknown = sorted(set(getattr(settings, table)) - set(known))
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(
+                f"{path}: {table}.{unknown[0]} is not a setting{hint} (known: "
+                f"{', '.join(known) or 'none yet'})"
+            )
     return settings
 
 
