@@ -448,6 +448,8 @@ def main() -> None:
     app()
 
 
+from fsm.cli.reference import register as _register_docs  # noqa: E402
 from fsm.cli.simulate import register as _register_simulate  # noqa: E402
 
 _register_simulate(app)
+_register_docs(app)
