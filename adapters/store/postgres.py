@@ -408,8 +408,7 @@ class PostgresStore:
         try:
             db.execute(sql.SQL("SAVEPOINT {}").format(name))
         except Exception as exc:
-            self._void_if_lost(db, what)
-            raise self._error(exc, what) from exc
+            raise self._void_if_lost(db, what, exc) from exc
         try:
             yield
         except BaseException as exc:
@@ -439,12 +438,20 @@ class PostgresStore:
         try:
             db.execute(sql.SQL("RELEASE SAVEPOINT {}").format(name))
         except Exception as exc:
-            self._void_if_lost(db, what)
-            raise self._error(exc, what) from exc
+            raise self._void_if_lost(db, what, exc) from exc
 
-    def _void_if_lost(self, db: psycopg.Connection[tuple[Any, ...]], what: str) -> None:
-        if self._lost(db):
-            self._aborted = f"the connection was lost while the batch tried to {what}"
+    def _void_if_lost(
+        self, db: psycopg.Connection[tuple[Any, ...]], what: str, exc: Exception
+    ) -> StoreError:
+        """The error for a savepoint statement that failed: the batch is void if the
+        connection went with it."""
+        if not self._lost(db):
+            return self._error(exc, what)
+        self._aborted = f"the connection was lost while the batch tried to {what}"
+        return BatchAbortedError(
+            f"could not {what} in {self.where}: {_first_line(exc)}; the connection was lost, so "
+            f"the whole batch ({self._batch_what}) is gone and nothing of it was written"
+        )
 
     def _check_alive(self, what: str) -> None:
         if self._aborted is not None:
