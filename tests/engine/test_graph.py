@@ -150,3 +150,41 @@ def test_sources_of_one_labelled_arrow_meet_at_a_junction_so_the_label_is_drawn_
     )
     for state in ("ready", "waiting", "running", "idle"):
         assert f"    {state} -> {junction} [arrowhead=none];" in text
+
+
+def test_the_page_shows_each_machine_as_an_unlabelled_shape_with_its_transitions_beside() -> None:
+    """Fully labelled, GitHub's Mermaid layout was 1,700-4,300 px wide; the page's figure is the
+    shape only, and the labels are table rows under it, each transition once."""
+    values = timer_values()
+    page = graph.markdown(catalog.ALL, values)
+    session = catalog.BY_NAME["session"].definition
+    overview = graph.mermaid_overview(session)
+    assert overview in page.replace("```mermaid\n", "").replace("```", "")
+    assert " : " not in overview
+    arrows = [ln.strip() for ln in overview.splitlines() if " --> " in ln]
+    assert len(arrows) == len(set(arrows))
+    assert "ready --> ready" not in arrows and "ready --> stale" in arrows
+    rows = graph.transition_rows(session, values["control"])
+    assert (
+        "ready, waiting, running, idle",
+        "stale",
+        "after 90s / heartbeat_missed",
+        "",
+        "",
+    ) in rows
+    assert (
+        "stale",
+        "restarting",
+        "after 15s / replace",
+        "budget wrapper_restarts",
+        "fail_connection_lost",
+    ) in rows
+    assert ("ready, waiting, running, idle", graph.STAYS, "heartbeat", "", "") in rows
+    assert (
+        "| `ready, waiting, running, idle` | `stale` | `after 90s / heartbeat_missed` |  |  |"
+        in page
+    )
+    # Every labelled arrow of the full figure is some row's (source among its from, same to).
+    for edge in graph.edges(session, values["control"]):
+        dest = graph.STAYS if edge.dest == edge.source else edge.dest
+        assert any(edge.source in r[0].split(", ") and r[1] == dest for r in rows), edge
