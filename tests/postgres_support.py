@@ -63,8 +63,10 @@ def _free_port() -> int:
 class Cluster:
     """One initdb'd data folder and the server on it; ``dsn(db)`` is what psycopg connects to."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
+        """``durable``: fsync as a production server does (the bench); tests need not."""
         self.bindir = bindir
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="fsm-pg-"))
         self.data = self.root / "data"
         self.user = "postgres"
@@ -117,9 +119,11 @@ class Cluster:
         for attempt in itertools.count():
             port = self.port or _free_port()
             options = (
-                f"-c listen_addresses=127.0.0.1 -p {port} -k {self.root} -c fsync=off "
-                "-c full_page_writes=off -c max_connections=60 -c shared_buffers=32MB"
+                f"-c listen_addresses=127.0.0.1 -p {port} -k {self.root} "
+                "-c max_connections=60 -c shared_buffers=32MB"
             )
+            if not self.durable:
+                options += " -c fsync=off -c full_page_writes=off"
             try:
                 self._run(
                     "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w",

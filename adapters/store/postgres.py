@@ -567,11 +567,9 @@ class PostgresStore:
             raise self._error(exc, what) from exc
 
     def _require_session(
-        self, db: psycopg.Connection[tuple[Any, ...]], session_id: str, what: str, lock: str = ""
+        self, db: psycopg.Connection[tuple[Any, ...]], session_id: str, what: str
     ) -> None:
         query: LiteralString = "SELECT 1 FROM sessions WHERE id = %s"
-        if lock:
-            query = "SELECT 1 FROM sessions WHERE id = %s FOR UPDATE"
         if db.execute(query, (session_id,)).fetchone() is None:
             raise SessionNotFoundError(
                 f"could not {what}: no session {quote(session_id)} in {self.where} "
@@ -744,28 +742,27 @@ class PostgresStore:
         options = _json(what, "options", row.options)
         with self._write(what, fence=session_id) as db:
             self._require_session(db, session_id, what)
-            try:
-                with db.transaction():  # a savepoint: a JSON error must not void the write
-                    db.execute(
-                        "INSERT INTO messages (session_id, id, prompt, state, reason, error, "
-                        "created_at, finished_at, options) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json) "
-                        "ON CONFLICT (session_id, id) DO UPDATE SET prompt = excluded.prompt, "
-                        "state = excluded.state, reason = excluded.reason, "
-                        "error = excluded.error, created_at = excluded.created_at, "
-                        "finished_at = excluded.finished_at, options = excluded.options",
-                        (
-                            session_id,
-                            row.id,
-                            row.prompt,
-                            row.state,
-                            row.reason,
-                            row.error,
-                            float(row.created_at),
-                            None if row.finished_at is None else float(row.finished_at),
-                            options,
-                        ),
-                    )
+            try:  # a failure voids this write's transaction or savepoint: _write undoes it
+                db.execute(
+                    "INSERT INTO messages (session_id, id, prompt, state, reason, error, "
+                    "created_at, finished_at, options) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::json) "
+                    "ON CONFLICT (session_id, id) DO UPDATE SET prompt = excluded.prompt, "
+                    "state = excluded.state, reason = excluded.reason, "
+                    "error = excluded.error, created_at = excluded.created_at, "
+                    "finished_at = excluded.finished_at, options = excluded.options",
+                    (
+                        session_id,
+                        row.id,
+                        row.prompt,
+                        row.state,
+                        row.reason,
+                        row.error,
+                        float(row.created_at),
+                        None if row.finished_at is None else float(row.finished_at),
+                        options,
+                    ),
+                )
             except psycopg.DataError as exc:
                 raise invalid(what, "options", f"is not valid JSON ({_first_line(exc)})") from exc
 
@@ -831,21 +828,31 @@ class PostgresStore:
             kinds.append(r.kind)
             datas.append(_json(what, f"event {r.id} data", r.data))
         with self._write(what, fence=session_id) as db:
-            self._require_session(db, session_id, what, lock="update")
-            last = self._last_event_id(db, session_id)
+            # One round trip: the session row locked (appends to one session serialize) and
+            # its last event id.
+            found = db.execute(
+                "SELECT (SELECT COALESCE(MAX(id), 0) FROM events WHERE session_id = s.id) "
+                "FROM sessions AS s WHERE s.id = %s FOR UPDATE",
+                (session_id,),
+            ).fetchone()
+            if found is None:
+                raise SessionNotFoundError(
+                    f"could not {what}: no session {quote(session_id)} in {self.where} "
+                    "(create_session first)"
+                )
+            last = int(found[0])
             previous = last
             for index, event_id in enumerate(ids):
                 if event_id <= previous:
                     raise self._order_error(db, session_id, what, ids, index, last)
                 previous = event_id
-            try:
-                with db.transaction():  # a savepoint, so that the error is ours to name
-                    db.execute(
-                        "INSERT INTO events (session_id, id, at, kind, data) "
-                        "SELECT %s, * FROM unnest(%s::bigint[], %s::float8[], %s::text[], "
-                        "%s::text[]::json[])",
-                        (session_id, ids, ats, kinds, datas),
-                    )
+            try:  # a failure voids this write's transaction or savepoint: _write undoes it
+                db.execute(
+                    "INSERT INTO events (session_id, id, at, kind, data) "
+                    "SELECT %s, * FROM unnest(%s::bigint[], %s::float8[], %s::text[], "
+                    "%s::text[]::json[])",
+                    (session_id, ids, ats, kinds, datas),
+                )
             except psycopg.DataError as exc:
                 for event_id, data in zip(ids, datas, strict=True):
                     try:
@@ -891,13 +898,6 @@ class PostgresStore:
             f"could not {what}: event id {event_id} is not after the last stored id {last}; "
             f"the log is append-only{tail}"
         )
-
-    @staticmethod
-    def _last_event_id(db: psycopg.Connection[tuple[Any, ...]], session_id: str) -> int:
-        row = db.execute(
-            "SELECT COALESCE(MAX(id), 0) FROM events WHERE session_id = %s", (session_id,)
-        ).fetchone()
-        return int(row[0]) if row else 0
 
     def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[EventRow]:
         """Up to ``limit`` events with id > ``after``, by id — the ``Last-Event-ID`` resume
