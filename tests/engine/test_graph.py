@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -188,3 +192,78 @@ def test_the_page_shows_each_machine_as_an_unlabelled_shape_with_its_transitions
     for edge in graph.edges(session, values["control"]):
         dest = graph.STAYS if edge.dest == edge.source else edge.dest
         assert any(edge.source in r[0].split(", ") and r[1] == dest for r in rows), edge
+
+
+MERMAID = ROOT / ".venv" / "mermaid" / "node_modules" / "mermaid" / "dist" / "mermaid.min.js"
+PAGE_WIDTH = 1000
+"""Pixels a figure may take on a GitHub page (its column is about 1,000 px wide at most)."""
+RENDER = """<!doctype html><html><body><pre id="out">pending</pre><div id="work"></div>
+<script src="%s"></script><script>
+const figures = %s;
+mermaid.initialize({startOnLoad: false, securityLevel: "strict"});
+(async () => {
+  const found = {};
+  let n = 0;
+  for (const [name, text] of Object.entries(figures)) {
+    try {
+      const {svg} = await mermaid.render("figure" + n++, text);
+      const box = document.getElementById("work");
+      box.innerHTML = svg;
+      const width = box.querySelector("svg").viewBox.baseVal.width;
+      found[name] = {width: width, literal_br: svg.includes("&lt;br")};
+    } catch (e) { found[name] = {error: String(e)}; }
+  }
+  document.getElementById("out").textContent = "RESULT" + JSON.stringify(found);
+})();
+</script></body></html>"""
+
+
+def test_every_mermaid_figure_renders_as_github_would_and_the_page_fits_its_width(
+    tmp_path: Path,
+) -> None:
+    """Mermaid 11 in headless Chromium, as GitHub renders ```mermaid: no figure may fail to parse
+    or show a literal ``<br/>``, and the page's figures must fit a page."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed: scripts/setup-chromium.sh (just setup) installs it")
+    if not MERMAID.is_file():
+        pytest.skip("mermaid not installed: scripts/setup-mermaid.sh (just setup) installs it")
+    page = (ROOT / "diagrams" / "README.md").read_text(encoding="utf-8")
+    figures = {
+        f"README.md {name}": text
+        for name, text in re.findall(r"## `(\w+)`.*?```mermaid\n(.*?)```", page, re.S)
+    }
+    assert len(figures) == len(catalog.ALL)
+    figures |= {p.name: p.read_text() for p in sorted((ROOT / "diagrams").glob("*.mmd"))}
+    document = tmp_path / "render.html"
+    document.write_text(RENDER % (MERMAID.as_uri(), json.dumps(figures)), encoding="utf-8")
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless=new",
+            "--no-sandbox",  # the tests run as root in CI, where Chromium's sandbox refuses
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=60000",
+            "--dump-dom",
+            document.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    ).stdout
+    found = re.search(r"RESULT(\{[^<]*)", dom)
+    assert found is not None, dom[-2000:]
+    results = json.loads(html.unescape(found.group(1)))
+    assert set(results) == set(figures)
+    for name, result in results.items():
+        assert "error" not in result, (name, result)
+        assert not result["literal_br"], name
+        if name.startswith("README.md"):
+            assert result["width"] <= PAGE_WIDTH, (name, result["width"])
