@@ -297,9 +297,8 @@ def _fleet(
         )
         raise typer.Exit(2)
     progress = Progress()
-    if shards > 1:
+    if shards > 1:  # the shards' own progress stays in their processes
         progress.show(f"fleet: {sessions:,} sessions in {shards} processes...")
-        progress._last = 0.0
     result = run_fleet(
         sessions,
         span,

@@ -76,3 +76,17 @@ def test_simulate_fleet_writes_the_report(tmp_path: Path) -> None:
         app, ["simulate", "--fleet", "4", "--report", str(out), "--report-session", "s9"]
     )
     assert lost.exit_code == 2 and "s9" in lost.output
+
+
+def test_a_scenario_run_can_be_drawn_as_svg(tmp_path: Path) -> None:
+    out = tmp_path / "one.svg"
+    scenario = (
+        Path(__file__).resolve().parents[1] / "scenarios" / "agent_killed_after_progress.toml"
+    )
+    result = CliRunner().invoke(app, ["simulate", str(scenario), "-q", "--report", str(out)])
+    assert result.exit_code == 0, result.output
+    svg = out.read_text()
+    assert svg.startswith("<svg") and "Session s1" in svg
+    assert 'data-state="failed"' in svg or 'data-state="completed"' in svg
+    two = CliRunner().invoke(app, ["simulate", str(scenario), str(scenario), "--report", str(out)])
+    assert two.exit_code == 2 and "one run" in two.output
