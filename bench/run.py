@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.common import Figure
 
-BENCHES = ("engine", "simulator", "relay", "control", "detection", "container")
+BENCHES = ("engine", "simulator", "relay", "control", "detection", "container", "store")
 HERE = Path(__file__).parent
 
 
