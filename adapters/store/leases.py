@@ -33,6 +33,7 @@ import msgspec
 
 __all__ = [
     "CLAIM",
+    "CLAIM_ONE",
     "FENCE",
     "LEASE",
     "NOW",
@@ -72,6 +73,17 @@ UPDATE leases SET owner = %(owner)s, expires_at = {NOW} + %(ttl)s, epoch = lease
 FROM candidates WHERE leases.session_id = candidates.session_id
 RETURNING leases.session_id, leases.owner, leases.expires_at, leases.epoch
 """
+
+CLAIM_ONE = f"""
+UPDATE leases SET owner = %(owner)s, expires_at = {NOW} + %(ttl)s, epoch = leases.epoch + 1
+FROM sessions AS s
+WHERE leases.session_id = %(id)s AND s.id = leases.session_id AND NOT s.deleted
+    AND (leases.owner IS NULL OR leases.expires_at <= {NOW})
+RETURNING leases.session_id, leases.owner, leases.expires_at, leases.epoch
+"""
+"""One named session, if its lease is free or expired: a wrapper or a client that reached this
+replica for a session nobody holds. The UPDATE's row lock serializes with ``CLAIM``'s ``FOR
+UPDATE``; whichever commits second re-reads the row and finds it taken."""
 
 RENEW = f"""
 UPDATE leases SET expires_at = {NOW} + %(ttl)s

@@ -951,6 +951,26 @@ class PostgresStore:
             rows = db.execute(lease_sql.CLAIM, self._lease_params(owner, now, limit=limit))
             return sorted((lease_of(r) for r in rows.fetchall()), key=lambda x: x.session_id)
 
+    def claim_session(self, session_id: str, *, now: float | None = None) -> Lease | None:
+        """Take ``session_id``'s lease if it is unowned or expired (its epoch grows); None when
+        another replica holds it unexpired, or the session is unknown or deleted."""
+        what = f"claim session {quote(session_id)}"
+        owner = self._replica(what)
+        _text(what, "session_id", session_id)
+        with self._write(what) as db:
+            params = self._lease_params(owner, now, id=session_id)
+            row = db.execute(lease_sql.CLAIM_ONE, params).fetchone()
+            return None if row is None else lease_of(row)
+
+    def notify(self, channel: str, payload: str) -> None:
+        """``pg_notify(channel, payload)``: delivered to every listener once this commits (at
+        once outside a batch). The replicas' directory (``fsm.control.replicas``) uses it."""
+        what = f"notify {quote(channel)}"
+        _text(what, "channel", channel)
+        _text(what, "payload", payload)
+        with self._write(what) as db:
+            db.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
     def renew_leases(
         self, session_ids: Sequence[str] | None = None, *, now: float | None = None
     ) -> list[Lease]:

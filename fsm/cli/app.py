@@ -331,10 +331,25 @@ def control_command(
         ),
     ] = None,
     db: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="SQLite file (created if missing; default STATE_DIR/control.db).",
-            dir_okay=False,
+            help="SQLite file (created if missing; default STATE_DIR/control.db), or a "
+            "PostgreSQL URL/conninfo shared by replicas (postgresql://user@host/db; the "
+            "password from a libpq passfile or $PGPASSWORD, never here).",
+            show_default=False,
+        ),
+    ] = None,
+    replica_id: Annotated[
+        str | None,
+        typer.Option(
+            help="This replica's name on PostgreSQL (default HOSTNAME-PID).", show_default=False
+        ),
+    ] = None,
+    advertise_url: Annotated[
+        str | None,
+        typer.Option(
+            help="http://HOST:PORT other replicas forward this one's sessions' requests to "
+            "(default from --listen).",
             show_default=False,
         ),
     ] = None,
@@ -372,6 +387,8 @@ def control_command(
             kilo_bin=kilo_bin,
             runtime=runtime,
             image=image,
+            replica_id=replica_id,
+            advertise_url=advertise_url,
         )
     )
 

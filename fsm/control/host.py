@@ -14,6 +14,13 @@ Decisions are the session machines'; this host executes them and keeps promises 
   Heartbeat re-arms are written at most every 30 s (as the source design debounced them).
 * **Streams are exact.** Live subscribers get entries only after they are stored, so a client
   resuming with ``Last-Event-ID`` reads the store and then the live tail, each id exactly once.
+* **Replicas share sessions** on PostgreSQL (``ControlSettings.db_url``): this host acts only
+  for the sessions whose lease it holds (``fsm.control.replicas.LeaseKeeper`` renews, claims,
+  and restores what it claims exactly as a restart restores), every write is fenced by the store,
+  and a session whose lease is gone (or could not be renewed in time) is not acted for: its
+  effects are not executed, and once the database says another replica holds it, it is dropped
+  here (``drop_session``: timers removed, wrapper socket and live streams closed). See
+  docs/postgresql.md for the deployment.
 * **Commands are not dropped** when a wrapper is momentarily disconnected: they wait in the core
   (``SessionCore.hold``) for that wrapper's next ``welcome``, and whatever follows a welcome comes
   from ``SessionCore.commands_after_welcome`` — the simulator's control plane calls the same two.
@@ -46,6 +53,9 @@ from adapters.runtime.base import ExitReason, RuntimePort, WrapperSpec
 from adapters.runtime.docker import DockerRuntime
 from adapters.runtime.external import ExternalRuntime
 from adapters.runtime.local import LocalRuntime
+from adapters.store.base import Store
+from adapters.store.postgres import PostgresStore
+from adapters.store.rows import LeaseLostError
 from adapters.store.sqlite import (
     EventRow,
     MessageRow,
@@ -89,6 +99,14 @@ class ControlSettings:
     runtime_settings: RuntimeSettings = field(default_factory=RuntimeSettings)
     """``[runtime]`` (image, limits, network, volumes, socket) for ``runtime="docker"``."""
     limits: LimitValues = field(default_factory=defaults)
+    db_url: str | None = None
+    """A PostgreSQL DSN (libpq conninfo or URL, its password never from argv): the store is then
+    shared with other replicas; None is SQLite at ``db``."""
+    replica_id: str = ""
+    """This replica's name among those sharing ``db_url`` (leases are held under it)."""
+    advertise_url: str | None = None
+    """The client-API base URL other replicas forward requests to (default from the listen
+    address)."""
     state_dir: Path | None = None
     """The control plane's own files (pidfiles, wrapper logs, each wrapper's Kilo state); by
     default ``base_dir``. Kept out of the workspace tree: no client's workdir may lie in it."""
@@ -144,7 +162,16 @@ class ControlHost:
         self._dirty: set[str] = set()
         self.pending_total = 0
         """Sessions with data waiting to be stored (or frames waiting for that)."""
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
+        self.pg: PostgresStore | None = None
+        """The same store when it is PostgreSQL shared by replicas (leases, fencing)."""
+        self.lease_until: dict[str, float] = {}
+        """Per held session, the monotonic time its lease is surely still ours until (measured
+        from before the query that took or renewed it)."""
+        self.replicas: Any = None
+        self.sessions_dropped = 0
+        """Sessions this replica stopped acting for because another one holds them now."""
+        """``fsm.control.replicas.Replicas`` on PostgreSQL."""
         self.runtime: RuntimePort | None = None
         self.port: int | None = None
         self.ready = anyio.Event()
@@ -172,7 +199,7 @@ class ControlHost:
         sock.bind((s.listen_host, s.listen_port))
         sock.listen(128)  # connections queue from now on: the port we log is already usable
         self.port = sock.getsockname()[1]
-        self.store = SqliteStore(s.db)
+        self.store = self._open_store()
         server = uvicorn.Server(
             uvicorn.Config(
                 build_app(self),
@@ -218,13 +245,17 @@ class ControlHost:
                     "silent connection reaper",
                     lambda: reap_silent_connections(server, self.values["http_first_request"]),
                 )
-                self._load_sessions()
+                if self.replicas is not None:
+                    self.replicas.start(tg)  # claims what nobody holds, restoring each session
+                else:
+                    self._load_sessions()
                 settle_collector()  # what was restored lives on; see fsm/hosting/collector.py
                 self.log.info(
                     "control plane listening",
                     url=f"http://{s.listen_host}:{self.port}",
                     port=self.port,
-                    db=str(s.db),
+                    db=self.pg.where if self.pg else str(s.db),
+                    replica=s.replica_id if self.pg else None,
                     sessions=len(self.sessions),
                     timers={k: self.values[k] for k in self.values},
                     overridden=self.values.overridden(),
@@ -232,11 +263,66 @@ class ControlHost:
                 self.ready.set()
                 await self.stop_requested.wait()
                 self._flush()
+                if self.replicas is not None:
+                    self.replicas.release_all()  # another replica may claim them at once
                 server.should_exit = True
                 tg.cancel_scope.cancel()
         finally:
             self._flush()
+            if self.replicas is not None:
+                await self.replicas.close()
             self.store.close()
+
+    def _open_store(self) -> Store:
+        s = self.settings
+        if s.db_url is None:
+            return SqliteStore(s.db)
+        from fsm.control.replicas import Replicas
+
+        self.pg = PostgresStore(
+            s.db_url, replica=s.replica_id, lease_ttl=self.values["replica_lease"]
+        )
+        self.replicas = Replicas(self, self.pg)
+        return self.pg
+
+    # -- leases (PostgreSQL replicas) -----------------------------------------------------------
+
+    def acting(self, session_id: str) -> bool:
+        """Whether this host may act for the session now: always on SQLite; on PostgreSQL only
+        while its lease is surely held (a replica stopped past its lease must not act on
+        resuming before it has asked the database)."""
+        return self.pg is None or self.lease_until.get(session_id, 0.0) > time.monotonic()
+
+    def adopt_row(self, row: SessionRow, held_since: float) -> SessionEntry | None:
+        """A session this replica just claimed (its lease taken at monotonic ``held_since``):
+        restored from its snapshot as a restart restores it."""
+        self.lease_until[row.id] = held_since + self.values["replica_lease"]
+        if row.id in self.sessions:
+            return self.sessions[row.id]
+        if not row.snapshot:
+            return None
+        return self._restore(row)
+
+    def drop_session(self, session_id: str, why: str) -> None:
+        """Stop acting for a session another replica now holds: its machine and timers go, its
+        wrapper socket is closed (the wrapper reconnects, through the balancer, to the owner)
+        and its live streams end (clients resume with ``Last-Event-ID`` elsewhere). Nothing is
+        deleted: the owner has the stored session; what was not stored was not acknowledged."""
+        self.lease_until.pop(session_id, None)
+        entry = self.sessions.pop(session_id, None)
+        if entry is None:
+            return
+        self._dirty.discard(session_id)
+        entry.core.group.remove(entry.core.machine.machine_id)
+        conn = entry.conn
+        entry.conn = entry.outq = None
+        if conn is not None:
+            conn.replaced = True  # its writer closes the socket (4000): the wrapper reconnects
+            conn.send.close()
+        for sub in entry.subscribers:
+            sub.close()
+        self.sessions_dropped += 1
+        self.log.warning("stopped acting for a session", session=session_id, reason=why)
 
     @property
     def limits(self) -> LimitValues:
@@ -301,7 +387,10 @@ class ControlHost:
             created_at=now,
             updated_at=now,
         )
-        self.store.create_session(row)
+        held_since = time.monotonic()
+        self.store.create_session(row)  # on PostgreSQL, with its lease taken
+        if self.pg is not None:
+            self.lease_until[sid] = held_since + self.values["replica_lease"]
         entry = SessionEntry(self._new_core(sid), row, token, first_version=wrapper_version)
         self.sessions[sid] = entry
         entry.core.start()
@@ -333,34 +422,37 @@ class ControlHost:
     def _load_sessions(self) -> None:
         assert self.store is not None
         for row in self.store.list_sessions():
-            if not row.snapshot:
-                continue
-            entry = SessionEntry(self._new_core(row.id, self.store.last_event_id(row.id)), row)
-            self.sessions[row.id] = entry
-            messages = [
-                Message(
-                    m.id,
-                    m.prompt,
-                    m.state,
-                    m.reason,
-                    m.error,
-                    m.created_at,
-                    m.finished_at,
-                    msgspec.json.decode(m.options) if m.options else {},
-                )
-                for m in self.store.messages(row.id)
-            ]
-            snapshot = msgspec.json.decode(row.snapshot, type=Snapshot)
-            entry.core.restore(snapshot, messages, row.wrapper_id, row.last_seq)
-            assert self.runtime is not None
-            pid = self.runtime.adopt(row.id)
-            if pid is not None:
-                entry.starts_requested = 1  # its exit is the current wrapper's
-                if entry.core.state in ("stopped", "failed"):
-                    self._start("stopping a wrapper", functools.partial(self._stop_wrapper, row.id))
-            self.log.info(
-                "session restored", session=row.id, state=entry.core.state, wrapper_pid=pid
+            if row.snapshot:
+                self._restore(row)
+
+    def _restore(self, row: SessionRow) -> SessionEntry:
+        """The session machine of a stored row, with its messages and remaining timers."""
+        assert self.store is not None
+        entry = SessionEntry(self._new_core(row.id, self.store.last_event_id(row.id)), row)
+        self.sessions[row.id] = entry
+        messages = [
+            Message(
+                m.id,
+                m.prompt,
+                m.state,
+                m.reason,
+                m.error,
+                m.created_at,
+                m.finished_at,
+                msgspec.json.decode(m.options) if m.options else {},
             )
+            for m in self.store.messages(row.id)
+        ]
+        snapshot = msgspec.json.decode(row.snapshot, type=Snapshot)
+        entry.core.restore(snapshot, messages, row.wrapper_id, row.last_seq)
+        assert self.runtime is not None
+        pid = self.runtime.adopt(row.id)
+        if pid is not None:
+            entry.starts_requested = 1  # its exit is the current wrapper's
+            if entry.core.state in ("stopped", "failed"):
+                self._start("stopping a wrapper", functools.partial(self._stop_wrapper, row.id))
+        self.log.info("session restored", session=row.id, state=entry.core.state, wrapper_pid=pid)
+        return entry
 
     def delete_session(self, session_id: str) -> None:
         entry = self.sessions[session_id]
@@ -394,6 +486,16 @@ class ControlHost:
     def _on_action(self, session_id: str, effect: Effect) -> None:
         entry = self.sessions.get(session_id)
         if entry is None:
+            return
+        if not self.acting(session_id):
+            # The lease may be another replica's by now (this one was stopped past it, or the
+            # database is out of reach): doing nothing is safe, acting twice is not. The lease
+            # keeper asks the database next and either takes the lease again or drops this.
+            self.log.warning(
+                "an effect not executed: the session's lease is not surely held",
+                session=session_id,
+                effect=type(effect).__name__,
+            )
             return
         if isinstance(effect, Transmit):
             for frame in effect.frames:
@@ -645,6 +747,10 @@ class ControlHost:
         try:
             with self.store.savepoint("session"):
                 events = self._write(sid, entry)
+        except LeaseLostError as exc:
+            # Fenced: another replica holds the session (nothing of this write is stored).
+            self.drop_session(sid, str(exc)[:300])
+            return None
         except Exception as exc:
             entry.events = pending + entry.events
             entry.write_failures += 1

@@ -11,21 +11,33 @@ control plane can (``../../../control/control.db`` is one path away). The bounda
 agent as another user in its container (issue 14); until then, this layout only keeps the
 database out of the tree the agent is told is its own.
 
+PostgreSQL (``--db postgresql://…`` or any libpq conninfo with ``host=``/``dbname=``): the
+store is shared with other replicas (``fsm.control.replicas``); ``--replica-id`` names this
+one (default ``HOSTNAME-PID``). The database password never comes from argv either: a DSN that
+carries one is refused (exit 2); libpq reads it from a password file (``passfile=`` in the DSN,
+``PGPASSFILE``, ``~/.pgpass``), or from ``PGPASSWORD``, which is removed from the environment
+once read so no wrapper or agent inherits it.
+
 The API key never comes from argv: ``--api-key-file`` or ``FSM_AGENT_API_KEY``, which is removed
 from the environment once read (``fsm.settings.secrets``).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Literal
 
 import anyio
 
+from adapters.store.rows import StoreError
 from fsm.control.api import build_app
 from fsm.control.host import ControlHost, ControlSettings
+from fsm.control.replicas import route
 from fsm.hosting.logs import JsonLog
 from fsm.settings.config import ConfigError
 from fsm.settings.file import load_config
@@ -59,6 +71,46 @@ def read_api_key(*, api_key_file: Path | None, argv_value: str | None) -> str:
     except SecretInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+PASSWORD_ENV = "PGPASSWORD"
+
+
+def is_postgres(db: str | Path | None) -> bool:
+    """Whether ``--db`` names a PostgreSQL database (a URL or a libpq conninfo), not a file."""
+    if db is None or isinstance(db, Path):
+        return False
+    text = db.strip()
+    return text.startswith(("postgresql://", "postgres://")) or bool(
+        re.match(r"^\s*(host|hostaddr|dbname|service|port|user)\s*=", text)
+    )
+
+
+def postgres_dsn(db: str) -> str:
+    """The DSN to connect with: ``db`` as given (never with a password: ValueError saying
+    how to give one), plus ``PGPASSWORD``'s value, taken out of the environment."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(db)
+    except ProgrammingError as exc:
+        raise ValueError(
+            f"--db is not a valid PostgreSQL DSN: {str(exc).splitlines()[0]}"
+        ) from None
+    if params.get("password"):
+        raise ValueError(
+            "--db must not carry the database password: argv is visible to every local user "
+            "(ps, /proc/<pid>/cmdline); put it in a libpq password file (passfile=PATH in the "
+            f"DSN, PGPASSFILE or ~/.pgpass, mode 0600) or in the {PASSWORD_ENV} environment "
+            "variable (removed once read)"
+        )
+    password = os.environ.pop(PASSWORD_ENV, None)
+    return make_conninfo(db, password=password) if password else db
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def layout(
@@ -128,7 +180,7 @@ def docker_settings(settings: RuntimeSettings, image: str | None) -> RuntimeSett
 def run_control(
     *,
     listen: str,
-    db: Path | None,
+    db: Path | str | None,
     api_key: str,
     config: Path | None,
     base_dir: Path | None,
@@ -136,6 +188,8 @@ def run_control(
     runtime: str = "local",
     state_dir: Path | None = None,
     image: str | None = None,
+    replica_id: str | None = None,
+    advertise_url: str | None = None,
 ) -> int:
     """``base_dir`` is where workspaces go (``--workspaces``/``--base-dir``); ``image`` is the
     wrapper image of ``runtime="docker"`` (else ``[runtime] image``, else the project's own)."""
@@ -145,7 +199,23 @@ def run_control(
             file=sys.stderr,
         )
         return 2
+    db_url: str | None = None
     try:
+        if is_postgres(db):
+            assert isinstance(db, str)
+            db_url, db = postgres_dsn(db), None
+        elif replica_id is not None or advertise_url is not None:
+            raise ValueError("--replica-id and --advertise-url need --db postgresql://…")
+        elif isinstance(db, str):
+            db = Path(db)
+        if replica_id is not None and not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", replica_id):
+            raise ValueError(
+                f"--replica-id must be 1-100 letters, digits or . _ : - (got {replica_id[:40]!r})"
+            )
+        if advertise_url is not None and not re.fullmatch(r"https?://[^\s/]+/?", advertise_url):
+            raise ValueError(
+                f"--advertise-url must be http(s)://HOST:PORT (got {advertise_url[:60]!r})"
+            )
         host, port = parse_listen(listen)
         loaded = load_config(config)  # the same file is handed to wrappers: checked here, whole
         values = loaded.timers["control"]
@@ -180,6 +250,9 @@ def run_control(
         else "local",
         runtime_settings=containers,
         limits=limits,
+        db_url=db_url,
+        replica_id=replica_id or default_replica_id(),
+        advertise_url=advertise_url.rstrip("/") if advertise_url else None,
         # The older --db-only layout keeps the workspaces inside the db's folder: then the
         # runtime's files stay beside the workspaces, as they were.
         state_dir=None if workspaces.is_relative_to(state) else state,
@@ -198,15 +271,30 @@ def run_control(
                         return
 
             tg.start_soon(on_signals)
-            await control.run(build_app)
+            await control.run(lambda h: route(h, build_app(h)))
             tg.cancel_scope.cancel()
 
     try:
         anyio.run(main)
-    except (OSError, BaseExceptionGroup) as exc:
+    except (OSError, StoreError, BaseExceptionGroup) as exc:
+        unavailable = _store_error(exc)
+        if unavailable is not None:  # the database cannot be reached or is too new
+            print(f"error: {unavailable}", file=sys.stderr)
+            return 2
         failed = bind_error(exc)
         if failed is None:
             raise
         print(f"error: {bind_error_message(host, port, failed)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _store_error(exc: BaseException) -> StoreError | None:
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _store_error(inner)
+            if found is not None:
+                return found
+    return None

@@ -96,6 +96,12 @@ CONTROL_TIMERS = TimerTable(
         _t("wrapper_backoff_initial", "1s", "first delay before restarting a wrapper"),
         _t("wrapper_backoff_max", "30s", "largest delay before restarting a wrapper"),
         _t("wrapper_stop_grace", "30s", "release/shutdown to wrapper exit"),
+        _t(
+            "replica_lease",
+            "15s",
+            "a replica's hold on a session (PostgreSQL), renewed every third of it; another "
+            "replica claims the session once it expires",
+        ),
     ),
 )
 
