@@ -274,3 +274,31 @@ def test_a_replica_stopped_past_its_lease_stops_acting_when_resumed(
             if e.kind == "event"
         ]
         assert streamed == wrapper.sent_events, sid
+
+
+def test_postgresql_restarted_under_load_loses_nothing_accepted(
+    world: dict[str, Any],
+    postgres_cluster: Cluster,  # noqa: F811
+) -> None:
+    replicas: list[Replica] = world["replicas"]
+    sessions = start_sessions(world)
+    for sid, _, home in sessions:
+        assert home.http.post(f"/sessions/{sid}/messages", json={"prompt": "x"}).status_code == 202
+    wait_for(
+        "every turn to be streaming",
+        lambda: all(len(w.sent_events) >= 5 for _, w, _ in sessions),
+        timeout=30,
+    )
+    postgres_cluster.restart()
+    for sid, wrapper, home in sessions:
+        wait_for(f"{sid}'s turn to be stored", wrapper.settled, timeout=40, tail=home.tail)
+        events = parse_sse(home.http.get(f"/sessions/{sid}/events", params={"follow": "0"}).text)
+        ids = [e.id for e in events]
+        assert ids == list(range(1, len(ids) + 1)), f"{sid}: {ids}"
+        streamed = [
+            (e.data["event"]["message"], e.data["event"]["index"])
+            for e in events
+            if e.kind == "event"
+        ]
+        assert streamed == wrapper.sent_events, sid
+    assert all(not r.dead() for r in replicas)
