@@ -6,11 +6,16 @@ Each round, interleaved so that a noisy moment hits both sides:
 
 * the baseline: ``docker run --rm --network host --entrypoint /bin/true <image>`` (what the
   daemon costs to make, start and reap a container of this image);
+* Kilo alone: ``docker run`` of the same image with Kilo itself as the command (as root, on a
+  free loopback port) until ``/global/health`` answers, then its first session (Kilo's instance
+  bootstrap) — docker run + Kilo's own start, measured as one, with no wrapper beside it;
 * the measured: ``DockerRuntime.start`` (create, start: labels, mounts, the token file) of a
   wrapper whose ingest is a test endpoint on loopback, until the wrapper is ready (its lifecycle
   frames ``wrapper → ready`` and ``agent_link → streaming`` arrived); Kilo's own start is what
   the wrapper logged for it in that same container (spawn to first healthy answer). The goal:
-  create → ready ≤ 1.2x (no-op run + Kilo's start).
+  create → ready ≤ 1.2x (no-op run + Kilo's start). Since the wrapper spawns Kilo before its own
+  imports (``fsm.serve.launch``), Kilo's start as the wrapper logs it shares the CPU with those
+  imports; so the goal is judged against Kilo alone (the line above), which nothing slows.
 
 The wrapper's memory inside the container is its RSS (``/proc/<pid>/status`` of the host pid
 ``docker top`` shows) once ready and idle; the goal is ≤ 60 MiB.
@@ -23,6 +28,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -49,6 +55,63 @@ def _noop_run(image: str) -> float:
     started = time.monotonic()
     _docker("run", "--rm", "--network", "host", "--entrypoint", "/bin/true", image)
     return time.monotonic() - started
+
+
+def _kilo_alone(image: str, kilo_config: dict[str, Any]) -> tuple[float, float]:
+    """``docker run`` → healthy, and healthy → first session, of Kilo alone in the image, with
+    the environment the wrapper gives it (``QUIET_ENV``, the same provider config, fresh homes):
+    an unquiet Kilo fetches models and checks for updates, and would make a slower baseline."""
+    import secrets
+    import socket
+
+    import httpx
+
+    from adapters.kilo.process import QUIET_ENV
+
+    env = {
+        **QUIET_ENV,
+        "KILO_SERVER_PASSWORD": secrets.token_urlsafe(16),
+        "KILO_CONFIG_CONTENT": json.dumps(kilo_config),
+        **{f"XDG_{n}_HOME": f"/kilo/{n.lower()}" for n in ("DATA", "CACHE", "STATE")},
+        "XDG_CONFIG_HOME": "/opt/kilo/config",  # the image's prepared, read-only config home
+    }
+    # Kilo's homes on a host directory, as the runtime mounts a session's state: its database
+    # on the container's overlay file system would be slower than the wrapper's Kilo has it.
+    home = tempfile.mkdtemp(prefix="fsm-bench-kilo-")
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    password = env["KILO_SERVER_PASSWORD"]
+    name = f"fsm-bench-kilo-{port}"
+    started = time.monotonic()
+    subprocess.run(
+        ["docker", "run", "-d", "--rm", "--name", name, "--network", "host", "--user", "root",
+         *[f"--env={k}={v}" for k, v in env.items()], "--workdir", "/workspace",
+         "--volume", f"{home}:/kilo",
+         "--entrypoint", "/opt/kilo/bin/kilo",
+         image, "serve", "--port", str(port), "--hostname", "127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    try:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", auth=("kilo", password), trust_env=False
+        ) as client:
+            while True:
+                if time.monotonic() - started > 60:
+                    raise RuntimeError("Kilo alone was not healthy within 60 s")
+                try:
+                    if client.get("/global/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.01)
+            healthy = time.monotonic() - started
+            client.post("/session", json={}, timeout=30).raise_for_status()
+            return healthy, time.monotonic() - started - healthy
+    finally:
+        subprocess.run(["docker", "kill", name], capture_output=True, timeout=60)
+        subprocess.run(["rm", "-rf", home], check=False)
 
 
 def _kilo_startup(container: str) -> tuple[float, float]:
@@ -147,19 +210,29 @@ def run() -> list[Figure]:
             ) as runtime:
                 for i in range(RUNS):
                     noop = _noop_run(image)
+                    alone, alone_session = _kilo_alone(image, llm.provider_config())
                     row = await _one(runtime, image, tmp, config, i)
-                    rounds.append({**row, "noop": noop})
+                    rounds.append(
+                        {**row, "noop": noop, "alone": alone, "alone_session": alone_session}
+                    )
 
         anyio.run(main)
     ready = median([r["ready"] for r in rounds])
     noop = median([r["noop"] for r in rounds])
     kilo = median([r["kilo"] for r in rounds])
-    baseline = noop + kilo
+    alone = median([r["alone"] for r in rounds])
+    alone_session = median([r["alone"] + r["alone_session"] for r in rounds])
+    baseline = alone
     ratio = ready / baseline
     rss = max(r["rss"] for r in rounds)
     session = median([r["session"] for r in rounds])
+    created = median([r["create"] for r in rounds]) * 1000
+    logged = noop + kilo
     note = (
-        f"median of {RUNS}; create → started {median([r['create'] for r in rounds]) * 1000:.0f} ms"
+        f"median of {RUNS}; create → started {created:.0f} ms; against no-op run + Kilo's start"
+        f" as the wrapper logged it ({logged * 1000:.0f} ms): {ready / logged:.2f}x; against Kilo"
+        f" alone up to its first session ({alone_session * 1000:.0f} ms, which the wrapper also"
+        f" waits for): {ready / alone_session:.2f}x"
     )
     return [
         Figure(
@@ -167,7 +240,7 @@ def run() -> list[Figure]:
             "container create → wrapper ready",
             round(ready * 1000, 1),
             "ms",
-            baseline="docker run no-op + Kilo's own start",
+            baseline="docker run of Kilo alone → healthy (docker run + Kilo's own start)",
             baseline_value=round(baseline * 1000, 1),
             ratio=round(ratio, 2),
             target="<= 1.2x (docker run + Kilo start)",
