@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
+import msgspec
 import uvicorn
 
+from fsm.client import ControlClient, CreateSessionBody
 from fsm.control.api import build_app as build_control_app
 from fsm.control.host import ControlHost, ControlSettings
 from fsm.demo.progress import Progress
@@ -281,39 +282,32 @@ async def _drive(
     host: ControlHost, api_key: str, workspace: Path, prompt: str, out: Printer, timeout: float
 ) -> int:
     base = f"http://127.0.0.1:{host.port}"
-    headers = {"Authorization": f"Bearer {api_key}"}
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
-        created = (await client.post("/sessions", json={"workdir": str(workspace)})).json()
-        sid = created["id"]
+    # The demo is the typed client's first user (fsm.client, docs/client.md): what it does here
+    # is what a program driving the control plane does.
+    async with ControlClient(base, api_key) as client:
+        created = await client.create_session(CreateSessionBody(workdir=str(workspace)))
+        sid = created.id
         out.line("message", f"created session {sid} (control plane on {base})")
         final: dict[str, Any] = {}
         done = anyio.Event()
         message_id = ""
 
         async def follow() -> None:
-            nonlocal message_id
-            async with client.stream(
-                "GET", f"/sessions/{sid}/events", timeout=httpx.Timeout(None)
-            ) as stream:
-                kind = ""
-                async for line in stream.aiter_lines():
-                    if line.startswith("event: "):
-                        kind = line[7:]
-                    elif line.startswith("data: "):
-                        data = json.loads(line[6:])
-                        out.entry(kind, data)
-                        if (
-                            kind == "message"
-                            and data.get("id") == message_id
-                            and data.get("state") in ("completed", "failed", "cancelled")
-                        ):
-                            final.update(data)
-                            done.set()
+            async with client.events(sid) as events:
+                async for event in events:
+                    data = {**event.data, "at": event.at}
+                    out.entry(event.kind, data)
+                    if (
+                        event.kind == "message"
+                        and data.get("id") == message_id
+                        and data.get("state") in ("completed", "failed", "cancelled")
+                    ):
+                        final.update(data)
+                        done.set()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(follow)
-            sent = (await client.post(f"/sessions/{sid}/messages", json={"prompt": prompt})).json()
-            message_id = sent["id"]
+            message_id = (await client.send_message(sid, prompt)).id
             with anyio.move_on_after(timeout):
                 while not done.is_set():
                     with anyio.move_on_after(WAIT_NOTE_EVERY):
@@ -326,11 +320,9 @@ async def _drive(
             if not final:
                 # No outcome in time: what the control plane knows of the message is the best
                 # account there is (its state, and any error the agent gave so far).
-                session = (await client.get(f"/sessions/{sid}")).json()
-                for message in session.get("messages", []):
-                    if message.get("id") == message_id:
-                        final.update(message, timed_out=True)
-            await client.delete(f"/sessions/{sid}")
+                message = await client.get_message(sid, message_id)
+                final.update(msgspec.to_builtins(message), timed_out=True)
+            await client.delete_session(sid)
             with anyio.move_on_after(15):
                 while sid in host.sessions:
                     await anyio.sleep(0.1)
