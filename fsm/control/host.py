@@ -487,6 +487,14 @@ class ControlHost:
         entry = self.sessions.get(session_id)
         if entry is None:
             return
+        if not self.acting(session_id) and isinstance(effect, Transmit):
+            # Acks and welcomes wait for a flush, which the store fences: they may be kept.
+            held = [f for f in effect.frames if isinstance(f, Ack | Welcome)]
+            if held:
+                entry.held.extend(held)
+                self._dirty.add(session_id)
+            if len(held) == len(effect.frames):
+                return
         if not self.acting(session_id):
             # The lease may be another replica's by now (this one was stopped past it, or the
             # database is out of reach): doing nothing is safe, acting twice is not. The lease

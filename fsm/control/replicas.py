@@ -17,8 +17,9 @@ Every session is acted for by one replica at a time, the holder of its lease
   no effect until the database has told it whether the lease is still its own; its writes are
   fenced by the store (``LeaseLostError``) whatever happens.
 * **The directory**: each replica announces ``{id, url}`` on the ``fsm_agent_replicas``
-  NOTIFY channel every keeper period and listens on it (its own connection), so every replica
-  knows where every other one answers. Nothing is stored: an address is only needed while its
+  NOTIFY channel every keeper period and listens on it (its own connection); one that starts
+  listening asks, and every other answers at once, so every replica knows where every other
+  one answers. Nothing is stored: an address is only needed while its
   replica lives.
 * **Routing** (``route``, ASGI around the app): a request for a session this replica does not
   hold is answered here when it can be: the session is claimed if its lease is free or expired
@@ -129,7 +130,7 @@ class Replicas:
                     self.adopt(lease.session_id, started)
                 if len(claimed) < CLAIM_BATCH:
                     break
-            self.store.notify(CHANNEL, json.dumps({"id": self.me, "url": self.url}))
+            self._announce()
         except StoreError as exc:
             # Sessions stop being acted for once their lease may have lapsed (``acting``); the
             # next pass asks again.
@@ -188,6 +189,7 @@ class Replicas:
                 )
                 async with self._listener as db:
                     await db.execute(f"LISTEN {CHANNEL}")
+                    self._announce(ask=True)  # the others answer at once: no period to wait
                     async for notice in db.notifies():
                         self._heard(notice.payload)
             except psycopg.Error as exc:
@@ -202,6 +204,14 @@ class Replicas:
             return
         if replica != self.me:
             self.directory[replica] = url
+            if isinstance(data, dict) and data.get("ask"):
+                self._announce()
+
+    def _announce(self, *, ask: bool = False) -> None:
+        try:
+            self.store.notify(CHANNEL, json.dumps({"id": self.me, "url": self.url, "ask": ask}))
+        except StoreError as exc:
+            self.host.log.warning("announcing this replica failed", error=str(exc)[:300])
 
     async def close(self) -> None:
         await self._client.aclose()
