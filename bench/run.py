@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.common import Figure
 
-BENCHES = ("engine", "simulator", "relay", "control", "detection", "container", "store")
+BENCHES = ("engine", "simulator", "relay", "control", "detection", "container", "store", "failover")
 HERE = Path(__file__).parent
 
 

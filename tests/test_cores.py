@@ -291,7 +291,7 @@ def test_exit_details_are_cut_to_one_kibibyte() -> None:
 def test_every_log_entry_is_stamped_on_one_clock_and_the_wrappers_own_is_kept_apart() -> None:
     """Issue 13, point 7: lifecycle lines carried the wrapper's monotonic ``at`` (its uptime)
     over the control plane's wall-clock one, so one stream mixed two timebases."""
-    from fsm.control.api import _sse_line
+    from fsm.control.sse import sse_line
 
     log: list[LogEntry] = []
     clock = VirtualClock(start=1_800_000_000.0)
@@ -302,7 +302,7 @@ def test_every_log_entry_is_stamped_on_one_clock_and_the_wrappers_own_is_kept_ap
     entry = [e for e in log if e.kind == "lifecycle"][-1]
     assert (entry.at, entry.data["wrapper_at"]) == (1_800_000_000.0, 12.5)
     assert "at" not in entry.data
-    line = _sse_line(entry).decode()
+    line = sse_line(entry).decode()
     assert '"at":1800000000.0' in line and '"wrapper_at":12.5' in line
 
 

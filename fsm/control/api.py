@@ -46,6 +46,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fsm.control.core import UNFINISHED, LogEntry
 from fsm.control.host import ControlHost, SessionEntry
+from fsm.control.sse import MAX_EVENT_ID, event_cursor, sse_line
 from fsm.control.ui.routes import ui_routes
 from fsm.control.views import (
     Accepted,
@@ -100,9 +101,7 @@ CLOSE_INTERNAL = 1011
 CLOSE_TRY_LATER = 1013
 CLOSE_REPLACED = 4000
 REPLACED = "replaced by a newer connection of this session"
-_LAST_EVENT_ID = re.compile(r"[0-9]{1,19}")
-_MAX_EVENT_ID = 2**63 - 1
-EVENT_ID = {"type": "integer", "minimum": 0, "maximum": _MAX_EVENT_ID}
+EVENT_ID = {"type": "integer", "minimum": 0, "maximum": MAX_EVENT_ID}
 
 
 def build_app(host: ControlHost) -> Starlette:
@@ -221,7 +220,7 @@ def operations(host: ControlHost, limits: LimitValues) -> list[Operation]:
 
     async def events(request: Request) -> Response:
         entry = entry_of(request)
-        after = _event_cursor(request)
+        after = event_cursor(request)
         follow_raw = request.query_params.get("follow", "1")
         if follow_raw not in ("0", "1"):
             raise HTTPProblem(400, f"follow must be 0 or 1, got {follow_raw[:20]!r}", "follow")
@@ -388,25 +387,6 @@ def operations(host: ControlHost, limits: LimitValues) -> list[Operation]:
     ]
 
 
-def _event_cursor(request: Request) -> int:
-    """``Last-Event-ID`` (or ``?after``): ASCII digits only (``str.isdigit`` takes '²'), at most
-    2^63 - 1 (the store's INTEGER), else 400 naming the one that was wrong."""
-    header = request.headers.get("last-event-id")
-    name, raw = (
-        ("Last-Event-ID", header) if header else ("after", request.query_params.get("after"))
-    )
-    if not raw:
-        return 0
-    if not _LAST_EVENT_ID.fullmatch(raw) or int(raw) > _MAX_EVENT_ID:
-        raise HTTPProblem(400, f"{name} must be an event id (0 to 2^63-1), got {raw[:40]!r}", name)
-    return int(raw)
-
-
-def _sse_line(entry: LogEntry) -> bytes:
-    data = msgspec.json.encode({**entry.data, "at": entry.at})
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (entry.id, entry.kind.encode(), data)
-
-
 async def _sse(
     host: ControlHost,
     entry: SessionEntry,
@@ -421,7 +401,7 @@ async def _sse(
             rows = host.store.events(entry.row.id, after=last, limit=1000)
             for row in rows:
                 data: dict[str, Any] = msgspec.json.decode(row.data)
-                yield _sse_line(LogEntry(row.id, row.at, row.kind, data))
+                yield sse_line(LogEntry(row.id, row.at, row.kind, data))
                 last = row.id
             if len(rows) < 1000:
                 break
@@ -434,7 +414,7 @@ async def _sse(
                 yield b": keep-alive\n\n"
                 continue
             if item.id > last:
-                yield _sse_line(item)
+                yield sse_line(item)
                 last = item.id
     except (anyio.EndOfStream, anyio.ClosedResourceError):
         return

@@ -58,6 +58,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from adapters.store.postgres import PostgresStore
 from adapters.store.rows import StoreError
 from fsm.control.core import LogEntry
+from fsm.control.sse import event_cursor, sse_line
 
 if TYPE_CHECKING:
     from fsm.control.host import ControlHost
@@ -241,11 +242,10 @@ class Replicas:
     async def tail(self, request: Request, session_id: str) -> Response:
         """``GET …/events`` from the database: what is stored after the cursor, then new rows
         as they are stored, until the client leaves (``follow=1``) or the present (``0``)."""
-        from fsm.control.api import _event_cursor, _sse_line
         from fsm.wire.httpjson import HTTPProblem
 
         try:
-            after = _event_cursor(request)
+            after = event_cursor(request)
         except HTTPProblem as problem:
             return problem.response()
         follow = request.query_params.get("follow", "1")
@@ -263,7 +263,7 @@ class Replicas:
                     return  # the client resumes with Last-Event-ID
                 for row in rows:
                     data: dict[str, Any] = msgspec.json.decode(row.data)
-                    yield _sse_line(LogEntry(row.id, row.at, row.kind, data))
+                    yield sse_line(LogEntry(row.id, row.at, row.kind, data))
                     last = row.id
                 if len(rows) == 1000:
                     continue
