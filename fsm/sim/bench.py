@@ -9,8 +9,9 @@ virtual seconds per wall second of the whole world, and the same times the numbe
 
 The levers, each a flag, so one run can measure each against the same world: ``--lean``
 (machines make no records of internal transitions, which no bench timeline keeps) and
-``--shards K`` (sessions dealt to K processes). ``--census`` counts what the callbacks are, for
-the fast-forward's ceiling (see ``census``).
+``--batch N`` (worlds of at most N sessions, each in a fresh process: a smaller world fits the
+CPU's caches) and ``--shards K`` (K processes at a time). ``--census`` counts what the
+callbacks are, for the fast-forward's ceiling (see ``census``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ class BenchResult(msgspec.Struct):
     shard's): the world's peak when the process ran nothing else, as ``bench.simulator``
     arranges."""
     shards: int = 1
+    """Worlds the sessions were dealt to."""
     lean: bool = False
+    processes: int = 1
 
     @property
     def speedup(self) -> float:
@@ -53,7 +56,7 @@ class BenchResult(msgspec.Struct):
 
     def render(self) -> str:
         peak = f", peak {self.peak_mib:.0f} MiB" if self.peak_mib is not None else ""
-        how = f"{self.shards} shard{'s' if self.shards > 1 else ''}" + (
+        how = f"{self.shards} world(s), {self.processes} at a time" + (
             ", lean" if self.lean else ""
         )
         return (
@@ -72,13 +75,20 @@ def bench(
     memory: bool = False,
     shards: int = 1,
     lean: bool = False,
+    batch: int | None = None,
 ) -> BenchResult:
     if memory:
-        if shards != 1:
+        if shards != 1 or batch is not None:
             raise ValueError("--memory traces this process: it needs --shards 1")
         tracemalloc.start()
     result = run_fleet(
-        sessions, duration, seed=seed, shards=shards, records="none", internal=not lean
+        sessions,
+        duration,
+        seed=seed,
+        shards=shards,
+        batch=batch,
+        records="none",
+        internal=not lean,
     )
     peak = None
     if memory:
@@ -88,7 +98,15 @@ def bench(
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     rss = max(own, children) / 1024
     return BenchResult(
-        sessions, duration, result.wall, result.callbacks, peak, rss, result.shards, lean
+        sessions,
+        duration,
+        result.wall,
+        result.callbacks,
+        peak,
+        rss,
+        result.shards,
+        lean,
+        result.processes,
     )
 
 
@@ -136,6 +154,7 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=2.0)
     parser.add_argument("--memory", action="store_true", help="also trace peak memory (slower)")
     parser.add_argument("--shards", type=int, default=1, help="processes (one per core)")
+    parser.add_argument("--batch", type=int, default=None, help="most sessions per world")
     parser.add_argument("--lean", action="store_true", help="no internal-transition records")
     parser.add_argument("--census", action="store_true", help="count what the callbacks are")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -143,12 +162,20 @@ def main() -> None:
     if args.census:
         found = census(args.sessions[0], args.hours * 3600)
         if args.json:
-            print(msgspec.json.encode({**msgspec.to_builtins(found), "ceiling": found.ceiling}))
+            summary = {**msgspec.to_builtins(found), "ceiling": found.ceiling}
+            print(msgspec.json.encode(summary).decode())
         else:
             print(f"{found}, fast-forward ceiling {found.ceiling:.2f}x")
         return
     for n in args.sessions:
-        result = bench(n, args.hours * 3600, memory=args.memory, shards=args.shards, lean=args.lean)
+        result = bench(
+            n,
+            args.hours * 3600,
+            memory=args.memory,
+            shards=args.shards,
+            lean=args.lean,
+            batch=args.batch,
+        )
         if args.json:
             print(msgspec.json.encode(result).decode(), flush=True)
         else:

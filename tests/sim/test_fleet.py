@@ -77,3 +77,11 @@ def test_without_internal_records_the_run_is_the_same(one_process: dict[int, Fle
     assert lean.ends == one_process[1].ends
     with pytest.raises(ValueError, match="internal"):
         run_fleet(2, 60.0, records="all", internal=False)
+
+
+def test_small_worlds_run_a_few_at_a_time_merge_to_the_same_run(
+    one_process: dict[int, FleetResult],
+) -> None:
+    small = run_fleet(6, SPAN, seed=7, shards=2, batch=2, records="all")
+    assert (small.shards, small.processes) == (3, 2)
+    assert _bytes(small) == _bytes(one_process[7])
