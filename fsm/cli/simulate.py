@@ -130,9 +130,13 @@ def simulate_command(
         ),
     ] = 0,
     span: Annotated[str, typer.Option(help="Fleet: virtual time to simulate.")] = "2h",
-    shards: Annotated[
-        int, typer.Option(help="Fleet: processes to deal the sessions to (one per core).")
-    ] = 1,
+    shards: Annotated[int, typer.Option(help="Fleet: processes at a time (one per core).")] = 1,
+    batch: Annotated[
+        int,
+        typer.Option(
+            help="Fleet: most sessions per world (small worlds are faster: they fit the caches)."
+        ),
+    ] = 200,
     report: Annotated[
         Path | None,
         typer.Option(
@@ -150,7 +154,7 @@ def simulate_command(
         typer.echo(f"error: --report: {report} must end in .html or .svg", err=True)
         raise typer.Exit(2)
     if fleet:
-        _fleet(fleet, span, shards, seed or 0, report, report_session, as_json)
+        _fleet(fleet, span, shards, batch, seed or 0, report, report_session, as_json)
         return
     if fuzz:
         _fuzz(fuzz, seed if seed is not None else 0, horizon, faults, as_json)
@@ -276,6 +280,7 @@ def _fleet(
     sessions: int,
     span_text: str,
     shards: int,
+    batch: int,
     seed: int,
     report: Path | None,
     report_session: str,
@@ -285,6 +290,7 @@ def _fleet(
 
     _in_range("--fleet", sessions, 1, FLEET_MAX)
     _in_range("--shards", shards, 1, 64)
+    _in_range("--batch", batch, 1, FLEET_MAX)
     span = _duration("--span", span_text)
     if span <= 0:
         typer.echo("error: --span must be more than 0", err=True)
@@ -297,13 +303,13 @@ def _fleet(
         )
         raise typer.Exit(2)
     progress = Progress()
-    if shards > 1:  # the shards' own progress stays in their processes
-        progress.show(f"fleet: {sessions:,} sessions in {shards} processes...")
     result = run_fleet(
         sessions,
         span,
         seed=seed,
         shards=shards,
+        batch=batch,
+        on_world=lambda done, worlds: progress.show(f"fleet: {done}/{worlds} worlds run"),
         records="transitions" if report is not None else "none",
         progress=lambda at: progress.show(
             f"fleet: {clock_label(at)} of {clock_label(span)} simulated"
@@ -336,8 +342,8 @@ def _fleet(
         drawn = f", {faults} faults drawn in {report}" if report is not None else ""
         typer.echo(
             f"fleet: {sessions:,} sessions x {clock_label(span)} in {result.wall:.2f} s "
-            f"({result.session_speed:,.0f} session-s/s, {result.shards} shard"
-            f"{'s' if result.shards > 1 else ''}), {result.callbacks:,} callbacks, "
+            f"({result.session_speed:,.0f} session-s/s, {result.shards} world(s), "
+            f"{result.processes} at a time), {result.callbacks:,} callbacks, "
             f"{len(result.violations)} invariant violations{drawn}"
         )
     if result.violations:

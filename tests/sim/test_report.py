@@ -90,3 +90,14 @@ def test_a_scenario_run_can_be_drawn_as_svg(tmp_path: Path) -> None:
     assert 'data-state="failed"' in svg or 'data-state="completed"' in svg
     two = CliRunner().invoke(app, ["simulate", str(scenario), str(scenario), "--report", str(out)])
     assert two.exit_code == 2 and "one run" in two.output
+
+
+def test_a_fleet_in_small_worlds_draws_the_same_report(tmp_path: Path) -> None:
+    one, many = tmp_path / "one.svg", tmp_path / "many.svg"
+    args = ["simulate", "--fleet", "5", "--span", "20m", "--seed", "4"]
+    whole = CliRunner().invoke(app, [*args, "--report", str(one)])
+    split = CliRunner().invoke(app, [*args, "--batch", "2", "--shards", "2", "--report", str(many)])
+    assert whole.exit_code == 0 and split.exit_code == 0, whole.output + split.output
+    assert "1 world(s), 1 at a time" in whole.output
+    assert "3 world(s), 2 at a time" in split.output
+    assert one.read_bytes() == many.read_bytes()
