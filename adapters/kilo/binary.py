@@ -1,8 +1,10 @@
-"""Where the ``kilo`` binary is: flag, then environment, then the project's own install, then PATH.
+"""Where an agent's binary is: flag, then environment, then the project's own install, then PATH.
 
-The order lets an operator pin a binary per run (flag), per host (``FSM_AGENT_KILO_BIN``), and
-still work out of the box after ``just setup`` (which installs the pinned npm package into
-``.kilo/``). A missing binary is a configuration error worth a precise message, not a traceback.
+The order lets an operator pin a binary per run (flag), per host (``FSM_AGENT_KILO_BIN``,
+``FSM_AGENT_OPENCODE_BIN``), and still work out of the box after ``just setup`` (which installs
+the pinned npm platform packages into ``.kilo/`` and ``.opencode/``). A missing binary is a
+configuration error worth a precise message, not a traceback. ``find_kilo`` is Kilo's lookup
+(``adapters.agents.base.KILO``); ``find_agent`` is any agent's.
 """
 
 from __future__ import annotations
@@ -11,38 +13,57 @@ import os
 import shutil
 from pathlib import Path
 
-KILO_VERSION = "7.7.9"
-KILO_PACKAGE = "@kilocode/cli-linux-x64"
-ENV_VAR = "FSM_AGENT_KILO_BIN"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PROJECT_INSTALL = PROJECT_ROOT / ".kilo" / "node_modules" / KILO_PACKAGE / "bin" / "kilo"
+from adapters.agents.base import KILO, OPENCODE, PROJECT_ROOT, AgentSpec
+
+KILO_VERSION = KILO.version
+KILO_PACKAGE = KILO.package
+ENV_VAR = KILO.bin_env
+PROJECT_INSTALL = KILO.project_install
+__all__ = ["OPENCODE", "PROJECT_ROOT", "AgentNotFound", "KiloNotFound", "find_agent", "find_kilo"]
 
 
-class KiloNotFound(Exception):
-    """No usable ``kilo`` binary: the message says where we looked and how to install one."""
+class AgentNotFound(Exception):
+    """No usable agent binary: the message says where we looked and how to install one."""
+
+
+KiloNotFound = AgentNotFound
 
 
 def find_kilo(flag: str | None = None, *, env: dict[str, str] | None = None) -> Path:
+    return find_agent(KILO, flag, env=env, install=PROJECT_INSTALL)
+
+
+def find_agent(
+    spec: AgentSpec,
+    flag: str | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    install: Path | None = None,
+) -> Path:
+    """``spec``'s binary: ``flag`` (``--agent-bin``/``--kilo-bin``), ``spec.bin_env``, the
+    project's install, PATH; AgentNotFound naming each place and the install command."""
     environ = os.environ if env is None else env
+    project = spec.project_install if install is None else install
     looked: list[str] = []
-    for origin, candidate in (("--kilo-bin", flag), (ENV_VAR, environ.get(ENV_VAR))):
+    for origin, candidate in (("--agent-bin", flag), (spec.bin_env, environ.get(spec.bin_env))):
         if candidate:
             path = Path(candidate).expanduser()
             if _executable(path):
                 return path.resolve()
-            raise KiloNotFound(f"{origin}={candidate}: not an executable file")
-    looked.append(str(PROJECT_INSTALL))
-    if _executable(PROJECT_INSTALL):
-        return PROJECT_INSTALL
-    on_path = shutil.which("kilo", path=environ.get("PATH"))
-    looked.append("kilo on PATH")
+            raise AgentNotFound(f"{origin}={candidate}: not an executable file")
+    looked.append(str(project))
+    if _executable(project):
+        return project
+    on_path = shutil.which(spec.binary, path=environ.get("PATH"))
+    looked.append(f"{spec.binary} on PATH")
     if on_path:
         return Path(on_path)
-    raise KiloNotFound(
-        "cannot find the kilo binary (looked at "
+    raise AgentNotFound(
+        f"cannot find the {spec.binary} binary (looked at "
         + ", ".join(looked)
-        + f"). Install it with `npm install --prefix .kilo {KILO_PACKAGE}@{KILO_VERSION}` "
-        + f"(or `just setup`), or pass --kilo-bin / set {ENV_VAR}."
+        + f"). Install it with `npm install --prefix {spec.install_dir} "
+        + f"{spec.package}@{spec.version}` (or `just setup`), or pass --agent-bin / set "
+        + f"{spec.bin_env}."
     )
 
 

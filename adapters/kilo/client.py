@@ -1,5 +1,11 @@
 """A typed async client for exactly the part of Kilo's HTTP API the wrapper uses.
 
+OpenCode serves the same API (Kilo is its fork): the client takes the agent's ``AgentSpec``
+(``adapters.agents.base``) for its basic-auth user and its capabilities. A call the agent lacks
+(``commit_message`` on OpenCode) raises ``AgentUnsupported`` before any request; an answer that is
+HTML (OpenCode's web UI answers routes it does not have) raises ``KiloError`` with status 501,
+never a JSON decode error.
+
 Responses are decoded with msgspec into the few fields we read (unknown fields are ignored, so
 Kilo adding fields never breaks us; a field we rely on changing type fails loudly at decode).
 Events stay plain dicts: they are forwarded verbatim to the control plane, and only the turn
@@ -37,6 +43,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from adapters.agents.base import COMMIT_MESSAGE, KILO, AgentSpec
 from adapters.kilo import event_stream
 from fsm.wire.kilo_events import error_text
 from fsm.wire.protocol import FilePart
@@ -124,6 +131,13 @@ class Message(msgspec.Struct):
     parts: list[dict[str, Any]] = []
 
 
+class PendingRequest(msgspec.Struct):
+    """A permission request or question still waiting (the fields both agents send)."""
+
+    id: str
+    sessionID: str = ""
+
+
 class Health(msgspec.Struct):
     healthy: bool
     version: str = ""
@@ -166,9 +180,11 @@ class KiloClient:
         *,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        spec: AgentSpec = KILO,
     ) -> None:
         self.url = url
-        self._auth = (USERNAME, password) if password else None
+        self.spec = spec
+        self._auth = (spec.username, password) if password else None
         self._timeout = timeout
         self._transport = transport
         self._http = self._new_client()
@@ -189,6 +205,9 @@ class KiloClient:
         )
         if response.status_code >= 400:
             raise KiloError(method, path, response.status_code, response.text)
+        if response.headers.get("content-type", "").startswith("text/html"):
+            # A route the agent lacks, answered by its web UI (OpenCode 1.18.33: 200 + HTML).
+            raise KiloError(method, path, 501, f"not supported by this agent ({self.spec.name})")
         return response.content
 
     # -- health and events ----------------------------------------------------------------------
@@ -310,7 +329,14 @@ class KiloClient:
         )
         return bool(msgspec.json.decode(raw))
 
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete a session and its history (both agents: ``DELETE /session/{id}``)."""
+        raw = await self._call("DELETE", f"/session/{segment(session_id, 'session id')}")
+        return bool(msgspec.json.decode(raw))
+
     async def commit_message(self, path: str, files: list[str] | None = None) -> dict[str, Any]:
+        """Kilo writes a commit message for ``path``'s changes; AgentUnsupported elsewhere."""
+        self.spec.require(COMMIT_MESSAGE)
         body: dict[str, Any] = {"path": path}
         if files:
             body["selectedFiles"] = files
@@ -319,6 +345,17 @@ class KiloClient:
         return result
 
     # -- interactive requests -------------------------------------------------------------------
+
+    async def pending_permissions(self) -> list[PendingRequest]:
+        """The permission requests waiting for a reply (``GET /permission``): what a restarted
+        wrapper rebuilds its turn's ``waiting_user`` state from."""
+        raw = await self._call("GET", "/permission")
+        return msgspec.json.decode(raw, type=list[PendingRequest])
+
+    async def pending_questions(self) -> list[PendingRequest]:
+        """The questions waiting for an answer (``GET /question``), as for permissions."""
+        raw = await self._call("GET", "/question")
+        return msgspec.json.decode(raw, type=list[PendingRequest])
 
     async def reply_permission(
         self, request_id: str, reply: str, message: str | None = None

@@ -57,21 +57,16 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
+from adapters.agents.base import KILO, AgentSpec
 from adapters.environment import LOCALE_PREFIX, LOGIN_ENV
-from adapters.kilo.binary import find_kilo
+from adapters.kilo.binary import find_agent
 from adapters.pidfile import kill_stale_group, remove_pidfile, signal_group, write_pidfile
 
 PORT_RANGE = (10000, 60000)
 PORT_TRIES = 5
-LISTENING = re.compile(rb"kilo server listening on (https?://\S+)")
-QUIET_ENV = {
-    # Measured: start-up 0.5 s faster and SIGTERM exit in 0.5 s instead of 2.6 s (offline the
-    # telemetry flush times out). Nothing here is needed by a headless wrapper.
-    "KILO_DISABLE_MODELS_FETCH": "1",
-    "KILO_DISABLE_AUTOUPDATE": "1",
-    "KILO_TELEMETRY_LEVEL": "off",
-}
-USERNAME = "kilo"
+QUIET_ENV = dict(KILO.quiet_env)
+"""Kilo's (``AgentSpec.quiet_env``); kept under this name for the benches that read it."""
+USERNAME = KILO.username
 INHERITED_ENV = LOGIN_ENV | {"TERM"}  # a tool's terminal type
 """Variables Kilo inherits by name. Proxies (``HTTPS_PROXY``...) are left out on purpose: their
 URLs often carry credentials; list them in ``pass_env`` if the model is only reachable through
@@ -179,11 +174,12 @@ class KiloServer:
     started_at: float
     healthy_after: float
     """Seconds from spawn to the first healthy answer (the cold start, for logs and benches)."""
+    spec: AgentSpec = KILO
     _stopped: bool = field(default=False, repr=False)
 
     @property
     def auth(self) -> tuple[str, str]:
-        return (USERNAME, self.password)
+        return (self.spec.username, self.password)
 
     async def wait(self) -> int:
         code = await self.process.wait()
@@ -191,8 +187,11 @@ class KiloServer:
         return code
 
     async def stop(self, grace: float) -> int:
-        """SIGTERM the group, SIGKILL it after ``grace`` seconds; returns the exit code."""
+        """SIGTERM the group, SIGKILL it after ``grace`` seconds (at most the agent's own
+        ``stop_grace``: OpenCode sat on SIGTERM for over 5 s right after a turn); the exit code."""
         self._stopped = True
+        if self.spec.stop_grace is not None:
+            grace = min(grace, self.spec.stop_grace)
         if self.process.returncode is None:
             signal_group(self.pid, signal.SIGTERM)
             with anyio.move_on_after(grace):
@@ -221,10 +220,12 @@ def build_env(
     pass_env: Sequence[str] = (),
     *,
     run_as: RunAs | None = None,
+    spec: AgentSpec = KILO,
 ) -> dict[str, str]:
-    """Kilo's environment: the allow-listed part of ``base``, the names in ``pass_env`` (provider
-    keys Kilo's config references with ``{env:NAME}``; Kilo and every tool it runs can read them),
-    then what we set (``KILO_*``, ``XDG_*``). Nothing else of ``base``, and never ``FSM_AGENT_*``:
+    """The agent's environment (``spec``: Kilo's names or OpenCode's): the allow-listed part
+    of ``base``, the names in ``pass_env`` (provider keys its config references with
+    ``{env:NAME}``; the agent and every tool it runs can read them), then what we set (password,
+    user, config, watchdog, ``XDG_*``). Nothing else of ``base``, and never ``FSM_AGENT_*``:
     raises ValueError if ``pass_env`` names one. With ``run_as`` the login variables are that
     user's and the ``XDG_*`` homes lie in its home (created by ``start_kilo`` as that user).
     """
@@ -238,13 +239,18 @@ def build_env(
         name: value
         for name, value in base.items()
         if not name.upper().startswith(RESERVED_PREFIX)
-        and (name in INHERITED_ENV or name.startswith(INHERITED_PREFIXES) or name in wanted)
+        and (
+            name in INHERITED_ENV
+            or name.startswith((LOCALE_PREFIX, spec.env_prefix))
+            or name in wanted
+        )
     }
-    env.update(QUIET_ENV)
-    env["KILO_SERVER_PASSWORD"] = password
-    env["KILO_SERVER_USERNAME"] = USERNAME
-    env["KILO_PARENT_PID"] = str(os.getpid())
-    env["KILO_CONFIG_CONTENT"] = json.dumps(dict(config))
+    env.update(spec.quiet_env)
+    env[spec.password_env] = password
+    env[spec.username_env] = spec.username
+    if spec.parent_pid_env is not None:
+        env[spec.parent_pid_env] = str(os.getpid())
+    env[spec.config_env] = json.dumps(dict(config))
     if run_as is not None:
         env.update(HOME=str(run_as.home), USER=run_as.user, LOGNAME=run_as.user, SHELL=run_as.shell)
     for name, path in xdg_homes(state_dir, run_as).items():
@@ -299,6 +305,7 @@ class SpawnedKilo:
     password: str
     out_path: Path
     err_path: Path
+    spec: AgentSpec = KILO
 
     async def abandon(self) -> None:
         signal_group(self.process.pid, signal.SIGKILL)
@@ -317,6 +324,7 @@ async def spawn_kilo(
     env: Mapping[str, str] | None = None,
     pass_env: Sequence[str] = (),
     run_as: RunAs | None = None,
+    spec: AgentSpec = KILO,
 ) -> SpawnedKilo:
     """Spawn Kilo on a drawn port (the first of ``start_kilo``'s tries) without waiting for it.
 
@@ -324,7 +332,7 @@ async def spawn_kilo(
     allow-list plus ``pass_env`` (``build_env``), never the whole of it. ``run_as``: Kilo's user,
     when it is not ours.
     """
-    binary = find_kilo(kilo_bin)
+    binary = find_agent(spec, kilo_bin)
     # Created private: Kilo's database there holds every conversation (an existing one is kept).
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     pidfile = state_dir / "kilo.pid"
@@ -351,6 +359,7 @@ async def spawn_kilo(
         os.environ if env is None else env,
         pass_env,
         run_as,
+        spec,
     )
 
 
@@ -366,6 +375,7 @@ async def start_kilo(
     pass_env: Sequence[str] = (),
     run_as: RunAs | None = None,
     first: SpawnedKilo | None = None,
+    spec: AgentSpec = KILO,
 ) -> KiloServer:
     """Start Kilo in ``workdir`` and return once it answers healthy, or raise ``KiloStartError``.
 
@@ -383,6 +393,7 @@ async def start_kilo(
         env=source,
         pass_env=pass_env,
         run_as=run_as,
+        spec=spec,
     )
     started = spawned.started
     deadline = started + startup_timeout
@@ -401,6 +412,7 @@ async def start_kilo(
                 source,
                 pass_env,
                 run_as,
+                spawned.spec,
             )
         try:
             return await _wait_started(spawned, deadline)
@@ -421,34 +433,45 @@ async def _spawn_once(
     env: Mapping[str, str],
     pass_env: Sequence[str],
     run_as: RunAs | None,
+    spec: AgentSpec,
 ) -> SpawnedKilo:
     password = secrets.token_urlsafe(24)
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    out_path = logs / f"kilo-{stamp}-{os.getpid()}-{attempt}.out"
-    err_path = logs / f"kilo-{stamp}-{os.getpid()}-{attempt}.err"
+    out_path = logs / f"{spec.log_stem}-{stamp}-{os.getpid()}-{attempt}.out"
+    err_path = logs / f"{spec.log_stem}-{stamp}-{os.getpid()}-{attempt}.err"
     with out_path.open("wb") as out, err_path.open("wb") as err:
         argv = [str(binary), "serve", "--port", str(port), "--hostname", "127.0.0.1"]
+        if spec.parent_pid_env is None:
+            # No watchdog of its own: the kernel SIGKILLs it when the wrapper dies.
+            argv = [_setpriv(), "--pdeathsig", "KILL", "--", *argv]
         process = await anyio.open_process(
             argv if run_as is None else run_as.command(argv, workdir),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
             cwd=workdir if run_as is None else None,
-            env=build_env(env, state_dir, password, config, pass_env, run_as=run_as),
+            env=build_env(env, state_dir, password, config, pass_env, run_as=run_as, spec=spec),
             start_new_session=True,
         )
     write_pidfile(pidfile, process.pid)
-    return SpawnedKilo(binary, pidfile, started, process, port, password, out_path, err_path)
+    return SpawnedKilo(binary, pidfile, started, process, port, password, out_path, err_path, spec)
+
+
+def _setpriv() -> str:
+    return shutil.which("setpriv") or "/usr/bin/setpriv"
 
 
 async def _wait_started(spawned: SpawnedKilo, deadline: float) -> KiloServer:
-    """Wait for the spawned Kilo's listening line and health; kill it on any failure."""
+    """Poll the spawned agent's health at the port we gave it; kill it on any failure.
+
+    Readiness is health, not a stdout line: the line's wording is each agent's own (``kilo
+    server listening``, ``opencode server listening``) and "listening" was never "healthy"."""
     process = spawned.process
+    url = f"http://127.0.0.1:{spawned.port}"
     try:
-        url = await _wait_listening(process, spawned.out_path, spawned.err_path, deadline)
-        await _wait_healthy(process, url, spawned.password, deadline, spawned.err_path)
+        await _wait_healthy(spawned, url, deadline)
     except BaseException:
         await spawned.abandon()
         raise
@@ -461,38 +484,30 @@ async def _wait_started(spawned: SpawnedKilo, deadline: float) -> KiloServer:
         pidfile=spawned.pidfile,
         started_at=spawned.started,
         healthy_after=time.monotonic() - spawned.started,
+        spec=spawned.spec,
     )
 
 
-async def _wait_listening(process: Process, out: Path, err: Path, deadline: float) -> str:
-    while True:
-        match = LISTENING.search(out.read_bytes())
-        if match:
-            return match.group(1).decode()
-        if process.returncode is not None:
-            tail = _tail(err)
-            if b"ServeError" in err.read_bytes():
-                raise PortTaken(f"exit {process.returncode}: {tail}")
-            raise KiloStartError(f"kilo exited {process.returncode} before listening: {tail}")
-        if time.monotonic() > deadline:
-            raise KiloStartError(
-                f"kilo printed no 'listening' line in time; stderr: {_tail(err) or '(empty)'}"
-            )
-        await anyio.sleep(0.05)
-
-
-async def _wait_healthy(
-    process: Process, url: str, password: str, deadline: float, err: Path
-) -> None:
+async def _wait_healthy(spawned: SpawnedKilo, url: str, deadline: float) -> None:
     import httpx  # here, not at the top: spawn_kilo runs before the wrapper has imported it
 
-    async with httpx.AsyncClient(base_url=url, auth=(USERNAME, password)) as client:
+    process, err, spec = spawned.process, spawned.err_path, spawned.spec
+    auth = (spec.username, spawned.password)
+    async with httpx.AsyncClient(base_url=url, auth=auth) as client:
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise KiloStartError(f"kilo at {url} was not healthy in time")
             if process.returncode is not None:
-                raise KiloStartError(f"kilo exited {process.returncode}: {_tail(err)}")
+                if any(marker in err.read_bytes() for marker in spec.serve_error):
+                    raise PortTaken(f"exit {process.returncode}: {_tail(err)}")
+                raise KiloStartError(
+                    f"{spec.binary} exited {process.returncode} before it was healthy: "
+                    + (_tail(err) or "(no stderr)")
+                )
+            if remaining <= 0:
+                raise KiloStartError(
+                    f"{spec.binary} at {url} was not healthy in time; stderr: "
+                    + (_tail(err) or "(empty)")
+                )
             try:
                 response = await client.get("/global/health", timeout=min(2.0, remaining))
                 if response.status_code == 200 and response.json().get("healthy") is True:

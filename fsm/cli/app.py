@@ -257,10 +257,19 @@ def serve_command(
         Path, typer.Option(help="The agent's project directory.", file_okay=False)
     ] = Path("."),
     config: ConfigOption = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            help="The agent server: kilo or opencode (else the config's [agent] name, else kilo)."
+        ),
+    ] = None,
     kilo_bin: Annotated[
         str | None,
         typer.Option(
-            help="Path of the kilo binary (else $FSM_AGENT_KILO_BIN, the project's install, PATH)."
+            "--agent-bin",
+            "--kilo-bin",
+            help="Path of the agent's binary (else $FSM_AGENT_KILO_BIN or "
+            "$FSM_AGENT_OPENCODE_BIN, the project's install, PATH).",
         ),
     ] = None,
     state_dir: Annotated[
@@ -291,6 +300,7 @@ def serve_command(
         kilo_bin=kilo_bin,
         state_dir=state_dir,
         version=version,
+        agent=agent,
     )
     raise typer.Exit(code)
 
@@ -412,7 +422,13 @@ def demo_command(
         ),
     ] = None,
     model_name: Annotated[str, typer.Option(help="Model id at --model-url.")] = "gpt-4o-mini",
-    kilo_bin: Annotated[str | None, typer.Option(help="Path of the kilo binary.")] = None,
+    agent: Annotated[
+        str, typer.Option(help="The agent server the wrapper runs: kilo or opencode.")
+    ] = "kilo",
+    kilo_bin: Annotated[
+        str | None,
+        typer.Option("--agent-bin", "--kilo-bin", help="Path of the agent's binary."),
+    ] = None,
     keep: Annotated[bool, typer.Option(help="Keep the temporary folder (logs, database).")] = False,
     color: Annotated[
         bool | None, typer.Option(help="Color the timeline (default: when stdout is a terminal).")
@@ -444,8 +460,14 @@ def demo_command(
         )
         raise typer.Exit(2)
     _check_runtime(runtime, image, ("local", "docker"))
+    from adapters.agents.base import AGENTS
+
+    if agent not in AGENTS:
+        typer.echo(f"error: --agent: {agent!r} is not one of {', '.join(AGENTS)}", err=True)
+        raise typer.Exit(2)
     code = anyio.run(
         lambda: run_demo(
+            agent=agent,
             prompt=prompt,
             model_url=model_url,
             model_key=model_key,

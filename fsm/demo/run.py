@@ -176,10 +176,12 @@ async def run_demo(
     timeout: float,
     runtime: str = "local",
     image: str | None = None,
+    agent: str = "kilo",
 ) -> int:
-    """``runtime="docker"`` runs the wrapper in a container of ``image`` (else the project's
-    wrapper image, built if missing) on the host's network, so it reaches the loopback model
-    and control plane as a local wrapper would."""
+    """``agent`` names the agent server the wrapper runs (``[agent] name`` in the config file
+    the control plane hands its wrappers). ``runtime="docker"`` runs the wrapper in a container
+    of ``image`` (else the project's wrapper image, built if missing) on the host's network, so
+    it reaches the loopback model and control plane as a local wrapper would."""
     root = Path(tempfile.mkdtemp(prefix="fsm-agent-demo-"))
     out = Printer(color, Progress())
     print(f"fsm-agent demo in {root}", flush=True)
@@ -198,7 +200,16 @@ async def run_demo(
                 return 2
             print(f"wrappers run in containers of {containers.image}", flush=True)
         return await _demo(
-            root, out, prompt, model_url, model_key, model_name, kilo_bin, timeout, containers
+            root,
+            out,
+            prompt,
+            model_url,
+            model_key,
+            model_name,
+            kilo_bin,
+            timeout,
+            containers,
+            agent,
         )
     finally:
         if keep:
@@ -217,6 +228,7 @@ async def _demo(
     kilo_bin: str | None,
     timeout: float,
     containers: RuntimeSettings | None = None,
+    agent: str = "kilo",
 ) -> int:
     workspace = _workspace(root)
     async with anyio.create_task_group() as tg:
@@ -249,7 +261,7 @@ async def _demo(
             print(SCRIPTED_NOTE.format(base=base), flush=True)
         (root / "kilo.json").write_text(json.dumps(kilo_config))
         config = root / "fsm-agent.toml"
-        config.write_text('[kilo]\nconfig_file = "kilo.json"\n')
+        config.write_text(f'[agent]\nname = "{agent}"\nconfig_file = "kilo.json"\n')
         api_key = secrets.token_urlsafe(16)
         (root / "control").mkdir(mode=0o700)
         host = ControlHost(

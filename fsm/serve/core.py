@@ -41,6 +41,8 @@ from typing import Any, cast
 
 import msgspec
 
+from fsm.agents.dialect import Dialect
+from fsm.agents.dialect import dialect as make_dialect
 from fsm.engine.clock import Clock
 from fsm.engine.effects import (
     AgentStuck,
@@ -121,6 +123,19 @@ class UnknownMessage(KeyError):
     pass
 
 
+class Unsupported(Exception):
+    """The prompt needs a capability this wrapper's agent lacks; ``field`` is the request's."""
+
+    def __init__(self, field: str, agent: str) -> None:
+        super().__init__(f"{field}: not supported by this agent ({agent})")
+        self.field = field
+        self.agent = agent
+
+
+CAPABILITY_FIELDS = {"commit_message": "auto_commit"}
+"""Each agent capability a prompt field needs (``adapters.agents.base.CAPABILITIES``)."""
+
+
 Action = Callable[[Effect], None]
 
 HISTORY_LIMIT = 256
@@ -152,8 +167,16 @@ class WrapperCore:
         rng: random.Random | None = None,
         outbox: Outbox | None = None,
         on_record: Callable[[Record], None] | None = None,
+        agent: str = "kilo",
+        dialect: str = "brackets",
+        capabilities: frozenset[str] | None = None,
     ) -> None:
+        """``agent``, ``dialect`` and ``capabilities`` are the agent's ``AgentSpec`` as data
+        (the host passes them; None: every capability, as Kilo has)."""
         self.clock = clock
+        self.agent = agent
+        self.dialect: Dialect = make_dialect(dialect)
+        self.capabilities = capabilities
         self.values = values
         self.identity = identity
         self.on_action = on_action
@@ -304,9 +327,12 @@ class WrapperCore:
     # -- the job API (also reached by control-plane commands) ---------------------------------
 
     def prompt(self, command: PromptCommand) -> str:
-        """Accept a prompt; it goes to Kilo at once if Kilo is up, else when it is."""
+        """Accept a prompt; it goes to Kilo at once if Kilo is up, else when it is. Raises
+        Unsupported when it needs a capability the agent lacks (``auto_commit`` on OpenCode)."""
         if self.wrapper.terminal or self.wrapper.state == "stopping":
             raise Unavailable(f"wrapper is {self.wrapper.state}")
+        if command.auto_commit and not self.supports("commit_message"):
+            raise Unsupported(CAPABILITY_FIELDS["commit_message"], self.agent)
         mid = command.message_id
         if f"turn:{mid}" in self.group.machines:
             return mid  # idempotent: a resent command must not start a second turn
@@ -411,6 +437,7 @@ class WrapperCore:
     def _forget_runs(self) -> None:
         """Kilo is gone (or restarted): none of its runs will close."""
         self._run, self._joining, self._last_run = None, [], []
+        self.dialect.reset()
 
     def abort(self, message_id: str | None = None) -> list[str]:
         targets = [self.turn(message_id)] if message_id else self.active_turns()
@@ -441,9 +468,13 @@ class WrapperCore:
 
     # -- the agent's process and its event stream ---------------------------------------------
 
+    def supports(self, capability: str) -> bool:
+        return self.capabilities is None or capability in self.capabilities
+
     def agent_ready(self, kilo_session_id: str | None = None) -> None:
         if kilo_session_id is not None:
             self.translator.session_id = kilo_session_id
+            self.dialect.session_id = kilo_session_id
         self.group.send("wrapper", Event("agent_ready"))
 
     def agent_exited(self, code: int | None) -> None:
@@ -468,7 +499,21 @@ class WrapperCore:
         else:
             trigger = "connected" if kind == "server.connected" else "event"
             self._send("agent_link", Event(trigger, {"generation": generation}))
-        self.outbox.push(lambda seq: EventFrame(seq=seq, generation=generation, event=payload))
+        for event in self.dialect.expand(payload):
+            self._push_event(generation, event)
+            self._turn_event(event)
+        if not self._batch:
+            self._flush()
+
+    def _push_event(self, generation: int, event: dict[str, Any]) -> None:
+        self.outbox.push(lambda seq: EventFrame(seq=seq, generation=generation, event=event))
+
+    agent_event = kilo_event
+    """The agent's event, whichever agent: Kilo's name is kept for the hosts that use it."""
+
+    def _turn_event(self, payload: dict[str, Any]) -> None:
+        """One event in Kilo's dialect (the agent's own, or synthesised by its ``Dialect``)."""
+        kind = payload.get("type", "")
         if kind in _REQUEST_KINDS:
             self._track_requests(kind, payload.get("properties") or {})
         run_change = self._run_event(payload) if kind in _RUN_KINDS else ""
@@ -480,8 +525,6 @@ class WrapperCore:
                     self._send(machine.machine_id, Event(name, data))
         if run_change == "close":
             self._run_closed()
-        if not self._batch:
-            self._flush()
 
     def begin_batch(self) -> None:
         """Kilo events that arrived together follow, until ``end_batch``."""
@@ -558,6 +601,7 @@ class WrapperCore:
                     self.group.send(machine.machine_id, Event("error_reported", {"error": error}))
                 self.group.send(machine.machine_id, Event("turn_closed", {"reason": close_reason}))
         self._run_closed()  # Kilo is idle: whatever run was open has closed
+        self.dialect.reset()
 
     # -- the ingest socket --------------------------------------------------------------------
 
@@ -583,6 +627,8 @@ class WrapperCore:
                 self.prompt(frame)
             except Unavailable:
                 self._emit_outcome(EmitOutcome(frame.message_id, "failed", "agent_unavailable"))
+            except Unsupported as exc:
+                self._emit_outcome(EmitOutcome(frame.message_id, "failed", "unsupported", str(exc)))
         elif isinstance(frame, AbortCommand):
             # Nothing to abort when the turn already ended or never existed here.
             with contextlib.suppress(UnknownMessage):

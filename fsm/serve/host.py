@@ -42,6 +42,7 @@ import anyio
 import uvicorn
 from anyio.abc import TaskGroup
 
+from adapters.agents.base import agent_spec
 from adapters.ingest.websocket_client import IngestConnection
 from adapters.kilo.client import ID_PATTERN, KiloClient, KiloError, ascending_id
 from adapters.kilo.process import KiloServer, SpawnedKilo, start_kilo
@@ -134,6 +135,7 @@ class WrapperHost:
         capture_stdlib(log, "uvicorn", logging.WARNING)
         capture_asyncio(log)  # folded: a lost peer makes asyncio warn on every write
         self.clock = RealClock()
+        self.spec = agent_spec(settings.agent)
         identity = Identity(
             wrapper_id=settings.wrapper_id or f"wrp_{uuid.uuid4().hex[:16]}",
             agent_session=settings.agent_session,
@@ -153,6 +155,9 @@ class WrapperHost:
                 frame_depth=settings.limits.frame_depth,
             ),
             on_record=self._on_record,
+            agent=self.spec.name,
+            dialect=self.spec.dialect,
+            capabilities=self.spec.capabilities,
         )
         self.kilo: KiloServer | None = None
         self.client: KiloClient | None = None
@@ -287,6 +292,8 @@ class WrapperHost:
             "pid": kilo.pid if kilo else None,
             "url": kilo.url if kilo else None,
             "session": self.kilo_session,
+            "name": self.spec.name,
+            "capabilities": sorted(self.spec.capabilities),
             "healthy": self.core.wrapper.state in ("ready", "running", "idle"),
         }
 
@@ -340,6 +347,7 @@ class WrapperHost:
                     startup_timeout=self.values["agent_startup"],
                     pass_env=s.kilo_pass_env,
                     run_as=s.kilo_run_as,
+                    spec=self.spec,
                 )
             except Exception as exc:
                 self.log.error("Kilo did not start", error=f"{type(exc).__name__}: {exc}")
@@ -350,9 +358,10 @@ class WrapperHost:
         if scope.cancel_called:
             return
         self.kilo = server
-        self.client = KiloClient(server.url, server.password)
+        self.client = KiloClient(server.url, server.password, spec=self.spec)
         self.log.info(
             "Kilo is healthy",
+            agent=self.spec.name,
             port=server.port,
             pid=server.pid,
             startup=round(server.healthy_after, 3),

@@ -3,8 +3,10 @@
 Every route needs the bearer token (compared in constant time). Bodies are strict: an unknown
 field, a wrong type or a missing ``prompt`` is a 400 whose JSON names the field; an unknown
 message or request id is a 404; a wrapper whose agent is gone for good answers 503
-``agent_unavailable``. The routes only call ``WrapperCore`` methods — the same ones the control
-plane's commands reach — so HTTP and ingest commands cannot behave differently.
+``agent_unavailable``; a prompt field this wrapper's agent cannot serve (``auto_commit`` on
+OpenCode, which has no commit-message route) is a 501 naming the field and the agent. The routes
+only call ``WrapperCore`` methods — the same ones the control plane's commands reach — so HTTP and
+ingest commands cannot behave differently.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fsm.serve.core import Unavailable, UnknownMessage, WrapperCore
+from fsm.serve.core import Unavailable, UnknownMessage, Unsupported, WrapperCore
 from fsm.settings.limits import LimitValues, defaults
 from fsm.wire.httpjson import ErrorBody, HTTPProblem, decode_body, json_response, path_id
 from fsm.wire.openapi import ERROR_HANDLERS, Answer, Operation, document, ident, routes
@@ -112,6 +114,8 @@ def operations(
             core.prompt(command)
         except Unavailable as exc:
             raise HTTPProblem(503, f"agent_unavailable: {exc}") from None
+        except Unsupported as exc:
+            raise HTTPProblem(501, str(exc), exc.field) from None
         return json_response(PromptAccepted(message_id, core.turn(message_id).state), 202)
 
     async def abort(request: Request) -> Response:
@@ -164,7 +168,11 @@ def operations(
             "/job/prompt",
             prompt,
             "Run a prompt (idempotent by message_id)",
-            (Answer(202, "accepted; its turn's state", PromptAccepted), unavailable),
+            (
+                Answer(202, "accepted; its turn's state", PromptAccepted),
+                Answer(501, "a field needs what this agent lacks (auto_commit)", ErrorBody),
+                unavailable,
+            ),
             body=PromptBody,
         ),
         Operation(

@@ -14,6 +14,7 @@ never took (it stopped first) is killed on the way out.
 
 from __future__ import annotations
 
+from adapters.agents.base import agent_spec
 from adapters.kilo.process import SpawnedKilo, spawn_kilo
 from fsm.hosting.logs import JsonLog
 from fsm.machines.timers import TimerValues
@@ -29,6 +30,7 @@ async def early_kilo(settings: ServeSettings) -> SpawnedKilo | None:
             kilo_bin=settings.kilo_bin,
             pass_env=settings.kilo_pass_env,
             run_as=settings.kilo_run_as,
+            spec=agent_spec(settings.agent),
         )
     except Exception:  # the host's own start says why, under its machine's budget
         return None

@@ -21,8 +21,9 @@ from typing import Any
 
 import anyio
 
+from adapters.agents.base import AGENTS, DEFAULT_AGENT
 from fsm.hosting.logs import JsonLog
-from fsm.serve.settings import ServeSettings, kilo_run_as
+from fsm.serve.settings import ServeSettings, agent_section, kilo_run_as
 from fsm.settings.config import ConfigError
 from fsm.settings.file import load_config
 from fsm.settings.listen import bind_error, bind_error_message, parse_listen, warn_if_exposed
@@ -123,6 +124,7 @@ def run_serve(
     kilo_bin: str | None,
     state_dir: Path | None,
     version: str | None,
+    agent: str | None = None,
 ) -> int:
     if not ingest_url.startswith(("ws://", "wss://")):
         return usage_error(f"--ingest-url: expected a ws:// or wss:// URL, got {ingest_url!r}")
@@ -139,9 +141,14 @@ def run_serve(
         host, port = parse_listen(listen)
         loaded = load_config(config)
         file_settings, values, limits = loaded.file, loaded.timers["wrapper"], loaded.limits
-        kilo = kilo_config(file_settings.kilo, config)
-        pass_env = kilo_pass_env(file_settings.kilo, config)
-        run_as = kilo_run_as(file_settings.kilo, config)
+        section = agent_section(file_settings.kilo, file_settings.agent)
+        agent_name = agent if agent is not None else section.get("name")
+        if agent_name is not None and (not isinstance(agent_name, str) or agent_name not in AGENTS):
+            where = "--agent" if agent is not None else f"{config}: agent.name"
+            raise ConfigError(f"{where}: {agent_name!r} is not one of {', '.join(AGENTS)}")
+        kilo = kilo_config(section, config)
+        pass_env = kilo_pass_env(section, config)
+        run_as = kilo_run_as(section, config)
         state = state_dir if state_dir is not None else default_state_dir(session_id)
     except (ValueError, ConfigError) as exc:
         return usage_error(str(exc))
@@ -165,6 +172,7 @@ def run_serve(
         listen_port=port,
         workdir=workdir,
         state_dir=state,
+        agent=agent_name or DEFAULT_AGENT,
         kilo_bin=kilo_bin,
         kilo_config=kilo,
         kilo_pass_env=pass_env,

@@ -35,7 +35,10 @@ class ServeSettings(msgspec.Struct, kw_only=True):
     listen_port: int = 0
     workdir: Path
     state_dir: Path
+    agent: str = "kilo"
+    """Which agent server (``--agent``, ``[agent] name``): a key of ``agents.base.AGENTS``."""
     kilo_bin: str | None = None
+    """The agent's binary (``--agent-bin``, alias ``--kilo-bin``), whichever agent it is."""
     kilo_config: dict[str, Any] = msgspec.field(default_factory=dict)
     kilo_pass_env: list[str] = []
     """Names of variables handed to Kilo from our environment (``[kilo] pass_env``); the caller
@@ -48,6 +51,11 @@ class ServeSettings(msgspec.Struct, kw_only=True):
     version: str | None = None
     wrapper_id: str | None = None
     limits: LimitValues = msgspec.field(default_factory=defaults)
+
+
+def agent_section(file_kilo: dict[str, Any], file_agent: dict[str, Any]) -> dict[str, Any]:
+    """The agent's settings: ``[kilo]`` (the older name, kept as an alias) under ``[agent]``."""
+    return {**file_kilo, **file_agent}
 
 
 KILO_USER_ENV = "FSM_AGENT_KILO_USER"

@@ -26,6 +26,9 @@ KILO_KEYS = ("config", "config_file", "pass_env", "user", "state_dir", "config_h
 """The ``[kilo]`` keys the wrapper reads (``fsm.serve.main``: config, config_file, pass_env;
 ``fsm.serve.settings.kilo_run_as``: user, state_dir, config_home). A misspelt ``confg_file``
 would otherwise leave Kilo on its default model without a word."""
+AGENT_KEYS = ("name", *KILO_KEYS)
+"""``[agent]``: which agent server the wrapper runs (``name``: kilo | opencode) and the same keys
+as ``[kilo]``, which stays accepted as their alias (``[agent]`` wins where both say)."""
 CONTROL_KEYS: tuple[str, ...] = ()
 """``[control]`` is reserved: no key of it is read yet, so any key is a mistake."""
 
@@ -36,6 +39,7 @@ class FileSettings(msgspec.Struct, forbid_unknown_fields=True):
     timers: dict[str, Any] = {}
     outbox: dict[str, int] = {}
     kilo: dict[str, Any] = {}
+    agent: dict[str, Any] = {}
     control: dict[str, Any] = {}
     limits: dict[str, Any] = {}
     runtime: dict[str, Any] = {}
@@ -73,6 +77,7 @@ def _file_settings(path: Path, data: dict[str, Any]) -> FileSettings:
     for table, known in (
         ("outbox", OUTBOX_KEYS),
         ("kilo", KILO_KEYS),
+        ("agent", AGENT_KEYS),
         ("control", CONTROL_KEYS),
     ):
         unknown = sorted(set(getattr(settings, table)) - set(known))

@@ -133,7 +133,7 @@ def _standin(tmp_path: Path, mode: str) -> tuple[str, dict[str, str]]:
 async def test_a_kilo_that_never_listens_fails_at_the_configured_timeout(tmp_path: Path) -> None:
     binary, env = _standin(tmp_path, "silent")
     started = time.monotonic()
-    with pytest.raises(KiloStartError, match="no 'listening' line in time"):
+    with pytest.raises(KiloStartError, match="was not healthy in time"):
         await start_kilo(
             workdir=tmp_path,
             state_dir=tmp_path / "state",
@@ -235,7 +235,7 @@ def test_the_binary_comes_from_the_flag_then_the_environment_then_the_install_th
 def test_a_missing_binary_says_where_it_looked_and_how_to_install_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(KiloNotFound, match=r"--kilo-bin=.*not an executable file"):
+    with pytest.raises(KiloNotFound, match=r"--agent-bin=.*not an executable file"):
         find_kilo(str(tmp_path / "nope"), env={})
     with pytest.raises(KiloNotFound, match=rf"{ENV_VAR}=.*not an executable"):
         find_kilo(None, env={ENV_VAR: str(tmp_path / "nope")})

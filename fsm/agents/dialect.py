@@ -1,0 +1,144 @@
+"""An agent's event dialect, normalised to the turn brackets the wrapper core runs on.
+
+The turn machine and ``fsm.wire.kilo_events`` read Kilo's dialect: every turn is bracketed by
+``session.turn.open`` and ``session.turn.close{reason}``, and a second queued prompt is announced
+by a ``superseded`` close followed at once by the next open. Upstream OpenCode (1.18.33, measured
+for issue 17) never sends either: its session goes ``session.status busy`` when it starts on a
+prompt and a turn ends only by ``session.idle``; two queued prompts give a single idle, and an
+abort is a ``session.error`` (``MessageAbortedError``) before that idle.
+
+``IdleDialect`` turns such a stream into Kilo's brackets, so one core, one table
+(``fsm.machines.turn.KILO_EVENTS``) and one translator serve both agents:
+
+* the first ``session.status busy`` (or an assistant ``message.updated``) of our session while no
+  turn is open synthesises ``session.turn.open``;
+* a *new* user message of our session while a turn is open is a queued prompt joining the same
+  busy period: ``session.turn.close superseded`` then ``session.turn.open``, the pair Kilo sends,
+  so the core's run grows by the joining prompt (correlated by its message id: the wrapper names
+  each user message itself, ``ascending_id``);
+* ``session.idle`` (or ``session.status idle``) closes the open turn, with reason ``interrupted``
+  after an abort's ``MessageAbortedError``, ``error`` after any other ``session.error``, else
+  ``completed``. A second idle with no turn open (OpenCode sends two after an abort) is nothing.
+
+Synthesised events carry ``properties.synthetic = true``; the control plane receives them with the
+agent's own, so a timeline reads the same for both agents. ``BracketDialect`` (Kilo) passes every
+event through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+ABORTED = "MessageAbortedError"
+
+
+class Dialect(Protocol):
+    session_id: str | None
+
+    def expand(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events the core should act on for one agent event, in order (it among them)."""
+        ...
+
+    def reset(self) -> None:
+        """The agent restarted or the stream was replaced: no turn of the old one is open."""
+        ...
+
+
+class BracketDialect:
+    """Kilo: the agent brackets its turns itself."""
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+
+    def expand(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        return [payload]
+
+    def reset(self) -> None:
+        return None
+
+
+class IdleDialect:
+    """OpenCode: brackets synthesised from busy/idle and user message ids (module docstring)."""
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+        self.open = False
+        self._error: str | None = None
+        self._users: set[str] = set()
+
+    def reset(self) -> None:
+        self.open = False
+        self._error = None
+
+    def expand(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        kind = payload.get("type")
+        props = payload.get("properties") or {}
+        if not isinstance(props, dict) or not self._ours(kind, props):
+            return [payload]
+        before: list[dict[str, Any]] = []
+        after: list[dict[str, Any]] = []
+        if kind == "message.updated":
+            info = props.get("info") or {}
+            mid, role = info.get("id"), info.get("role")
+            if role == "user" and isinstance(mid, str) and mid not in self._users:
+                self._users.add(mid)
+                if self.open:
+                    before = [self._bracket("session.turn.close", "superseded")]
+                    before.append(self._bracket("session.turn.open"))
+            elif role == "assistant" and not self.open:
+                before = self._opened()
+        elif kind == "session.status":
+            status = (props.get("status") or {}).get("type")
+            if status == "busy" and not self.open:
+                before = self._opened()
+            elif status == "idle" and self.open:
+                after = self._closed()
+        elif kind == "session.idle" and self.open:
+            after = self._closed()
+        elif kind == "session.error":
+            error = props.get("error") or {}
+            self._error = str(error.get("name") or "error") if isinstance(error, dict) else "error"
+        return [*before, payload, *after]
+
+    def _ours(self, kind: Any, props: dict[str, Any]) -> bool:
+        if self.session_id is None:
+            return False
+        holder = props.get("info") if kind == "message.updated" else props
+        sid = holder.get("sessionID") if isinstance(holder, dict) else None
+        return sid == self.session_id
+
+    def _opened(self) -> list[dict[str, Any]]:
+        self.open, self._error = True, None
+        return [self._bracket("session.turn.open")]
+
+    def _closed(self) -> list[dict[str, Any]]:
+        reason = (
+            "completed"
+            if self._error is None
+            else "interrupted"
+            if self._error == ABORTED
+            else "error"
+        )
+        self.open, self._error = False, None
+        return [self._bracket("session.turn.close", reason)]
+
+    def _bracket(self, kind: str, reason: str | None = None) -> dict[str, Any]:
+        props: dict[str, Any] = {"sessionID": self.session_id, "synthetic": True}
+        if reason is not None:
+            props["reason"] = reason
+        return {"type": kind, "properties": props}
+
+
+DIALECTS: dict[str, type[BracketDialect] | type[IdleDialect]] = {
+    "brackets": BracketDialect,
+    "idle": IdleDialect,
+}
+"""By ``AgentSpec.dialect``."""
+
+
+def dialect(name: str) -> Dialect:
+    """A fresh dialect state for an agent whose spec says ``name``; ValueError if unknown."""
+    made = DIALECTS.get(name)
+    if made is None:
+        raise ValueError(f"dialect: {name!r} is not one of {', '.join(DIALECTS)}")
+    return made()
