@@ -124,9 +124,12 @@ class WrapperHost:
         values: TimerValues,
         log: JsonLog,
         early_kilo: SpawnedKilo | None = None,
+        early_signals: list[int] | None = None,
     ) -> None:
         self.settings = settings
         self.early_kilo = early_kilo
+        self.early_signals = early_signals if early_signals is not None else []
+        """Stop signals the launcher held before ``_signals`` listened (handled first there)."""
         """Kilo spawned before this host was imported (``fsm.serve.launch``): the first start
         waits for it instead of spawning one; the launcher kills it if no start took it."""
         self.values = values
@@ -241,17 +244,24 @@ class WrapperHost:
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+            # Open now, so every later signal reaches the receiver; the ones before it were held.
+            held, self.early_signals = self.early_signals, []
+            for signum in held:
+                self._on_signal(signum)
             async for signum in signals:
-                if signum == signal.SIGUSR1:
-                    self.log.info("SIGUSR1: recycling the ingest connection")
-                    self.core.recycle_ingest()
-                else:
-                    self.log.info("stopping on signal", signal=signal.Signals(signum).name)
-                    if self.exit_code is None:
-                        self.exit_code = 0
-                    self.core.stop()
-                    if self.core.wrapper.terminal:
-                        self.done.set()
+                self._on_signal(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGUSR1:
+            self.log.info("SIGUSR1: recycling the ingest connection")
+            self.core.recycle_ingest()
+        else:
+            self.log.info("stopping on signal", signal=signal.Signals(signum).name)
+            if self.exit_code is None:
+                self.exit_code = 0
+            self.core.stop()
+            if self.core.wrapper.terminal:
+                self.done.set()
 
     def _start(self, what: str, work: Callable[[], Awaitable[Any]]) -> None:
         start_guarded(self._tg, self.log, what, work)

@@ -14,6 +14,8 @@ never took (it stopped first) is killed on the way out.
 
 from __future__ import annotations
 
+import signal
+
 from adapters.agents.base import agent_spec
 from adapters.kilo.process import SpawnedKilo, spawn_kilo
 from fsm.hosting.logs import JsonLog
@@ -36,14 +38,28 @@ async def early_kilo(settings: ServeSettings) -> SpawnedKilo | None:
         return None
 
 
+def hold_stop_signals() -> list[int]:
+    """SIGTERM and SIGINT received before the host listens for them, in order.
+
+    Kilo now exists while the host is still being imported; a ``docker stop`` in that window
+    found Python's default SIGTERM action and the wrapper died with 143 (a crash to the
+    supervisor, and Kilo left to its parent watchdog). The host handles these first when its
+    own signal receiver is open (``WrapperHost._signals``)."""
+    received: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: received.append(number))
+    return received
+
+
 async def run_wrapper(settings: ServeSettings, values: TimerValues, log: JsonLog) -> int:
     """Spawn Kilo, import the host while it boots, run the host; the process's exit code."""
+    held = hold_stop_signals()
     early = await early_kilo(settings)
     host = None
     try:
         from fsm.serve.host import WrapperHost  # after the spawn: see the module docstring
 
-        host = WrapperHost(settings, values, log, early_kilo=early)
+        host = WrapperHost(settings, values, log, early_kilo=early, early_signals=held)
         return await host.run()
     finally:
         left = early if host is None else host.early_kilo

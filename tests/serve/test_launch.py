@@ -8,6 +8,7 @@ process the wrapper keeps, not Kilo.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import fsm.serve.host
 from adapters.kilo.process import spawn_kilo, start_kilo
 from fsm.hosting.logs import JsonLog
 from fsm.machines.timers import WRAPPER_TIMERS
-from fsm.serve.launch import run_wrapper
+from fsm.serve.host import WrapperHost
+from fsm.serve.launch import hold_stop_signals, run_wrapper
 from fsm.serve.settings import ServeSettings
 from tests.adapters.test_kilo_start import STANDIN
 
@@ -75,7 +77,7 @@ async def test_a_spawn_the_host_never_took_is_killed_when_the_wrapper_exits(
     class StoppedBeforeStarting:
         """A host that exits before its machine asks for Kilo (a stop, a bind error)."""
 
-        def __init__(self, *_args: Any, early_kilo: Any = None) -> None:
+        def __init__(self, *_args: Any, early_kilo: Any = None, **_kw: Any) -> None:
             self.early_kilo = early_kilo
             seen.append(early_kilo)
 
@@ -101,7 +103,7 @@ async def test_a_spawn_that_fails_early_is_left_to_the_host_to_start_and_report(
     seen: list[Any] = []
 
     class Recording:
-        def __init__(self, *_args: Any, early_kilo: Any = None) -> None:
+        def __init__(self, *_args: Any, early_kilo: Any = None, **_kw: Any) -> None:
             self.early_kilo = early_kilo
             seen.append(early_kilo)
 
@@ -116,3 +118,35 @@ async def test_a_spawn_that_fails_early_is_left_to_the_host_to_start_and_report(
     )  # fmt: skip
     assert await run_wrapper(settings, WRAPPER_TIMERS.defaults(), JsonLog()) == 0
     assert seen == [None]
+
+
+def test_a_stop_signal_before_the_host_listens_is_held_not_fatal() -> None:
+    """Kilo exists while the host is imported: a SIGTERM then (``docker stop``) killed the
+    wrapper with 143, which the supervisor counts as a crash."""
+    previous = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        held = hold_stop_signals()
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert held == [signal.SIGTERM, signal.SIGINT]
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+async def test_a_host_given_a_held_stop_signal_stops_cleanly_with_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anyio
+
+    binary = _standin(tmp_path, monkeypatch, "stubborn")
+    settings = ServeSettings(
+        agent_session="a", user_id="u", session_id="s", ingest_url="ws://127.0.0.1:9/i",
+        token="t", workdir=tmp_path, state_dir=tmp_path / "state", kilo_bin=binary,
+        kilo_pass_env=["STANDIN"],
+    )  # fmt: skip
+    host = WrapperHost(
+        settings, WRAPPER_TIMERS.defaults(), JsonLog(), early_signals=[signal.SIGTERM]
+    )
+    with anyio.fail_after(30):
+        assert await host.run() == 0
