@@ -260,6 +260,12 @@ async def _tour(client: KiloClient, workdir: Path) -> set[str]:
     suggestion = await client.commit_message(str(workdir), ["hello.txt"])
     assert suggestion  # Kilo's answer object; its shape is checked against the doc below
     did("commit_message")
+    assert await client.pending_permissions() == []
+    did("pending_permissions")
+    assert await client.pending_questions() == []
+    did("pending_questions")
+    assert await client.delete_session(session.id) is True
+    did("delete_session")
     return called
 
 
