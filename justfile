@@ -16,9 +16,11 @@ setup:
     @[ -t 2 ] && echo "setup 1/7: the project and its tools (pip)..." >&2 || true
     test -x {{py}} || python3 -m venv {{venv}}
     {{py}} -m pip install -q --disable-pip-version-check -e '.[dev]'
-    @[ -t 2 ] && echo "setup 2/7: Kilo {{kilo_version}} (npm)..." >&2 || true
+    @[ -t 2 ] && echo "setup 2/7: Kilo {{kilo_version}} and OpenCode (npm)..." >&2 || true
     # Kilo: pin the platform package (the meta package @kilocode/cli@7.8.1 does not install).
     test -x .kilo/node_modules/@kilocode/cli-linux-x64/bin/kilo || npm install --silent --no-audit --no-fund --prefix .kilo @kilocode/cli-linux-x64@{{kilo_version}}
+    # Upstream OpenCode, the second agent behind the same port (docs/agents.md).
+    bash scripts/setup-opencode.sh
     @[ -t 2 ] && echo "setup 3/7: Graphviz..." >&2 || true
     # Graphviz renders the SVG diagrams; without it `fsm-agent graph` still writes the other formats.
     command -v dot >/dev/null || { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) || echo "note: Graphviz 'dot' not installed; SVG diagrams will be skipped"; }

@@ -9,6 +9,15 @@
 set -euo pipefail
 
 version="${OPENCODE_VERSION:-1.18.33}"
+
+note() {  # one line saying why not; an error where CI requires OpenCode (FSM_AGENT_REQUIRE_OPENCODE=1)
+    if [ "${FSM_AGENT_REQUIRE_OPENCODE:-}" = 1 ]; then
+        echo "error: $* (FSM_AGENT_REQUIRE_OPENCODE=1: the OpenCode tests must run here)" >&2
+        exit 1
+    fi
+    echo "note: $*"
+    exit 0
+}
 prefix="${1:-.opencode}"
 bin="$prefix/node_modules/opencode-linux-x64/bin/opencode"
 
@@ -16,11 +25,10 @@ if [ -x "$bin" ] && [ "$("$bin" --version 2>/dev/null)" = "$version" ]; then
     exit 0
 fi
 if ! command -v npm >/dev/null; then
-    echo "note: npm not found; OpenCode $version not installed, its tests will skip"
-    exit 0
+    note "npm not found; OpenCode $version not installed, its tests will skip"
 fi
 if npm install --silent --no-audit --no-fund --prefix "$prefix" "opencode-linux-x64@$version"; then
-    test -x "$bin" || { echo "note: $bin missing after install; OpenCode tests will skip"; exit 0; }
+    test -x "$bin" || note "$bin missing after install; OpenCode tests will skip"
 else
-    echo "note: npm could not install opencode-linux-x64@$version; OpenCode tests will skip"
+    note "npm could not install opencode-linux-x64@$version; OpenCode tests will skip"
 fi

@@ -59,6 +59,8 @@ TABLE_DOCS: dict[str, str] = {
     "this one); `pass_env` (names of variables of the wrapper's environment Kilo may have, "
     "e.g. a provider key); `user`, `state_dir`, `config_home` (the user Kilo and its tools "
     "run as, and where its state and configuration live; the container image sets them).",
+    "agent": "Which agent the wrapper runs and how: `name` (`kilo` or `opencode`, see "
+    "docs/agents.md) and every key `[kilo]` takes, which stays accepted as its alias.",
     "control": "Accepted and checked as a table; no key of it is read today.",
 }
 """What each table of the file holds: one line per ``FileSettings`` field (checked on render)."""
