@@ -74,6 +74,8 @@ from adapters.store.rows import (
     INT64_MAX,
     INT64_MIN,
     MAX_EVENTS_PAGE,
+    MESSAGE_COLUMNS,
+    SESSION_COLUMNS,
     BatchAbortedError,
     DuplicateEventError,
     EventOrderError,
@@ -87,6 +89,9 @@ from adapters.store.rows import (
     SessionRow,
     StoreError,
     StoreUnavailableError,
+    event_row,
+    message_row,
+    session_row,
 )
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
@@ -189,28 +194,8 @@ MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _MIGRATION_LOCK = 0x46534D_5343  # pg_advisory_xact_lock key: "FSM" "SC"(hema)
-_SESSION_COLUMNS = (
-    "id, token_hash, agent_session, user_id, workdir, state, snapshot, wrapper_id, last_seq, "
-    "created_at, updated_at, deleted"
-)
-_MESSAGE_COLUMNS = "id, prompt, state, reason, error, created_at, finished_at, options::text"
-
-
-def _session(row: tuple[Any, ...]) -> SessionRow:
-    return SessionRow(
-        id=row[0],
-        token_hash=row[1],
-        agent_session=row[2],
-        user_id=row[3],
-        workdir=row[4],
-        state=row[5],
-        snapshot=bytes(row[6]),
-        wrapper_id=row[7],
-        last_seq=row[8],
-        created_at=row[9],
-        updated_at=row[10],
-        deleted=bool(row[11]),
-    )
+_SESSION_COLUMNS = SESSION_COLUMNS
+_MESSAGE_COLUMNS = ", ".join((*MESSAGE_COLUMNS, "options::text"))
 
 
 def _text(what: str, field: str, value: object, *, optional: bool = False) -> None:
@@ -706,7 +691,7 @@ class PostgresStore:
             f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = %s AND (NOT deleted OR %s)",
             (id, bool(include_deleted)),
         )
-        return _session(rows[0]) if rows else None
+        return session_row(rows[0]) if rows else None
 
     def list_sessions(self, include_deleted: bool = False) -> list[SessionRow]:
         """All sessions, oldest first."""
@@ -716,7 +701,7 @@ class PostgresStore:
             "ORDER BY created_at, id",
             (bool(include_deleted),),
         )
-        return [_session(row) for row in rows]
+        return [session_row(row) for row in rows]
 
     def delete_session(self, id: str) -> None:
         """Mark the session deleted; its messages and events stay readable (idempotent)."""
@@ -776,19 +761,7 @@ class PostgresStore:
             "ORDER BY created_at, seq",
             (session_id,),
         )
-        return [
-            MessageRow(
-                id=r[0],
-                prompt=r[1],
-                state=r[2],
-                reason=r[3],
-                error=r[4],
-                created_at=r[5],
-                finished_at=r[6],
-                options=r[7].encode("utf-8"),
-            )
-            for r in rows
-        ]
+        return [message_row(r) for r in rows]
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -920,7 +893,7 @@ class PostgresStore:
             "ORDER BY id LIMIT %s",
             (session_id, after, limit),
         )
-        return [EventRow(r[0], r[1], r[2], r[3].encode("utf-8")) for r in rows]
+        return [event_row(r) for r in rows]
 
     def last_event_id(self, session_id: str) -> int:
         """The highest stored event id of the session; 0 when it has none."""

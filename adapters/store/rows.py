@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -196,3 +197,50 @@ class EventRow(msgspec.Struct, frozen=True):
     at: float
     kind: str
     data: bytes
+
+
+# -- columns: one order, read by both stores --------------------------------------------------
+
+SESSION_COLUMNS = (
+    "id, token_hash, agent_session, user_id, workdir, state, snapshot, wrapper_id, last_seq, "
+    "created_at, updated_at, deleted"
+)
+"""The sessions table's columns in the order ``session_row`` reads them."""
+MESSAGE_COLUMNS = ("id", "prompt", "state", "reason", "error", "created_at", "finished_at")
+"""The messages table's columns before ``options`` (each store selects that as text its way)."""
+
+
+def session_row(row: Sequence[Any]) -> SessionRow:
+    """A ``SESSION_COLUMNS`` row as a ``SessionRow``."""
+    return SessionRow(
+        id=row[0],
+        token_hash=row[1],
+        agent_session=row[2],
+        user_id=row[3],
+        workdir=row[4],
+        state=row[5],
+        snapshot=bytes(row[6]),
+        wrapper_id=row[7],
+        last_seq=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+        deleted=bool(row[11]),
+    )
+
+
+def message_row(row: Sequence[Any]) -> MessageRow:
+    """A ``MESSAGE_COLUMNS`` + options-as-text row as a ``MessageRow``."""
+    return MessageRow(
+        id=row[0],
+        prompt=row[1],
+        state=row[2],
+        reason=row[3],
+        error=row[4],
+        created_at=row[5],
+        finished_at=row[6],
+        options=row[7].encode("utf-8"),
+    )
+
+
+def event_row(row: Sequence[Any]) -> EventRow:
+    return EventRow(row[0], row[1], row[2], row[3].encode("utf-8"))

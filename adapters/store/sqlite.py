@@ -85,6 +85,8 @@ from adapters.store.rows import (
     INT64_MAX,
     INT64_MIN,
     MAX_EVENTS_PAGE,
+    MESSAGE_COLUMNS,
+    SESSION_COLUMNS,
     BatchAbortedError,
     DuplicateEventError,
     EventOrderError,
@@ -98,7 +100,10 @@ from adapters.store.rows import (
     SessionRow,
     StoreError,
     StoreUnavailableError,
+    event_row,
     hash_token,
+    message_row,
+    session_row,
     token_matches,
 )
 
@@ -230,29 +235,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_SESSION_COLUMNS = (
-    "id, token_hash, agent_session, user_id, workdir, state, snapshot, wrapper_id, last_seq, "
-    "created_at, updated_at, deleted"
-)
-_MESSAGE_COLUMNS = "id, prompt, state, reason, error, created_at, finished_at, options"
+_SESSION_COLUMNS = SESSION_COLUMNS
+_MESSAGE_COLUMNS = ", ".join((*MESSAGE_COLUMNS, "options"))
 _SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def _session(row: tuple[Any, ...]) -> SessionRow:
-    return SessionRow(
-        id=row[0],
-        token_hash=row[1],
-        agent_session=row[2],
-        user_id=row[3],
-        workdir=row[4],
-        state=row[5],
-        snapshot=bytes(row[6]),
-        wrapper_id=row[7],
-        last_seq=row[8],
-        created_at=row[9],
-        updated_at=row[10],
-        deleted=bool(row[11]),
-    )
 
 
 # -- the store ------------------------------------------------------------------------------------
@@ -761,7 +746,7 @@ class SqliteStore:
             f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE id = ? AND (deleted = 0 OR ?)",
             (id, include_deleted),
         )
-        return _session(rows[0]) if rows else None
+        return session_row(rows[0]) if rows else None
 
     def list_sessions(self, include_deleted: bool = False) -> list[SessionRow]:
         """All sessions, oldest first."""
@@ -771,7 +756,7 @@ class SqliteStore:
             "ORDER BY created_at, id",
             (include_deleted,),
         )
-        return [_session(row) for row in rows]
+        return [session_row(row) for row in rows]
 
     def delete_session(self, id: str) -> None:
         """Mark the session deleted; its messages and events stay readable (idempotent)."""
@@ -830,19 +815,7 @@ class SqliteStore:
             "ORDER BY created_at, rowid",
             (session_id,),
         )
-        return [
-            MessageRow(
-                id=r[0],
-                prompt=r[1],
-                state=r[2],
-                reason=r[3],
-                error=r[4],
-                created_at=r[5],
-                finished_at=r[6],
-                options=r[7].encode("utf-8"),
-            )
-            for r in rows
-        ]
+        return [message_row(r) for r in rows]
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -965,7 +938,7 @@ class SqliteStore:
             "ORDER BY id LIMIT ?",
             (session_id, after, limit),
         )
-        return [EventRow(r[0], r[1], r[2], r[3].encode("utf-8")) for r in rows]
+        return [event_row(r) for r in rows]
 
     def last_event_id(self, session_id: str) -> int:
         """The highest stored event id of the session; 0 when it has none."""
