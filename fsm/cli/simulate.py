@@ -157,6 +157,9 @@ def simulate_command(
         _fleet(fleet, span, shards, batch, seed or 0, report, report_session, as_json)
         return
     if fuzz:
+        if report is not None:
+            typer.echo("error: --report draws one run; --fuzz runs many", err=True)
+            raise typer.Exit(2)
         _fuzz(fuzz, seed if seed is not None else 0, horizon, faults, as_json)
         return
     if not paths:

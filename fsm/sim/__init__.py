@@ -13,5 +13,7 @@ same run, down to the byte of its timeline.
 * ``world`` — one control plane and its containers, wired as the real hosts wire their cores;
 * ``invariants`` — what must hold after every step of any run (scripted, fuzzed or explored);
 * ``run`` / ``expect`` / ``timeline`` — play a scenario, judge it, print what happened;
-* ``fuzz`` — random fault schedules with shrinking; ``explore`` — exhaustive bounded search.
+* ``fuzz`` — random fault schedules with shrinking; ``explore`` — exhaustive bounded search;
+* ``fleet`` — many sessions for hours, cut into worlds run side by side and merged exactly;
+  ``report`` — the fleet picture (HTML/SVG); ``bench`` — throughput figures and the census.
 """

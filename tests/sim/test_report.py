@@ -90,6 +90,8 @@ def test_a_scenario_run_can_be_drawn_as_svg(tmp_path: Path) -> None:
     assert 'data-state="failed"' in svg or 'data-state="completed"' in svg
     two = CliRunner().invoke(app, ["simulate", str(scenario), str(scenario), "--report", str(out)])
     assert two.exit_code == 2 and "one run" in two.output
+    fuzzed = CliRunner().invoke(app, ["simulate", "--fuzz", "2", "--report", str(out)])
+    assert fuzzed.exit_code == 2 and "one run" in fuzzed.output
 
 
 def test_a_fleet_in_small_worlds_draws_the_same_report(tmp_path: Path) -> None:
