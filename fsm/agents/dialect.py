@@ -10,8 +10,9 @@ abort is a ``session.error`` (``MessageAbortedError``) before that idle.
 ``IdleDialect`` turns such a stream into Kilo's brackets, so one core, one table
 (``fsm.machines.turn.KILO_EVENTS``) and one translator serve both agents:
 
-* the first ``session.status busy`` (or an assistant ``message.updated``) of our session while no
-  turn is open synthesises ``session.turn.open``;
+* the first ``session.status busy`` (or a *new* assistant message's ``message.updated``) of our
+  session while no turn is open synthesises ``session.turn.open``; an update of a reply already
+  seen does not (after an abort OpenCode re-sends the finished reply after its idle);
 * a *new* user message of our session while a turn is open is a queued prompt joining the same
   busy period: ``session.turn.close superseded`` then ``session.turn.open``, the pair Kilo sends,
   so the core's run grows by the joining prompt (correlated by its message id: the wrapper names
@@ -65,6 +66,7 @@ class IdleDialect:
         self.open = False
         self._error: str | None = None
         self._users: set[str] = set()
+        self._assistants: set[str] = set()
 
     def reset(self) -> None:
         self.open = False
@@ -85,8 +87,13 @@ class IdleDialect:
                 if self.open:
                     before = [self._bracket("session.turn.close", "superseded")]
                     before.append(self._bracket("session.turn.open"))
-            elif role == "assistant" and not self.open:
-                before = self._opened()
+            elif role == "assistant" and isinstance(mid, str) and mid not in self._assistants:
+                # Only a *new* reply opens: OpenCode re-sends an aborted reply, finished, after
+                # its idle (measured: tests/fixtures/opencode/aborted.event.jsonl), which is no
+                # turn of its own.
+                self._assistants.add(mid)
+                if not self.open:
+                    before = self._opened()
         elif kind == "session.status":
             status = (props.get("status") or {}).get("type")
             if status == "busy" and not self.open:
