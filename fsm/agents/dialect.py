@@ -18,7 +18,8 @@ abort is a ``session.error`` (``MessageAbortedError``) before that idle.
   so the core's run grows by the joining prompt (correlated by its message id: the wrapper names
   each user message itself, ``ascending_id``);
 * ``session.idle`` (or ``session.status idle``) closes the open turn, with reason ``interrupted``
-  after an abort's ``MessageAbortedError``, ``error`` after any other ``session.error``, else
+  after an abort's ``MessageAbortedError``, ``error`` after any other error (a ``session.error``,
+  or the reply's own ``info.error``: an abort before the model streamed sends only that), else
   ``completed``. A second idle with no turn open (OpenCode sends two after an abort) is nothing.
 
 Synthesised events carry ``properties.synthetic = true``; the control plane receives them with the
@@ -94,6 +95,12 @@ class IdleDialect:
                 self._assistants.add(mid)
                 if not self.open:
                     before = self._opened()
+            if role == "assistant" and self.open:
+                # An abort before the model streamed is no ``session.error``: only the reply's
+                # own ``error`` says it (measured: the contract tour's early abort).
+                error = info.get("error")
+                if isinstance(error, dict) and error.get("name"):
+                    self._error = str(error["name"])
         elif kind == "session.status":
             status = (props.get("status") or {}).get("type")
             if status == "busy" and not self.open:

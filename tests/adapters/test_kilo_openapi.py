@@ -1,6 +1,8 @@
-"""Contract: every request ``KiloClient`` makes is one Kilo's own OpenAPI document (``GET /doc``)
-declares — method, path (with its parameter patterns), query parameters, JSON body against the
-documented schema — and gets a status the document lists.
+"""Contract: every request ``KiloClient`` makes is one the agent's own OpenAPI document (``GET
+/doc``) declares — method, path (with its parameter patterns), query parameters, JSON body against
+the documented schema — and gets a status the document lists; for each agent the client serves
+(Kilo 7.7.9 and OpenCode 1.18.33, issue 17). A capability the agent lacks (OpenCode: no
+``/commit-message``) must be refused by the client before any request.
 
 The requests are not a list copied into this test: the client runs against the real server with a
 transport that records what it actually sends, and the tour must call every public method of the
@@ -15,7 +17,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,33 @@ import httpx
 import jsonschema
 import pytest
 
+from adapters.agents.base import AGENTS, AgentSpec, AgentUnsupported
+from adapters.kilo.binary import AgentNotFound, find_agent
 from adapters.kilo.client import KiloClient, KiloError, ascending_id
 from adapters.kilo.process import KiloServer, start_kilo
+from fsm.agents.dialect import dialect
 from tests.fakes.fake_llm import FakeLLM
 
 pytestmark = [pytest.mark.kilo, pytest.mark.anyio]
 
-EXCERPT = Path(__file__).parents[1] / "fixtures" / "kilo" / "openapi-7.7.9-excerpt.json"
-"""The client's operations as Kilo 7.7.9 documented them (see its ``x-excerpt``)."""
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+EXCERPTS = {
+    "kilo": FIXTURES / "kilo" / "openapi-7.7.9-excerpt.json",
+    "opencode": FIXTURES / "opencode" / "openapi-1.18.33-excerpt.json",
+}
+"""The client's operations as each agent documented them (see each one's ``x-excerpt``)."""
+EXCERPT = EXCERPTS["kilo"]
+
+
+@pytest.fixture(params=sorted(EXCERPTS))
+def spec(request: pytest.FixtureRequest) -> AgentSpec:
+    """Each agent server the client serves (issue 17); one not installed skips, naming it."""
+    agent = AGENTS[str(request.param)]
+    try:
+        find_agent(agent)
+    except AgentNotFound as exc:
+        pytest.skip(f"{agent.name} not installed (just setup / scripts/setup-opencode.sh): {exc}")
+    return agent
 
 
 @pytest.fixture
@@ -186,9 +207,22 @@ async def _wait_for(events: Any, match: Callable[[dict[str, Any]], bool], what: 
     raise AssertionError(f"the stream ended before {what}")
 
 
-async def _tour(client: KiloClient, workdir: Path) -> set[str]:
+async def _bracketed(
+    events: AsyncIterator[dict[str, Any]], spec: AgentSpec, session: str
+) -> AsyncIterator[dict[str, Any]]:
+    """The agent's events with the turn brackets the wrapper reads (OpenCode sends none: its
+    ``Dialect`` synthesises them, as the wrapper core does)."""
+    turns = dialect(spec.dialect)
+    turns.session_id = session
+    async for event in events:
+        for made in turns.expand(event):
+            yield made
+
+
+async def _tour(client: KiloClient, workdir: Path, recording: Recording) -> set[str]:
     """Call every public method of the client against the live server; the names called."""
     called: set[str] = set()
+    spec = client.spec
 
     def did(name: str) -> None:
         called.add(name)
@@ -199,8 +233,9 @@ async def _tour(client: KiloClient, workdir: Path) -> set[str]:
     did("create_session")
     assert (await client.get_session(session.id)).id == session.id
     did("get_session")
-    async with client.subscribe_events() as events:
+    async with client.subscribe_events() as raw:
         did("subscribe_events")
+        events = _bracketed(raw, spec, session.id)
         first = await _wait_for(events, lambda e: True, "the first event")
         assert first["type"] == "server.connected"
 
@@ -257,8 +292,14 @@ async def _tour(client: KiloClient, workdir: Path) -> set[str]:
     did("command")
     assert await client.summarize(session.id, "fake/fake-model") is True
     did("summarize")
-    suggestion = await client.commit_message(str(workdir), ["hello.txt"])
-    assert suggestion  # Kilo's answer object; its shape is checked against the doc below
+    if spec.supports("commit_message"):
+        suggestion = await client.commit_message(str(workdir), ["hello.txt"])
+        assert suggestion  # Kilo's answer object; its shape is checked against the doc below
+    else:  # refused before any request: OpenCode has no such route (its web UI would answer)
+        before = len(recording.exchanges)
+        with pytest.raises(AgentUnsupported, match="not supported by this agent"):
+            await client.commit_message(str(workdir), ["hello.txt"])
+        assert len(recording.exchanges) == before
     did("commit_message")
     assert await client.pending_permissions() == []
     did("pending_permissions")
@@ -277,7 +318,7 @@ def _public_methods() -> set[str]:
     }
 
 
-async def _started(tmp_path: Path, fake_llm: FakeLLM) -> tuple[KiloServer, Path]:
+async def _started(tmp_path: Path, fake_llm: FakeLLM, spec: AgentSpec) -> tuple[KiloServer, Path]:
     workdir = _git_workdir(tmp_path)
     config = fake_llm.provider_config(permission={"bash": "ask"})
     server = await start_kilo(
@@ -286,21 +327,22 @@ async def _started(tmp_path: Path, fake_llm: FakeLLM) -> tuple[KiloServer, Path]
         config=config,
         kilo_bin=None,
         startup_timeout=60,
+        spec=spec,
     )
     return server, workdir
 
 
-async def test_every_call_of_the_client_is_in_kilos_own_openapi_document(
-    tmp_path: Path, fake_llm: FakeLLM
+async def test_every_call_of_the_client_is_in_the_agents_own_openapi_document(
+    tmp_path: Path, fake_llm: FakeLLM, spec: AgentSpec
 ) -> None:
-    server, workdir = await _started(tmp_path, fake_llm)
+    server, workdir = await _started(tmp_path, fake_llm, spec)
     recording = Recording()
-    client = KiloClient(server.url, server.password, transport=recording)
+    client = KiloClient(server.url, server.password, transport=recording, spec=spec)
     try:
         doc_response = httpx.get(f"{server.url}/doc", auth=server.auth, timeout=30)
         assert doc_response.status_code == 200
         doc = doc_response.json()
-        called = await _tour(client, workdir)
+        called = await _tour(client, workdir, recording)
     finally:
         await client.aclose()
         await server.stop(5.0)
@@ -311,12 +353,12 @@ async def test_every_call_of_the_client_is_in_kilos_own_openapi_document(
         ("POST", "session"),
         ("POST", "permission"),
         ("POST", "question"),
-        ("POST", "commit-message"),
+        *([("POST", "commit-message")] if spec.supports("commit_message") else []),
     }
     problems = [p for e in recording.exchanges for p in contract_problems(doc, e)]
     assert problems == []
     # The excerpt the checker's own tests use is what this server documents for these calls.
-    excerpt = json.loads(EXCERPT.read_text())
+    excerpt = json.loads(EXCERPTS[spec.name].read_text())
     for template, item in excerpt["paths"].items():
         for method, op in item.items():
             live = doc["paths"][template][method]
@@ -325,10 +367,10 @@ async def test_every_call_of_the_client_is_in_kilos_own_openapi_document(
 
 
 async def test_a_wrong_password_is_refused_on_every_route(
-    tmp_path: Path, fake_llm: FakeLLM
+    tmp_path: Path, fake_llm: FakeLLM, spec: AgentSpec
 ) -> None:
-    server, _ = await _started(tmp_path, fake_llm)
-    wrong = KiloClient(server.url, "not-the-password")
+    server, _ = await _started(tmp_path, fake_llm, spec)
+    wrong = KiloClient(server.url, "not-the-password", spec=spec)
     try:
         assert await wrong.health() is False
         with pytest.raises(KiloError) as refused:

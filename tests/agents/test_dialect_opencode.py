@@ -88,3 +88,31 @@ def test_another_sessions_events_open_nothing() -> None:
     assert _brackets(dialect, events) == []
     unbound = IdleDialect()  # no session yet: everything passes through untouched
     assert _brackets(unbound, events) == []
+
+
+def _status(session: str, kind: str) -> dict[str, Any]:
+    return {
+        "type": "session.status",
+        "properties": {"sessionID": session, "status": {"type": kind}},
+    }
+
+
+def _message(session: str, role: str, mid: str, **info: Any) -> dict[str, Any]:
+    body = {"id": mid, "role": role, "sessionID": session, **info}
+    return {"type": "message.updated", "properties": {"sessionID": session, "info": body}}
+
+
+def test_an_abort_before_the_model_streamed_closes_interrupted() -> None:
+    """OpenCode sends no ``session.error`` then: only the reply's ``info.error`` (measured in the
+    contract tour, where the abort follows the open at once)."""
+    dialect = IdleDialect()
+    dialect.session_id = "ses_1"
+    aborted = {"name": "MessageAbortedError", "data": {"message": "Aborted"}}
+    events = [
+        _message("ses_1", "user", "msg_1"),
+        _status("ses_1", "busy"),
+        _message("ses_1", "assistant", "msg_2"),
+        _message("ses_1", "assistant", "msg_2", error=aborted),
+        _status("ses_1", "idle"),
+    ]
+    assert _brackets(dialect, events) == [OPEN, ("session.turn.close", "interrupted")]
