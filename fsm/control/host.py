@@ -128,6 +128,9 @@ class SessionEntry:
     retry_at: float = 0.0
     """After a failed store write, the session's data waits in memory until then (backoff)."""
     events_refused: int = 0
+    commit_unsure: bool = False
+    """The batch that last wrote this session's events failed at or after its COMMIT: some of
+    them may be stored; the next write checks the stored last id first."""
     held: list[Frame] = field(default_factory=list)
     """Acks and welcomes, released after the flush that stores what they acknowledge."""
     events: list[LogEntry] = field(default_factory=list)
@@ -731,16 +734,24 @@ class ControlHost:
                     events = self._write_contained(sid, entry)
                     if events is not None:
                         written.append((entry, events))
-        except StoreError as exc:
-            # SQLite gave up the whole transaction (a full disk, say): what every session wrote
-            # in it waits in memory again, unacknowledged, for the next flush.
+        except Exception as exc:
+            # The whole transaction is gone (SQLite gave up on a full disk; PostgreSQL could not
+            # be reached to begin it, lost the connection, or failed the commit): what every
+            # session wrote in it waits in memory again, unacknowledged, for the next flush.
             for entry, events in written:
                 entry.events = events + entry.events
                 entry.dirty_messages.update(entry.core.messages)
                 entry.snapshot_due = True
-                self._dirty.add(entry.row.id)
+                entry.commit_unsure = True  # a lost COMMIT may have been committed after all
+            # Every session of this flush stays dirty, also those the batch never reached (a
+            # batch that could not even begin visited none): otherwise a session whose last
+            # frames came in while the store was down would never be visited again, its frames
+            # neither stored nor acknowledged while the wrapper, still connected, waits.
+            self._dirty.update(dirty)
             self.metrics.store_failures += 1
             self.log.error("storing the batch failed", error=f"{type(exc).__name__}: {exc}"[:500])
+            if not isinstance(exc, StoreError):
+                raise
             return
         for entry, events in written:
             self._release(entry, events)
@@ -751,16 +762,22 @@ class ControlHost:
         write is rolled back, its data waits in memory (unacknowledged, so nothing is lost) and
         is retried with a backoff, and every other session's write goes on."""
         assert self.store is not None
-        pending = entry.events
+        # Taken out here, before the savepoint: if it cannot even begin (the batch is void, the
+        # server is down) they are put back exactly once. Put back after a failure that left
+        # them in place, they would be doubled, and every later write of the session refused
+        # for ids out of order: stuck, neither stored nor acknowledged.
+        events, entry.events = entry.events, []
+        messages = set(entry.dirty_messages)
         try:
             with self.store.savepoint("session"):
-                events = self._write(sid, entry)
+                self._write(sid, entry, events)
         except LeaseLostError as exc:
             # Fenced: another replica holds the session (nothing of this write is stored).
             self.drop_session(sid, str(exc)[:300])
             return None
         except Exception as exc:
-            entry.events = pending + entry.events
+            entry.events = events + entry.events
+            entry.dirty_messages.update(messages)  # rolled back with the savepoint: write again
             entry.write_failures += 1
             delay = min(5.0, FLUSH_PERIOD * 2**entry.write_failures)
             entry.retry_at = time.monotonic() + delay
@@ -777,15 +794,22 @@ class ControlHost:
         entry.write_failures = 0
         return events
 
-    def _write(self, sid: str, entry: SessionEntry) -> list[LogEntry]:
+    def _write(self, sid: str, entry: SessionEntry, events: list[LogEntry]) -> None:
         store = self.store
         assert store is not None
         core = entry.core
-        events, entry.events = entry.events, []
-        if events:
+        fresh = events
+        if events and entry.commit_unsure:
+            # The last batch's COMMIT was lost with the connection: the server may have stored
+            # it. This replica holds the lease (the write is fenced), so stored ids are ours:
+            # skip them rather than fail on them forever (DuplicateEventError). They are still
+            # released below: their acks and live subscribers waited for them.
+            stored = store.last_event_id(sid)
+            fresh = [e for e in events if e.id > stored]
+        if fresh:
             store.append_events(
                 sid,
-                [EventRow(e.id, e.at, e.kind, msgspec.json.encode(e.data)) for e in events],
+                [EventRow(e.id, e.at, e.kind, msgspec.json.encode(e.data)) for e in fresh],
             )
         for mid in sorted(entry.dirty_messages):
             m = core.messages[mid]
@@ -807,7 +831,7 @@ class ControlHost:
             entry.row.state = core.state
             entry.snapshot_due = False
             entry.last_snapshot = now
-        return events
+        entry.commit_unsure = False
 
     def _release(self, entry: SessionEntry, events: list[LogEntry]) -> None:
         for held in entry.held:

@@ -82,12 +82,19 @@ def split_password(dsn: str) -> tuple[str, str]:
     return " ".join(p for p in parts if not p.startswith("password=")), password
 
 
-def leases(dsn: str) -> dict[str, tuple[str | None, float, float, int]]:
+def leases(dsn: str, db: Any = None) -> dict[str, tuple[str | None, float, float, int]]:
+    """Every lease as ``(owner, expires_at, the database's now, epoch)``. ``db``: an open
+    autocommit psycopg connection to poll with (a poll every 50 ms that connects anew each time
+    is load of its own on a busy machine); None connects once for this read."""
     import psycopg
 
-    with psycopg.connect(dsn) as db:
-        rows = db.execute(
-            "SELECT session_id, owner, expires_at, extract(epoch FROM clock_timestamp()), epoch "
-            "FROM leases"
-        ).fetchall()
+    query = (
+        "SELECT session_id, owner, expires_at, extract(epoch FROM clock_timestamp()), epoch "
+        "FROM leases"
+    )
+    if db is None:
+        with psycopg.connect(dsn) as own:
+            rows = own.execute(query).fetchall()
+    else:
+        rows = db.execute(query).fetchall()
     return {r[0]: (r[1], float(r[2]), float(r[3]), int(r[4])) for r in rows}
