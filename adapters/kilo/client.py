@@ -114,6 +114,8 @@ class MessageInfo(msgspec.Struct):
     id: str
     role: str
     sessionID: str = ""
+    parentID: str | None = None
+    """For a reply: the user message it answers (both agents)."""
     finish: str | None = None
     error: dict[str, Any] | None = None
     time: dict[str, Any] = {}

@@ -25,6 +25,17 @@ abort is a ``session.error`` (``MessageAbortedError``) before that idle.
 Synthesised events carry ``properties.synthetic = true``; the control plane receives them with the
 agent's own, so a timeline reads the same for both agents. ``BracketDialect`` (Kilo) passes every
 event through unchanged.
+
+**The idle blip.** Right after ``prompt_async`` answers, ``GET /session/status`` still shows the
+session idle (absent) until the agent's loop starts: measured on OpenCode 1.18.33, three polls in
+a row answered ``{}`` before ``busy``, before even the user message's event
+(``tests/fixtures/opencode/*.event.jsonl``, the ``status_poll`` lines). A resync that read the
+status then (the stream dropped just after a prompt) would close a turn that has not started.
+Each dialect therefore keeps the prompts sent (``prompted``) that the agent has not yet been seen
+working on (a ``busy`` status, a turn open, an assistant reply), and ``resync_idle_closes`` says
+whether an idle read may close the turns: not while such a prompt is pending, unless the
+session's last message is the agent's reply to it (the turn ran and ended while the stream was
+down). A ``session.status idle`` *event* before any busy closes nothing either: no turn is open.
 """
 
 from __future__ import annotations
@@ -45,18 +56,69 @@ class Dialect(Protocol):
         """The agent restarted or the stream was replaced: no turn of the old one is open."""
         ...
 
+    def prompted(self, message_id: str) -> None:
+        """The wrapper sent a prompt with the agent-side ``message_id`` (module docstring)."""
+        ...
+
+    def resync_idle_closes(self, last_role: str | None, last_parent: str | None) -> bool:
+        """Whether an idle ``/session/status`` read on a resync means the turns ended, given the
+        session's last message (its role and, for a reply, the user message it answers)."""
+        ...
+
+
+class Pending:
+    """The prompts sent that the agent has not yet been seen working on (the idle blip guard)."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+
+    def prompted(self, message_id: str) -> None:
+        self.ids.add(message_id)
+
+    def observe(self, kind: Any, props: dict[str, Any]) -> None:
+        """One event of our session: any sign of work starts every pending prompt (queued ones
+        join the same busy run, which one idle ends)."""
+        if not self.ids:
+            return
+        busy = kind == "session.status" and (props.get("status") or {}).get("type") == "busy"
+        reply = kind == "message.updated" and (props.get("info") or {}).get("role") == "assistant"
+        if busy or reply or kind == "session.turn.open":
+            self.ids.clear()
+
+    def resync_idle_closes(self, last_role: str | None, last_parent: str | None) -> bool:
+        if self.ids and last_role == "assistant" and last_parent in self.ids:
+            self.ids.clear()  # it ran and ended while we were not listening
+        return not self.ids
+
+
+def _session_of(kind: Any, props: dict[str, Any]) -> Any:
+    holder = props.get("info") if kind == "message.updated" else props
+    return holder.get("sessionID") if isinstance(holder, dict) else None
+
 
 class BracketDialect:
     """Kilo: the agent brackets its turns itself."""
 
     def __init__(self) -> None:
         self.session_id: str | None = None
+        self.pending = Pending()
 
     def expand(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        props = payload.get("properties")
+        if self.pending.ids and isinstance(props, dict):
+            kind = payload.get("type")
+            if self.session_id is not None and _session_of(kind, props) == self.session_id:
+                self.pending.observe(kind, props)
         return [payload]
 
     def reset(self) -> None:
         return None
+
+    def prompted(self, message_id: str) -> None:
+        self.pending.prompted(message_id)
+
+    def resync_idle_closes(self, last_role: str | None, last_parent: str | None) -> bool:
+        return self.pending.resync_idle_closes(last_role, last_parent)
 
 
 class IdleDialect:
@@ -68,16 +130,25 @@ class IdleDialect:
         self._error: str | None = None
         self._users: set[str] = set()
         self._assistants: set[str] = set()
+        self.pending = Pending()
 
     def reset(self) -> None:
+        """No turn is open; a prompt sent stays pending (a new stream does not unsend it)."""
         self.open = False
         self._error = None
+
+    def prompted(self, message_id: str) -> None:
+        self.pending.prompted(message_id)
+
+    def resync_idle_closes(self, last_role: str | None, last_parent: str | None) -> bool:
+        return self.pending.resync_idle_closes(last_role, last_parent)
 
     def expand(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
         kind = payload.get("type")
         props = payload.get("properties") or {}
         if not isinstance(props, dict) or not self._ours(kind, props):
             return [payload]
+        self.pending.observe(kind, props)
         before: list[dict[str, Any]] = []
         after: list[dict[str, Any]] = []
         if kind == "message.updated":
@@ -115,11 +186,7 @@ class IdleDialect:
         return [*before, payload, *after]
 
     def _ours(self, kind: Any, props: dict[str, Any]) -> bool:
-        if self.session_id is None:
-            return False
-        holder = props.get("info") if kind == "message.updated" else props
-        sid = holder.get("sessionID") if isinstance(holder, dict) else None
-        return sid == self.session_id
+        return self.session_id is not None and _session_of(kind, props) == self.session_id
 
     def _opened(self) -> list[dict[str, Any]]:
         self.open, self._error = True, None

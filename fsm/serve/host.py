@@ -528,6 +528,11 @@ class WrapperHost:
                 info = messages[-1].info
                 if info.error is not None:
                     reason, error = "error", info.error_text()
+            last = messages[-1].info if messages else None
+            if not self.core.dialect.resync_idle_closes(
+                last.role if last else None, last.parentID if last else None
+            ):
+                busy = True  # idle only because the agent has not started on our prompt yet
         self.core.reconciled(generation, busy, reason, error)
 
     async def _prompt(self, action: PromptAgent) -> None:
@@ -543,6 +548,7 @@ class WrapperHost:
         slash = parse_slash(command.prompt)
         try:
             if slash is None:
+                self.core.dialect.prompted(message_id)  # the idle blip's guard (fsm.agents)
                 await client.prompt_async(
                     session,
                     command.prompt,
