@@ -5,7 +5,8 @@ upstream OpenCode 1.18.33), the fake model and a test ingest endpoint. What hold
 is asserted for both: a prompt completes once, a follow-up queued behind a running turn completes
 too (OpenCode gives a single ``session.idle`` for the two: the wrapper's synthesised brackets must
 still end both), an abort cancels, a permission and a question are answered through the job API,
-and a SIGKILLed agent is restarted on a new port. Kilo's own variants of these (with the details
+a SIGKILLed agent is restarted on a new port, and a SIGSTOPped (hung) one is found by
+silence and probe and replaced. Kilo's own variants of these (with the details
 only Kilo has: ``superseded`` closes, its error texts) stay in ``test_serve_kilo.py``; what only
 OpenCode lacks (``auto_commit``) is asserted here as a clear 501. OpenCode's tests skip, naming the
 missing binary, when ``scripts/setup-opencode.sh`` has not installed it.
@@ -13,8 +14,10 @@ missing binary, when ``scripts/setup-opencode.sh`` has not installed it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +177,46 @@ def test_auto_commit_on_opencode_is_a_501_naming_the_field(
             "field": "auto_commit",
         }
         assert wrapper.status()["agent"]["capabilities"] == []
+
+
+def test_a_sigstopped_agent_is_detected_by_silence_and_probe_and_replaced(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest, opencode: str
+) -> None:
+    """The hang case, OpenCode only (Kilo's is ``test_serve_kilo``'s, same assertions): a stopped
+    agent answers neither its stream (OpenCode heartbeats about every 10 s, as Kilo does) nor its
+    health route, so the silence window and the failed probe replace it, SIGKILLing the stopped
+    one (it would ignore SIGTERM); the new one serves the next prompt."""
+    config = fake_llm.provider_config()
+    with running_wrapper(tmp_path, ingest.url, config, FAST, extra_args=_args(opencode)) as wrapper:
+        wrapper.wait_ready()
+        before = wrapper.status()["agent"]
+        os.kill(before["pid"], signal.SIGSTOP)
+        try:
+            ingest.wait_for(
+                lambda: "silent" in ingest.lifecycle("agent_link"), 30, "the silence window"
+            )
+            ingest.wait_for(
+                lambda: "restarting" in ingest.lifecycle("wrapper"), 30, "an agent restart"
+            )
+            wrapper.wait_ready()
+            after = wrapper.status()["agent"]
+            assert after["pid"] != before["pid"]
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(before["pid"], signal.SIGCONT)
+        deadline = time.monotonic() + 5
+        while _alive(before["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling for the kill already sent, not waiting out a timer
+        assert not _alive(before["pid"]), "the stopped agent was left behind"
+        message_id = wrapper.prompt("MODE:text")
+        outcome = ingest.wait_for(lambda: ingest.outcomes(), 60, "an outcome")[0]
+        assert (outcome.message_id, outcome.status) == (message_id, "completed")
+
+
+def _alive(pid: int) -> bool:
+    """Running or stopped; a zombie (killed, not yet reaped) is gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
