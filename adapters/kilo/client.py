@@ -45,7 +45,7 @@ import msgspec
 
 from adapters.agents.base import COMMIT_MESSAGE, KILO, AgentSpec
 from adapters.kilo import event_stream
-from fsm.wire.kilo_events import error_text
+from fsm.agents.events import error_text
 from fsm.wire.protocol import FilePart
 
 USERNAME = "kilo"
@@ -174,7 +174,7 @@ def split_model(model: str) -> dict[str, str]:
     return {"providerID": provider, "modelID": model_id}
 
 
-class KiloClient:
+class AgentClient:
     def __init__(
         self,
         url: str,
@@ -446,3 +446,8 @@ def _sse_event(data: list[bytes]) -> dict[str, Any] | None:
     except msgspec.DecodeError:
         return None
     return event if isinstance(event, dict) else None
+
+
+KiloClient = AgentClient
+"""The name this client had before OpenCode joined the agent port; kept for callers outside the
+project."""

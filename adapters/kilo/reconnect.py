@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 import httpx
 
-from adapters.kilo.client import KiloClient, KiloError
+from adapters.kilo.client import AgentClient, KiloError
 from adapters.kilo.event_stream import StreamBroken
 
 
@@ -75,7 +75,7 @@ def _retried(exc: BaseException) -> bool:
 
 
 async def reconnecting_events(
-    client: KiloClient,
+    client: AgentClient,
     backoff: Backoff,
     *,
     rng: random.Random | None = None,

@@ -1,6 +1,6 @@
 """An agent's event dialect, normalised to the turn brackets the wrapper core runs on.
 
-The turn machine and ``fsm.wire.kilo_events`` read Kilo's dialect: every turn is bracketed by
+The turn machine and ``fsm.agents.events`` read Kilo's dialect: every turn is bracketed by
 ``session.turn.open`` and ``session.turn.close{reason}``, and a second queued prompt is announced
 by a ``superseded`` close followed at once by the next open. Upstream OpenCode (1.18.33, measured
 for issue 17) never sends either: its session goes ``session.status busy`` when it starts on a
@@ -8,7 +8,7 @@ prompt and a turn ends only by ``session.idle``; two queued prompts give a singl
 abort is a ``session.error`` (``MessageAbortedError``) before that idle.
 
 ``IdleDialect`` turns such a stream into Kilo's brackets, so one core, one table
-(``fsm.machines.turn.KILO_EVENTS``) and one translator serve both agents:
+(``fsm.machines.turn.AGENT_EVENTS``) and one translator serve both agents:
 
 * the first ``session.status busy`` (or a *new* assistant message's ``message.updated``) of our
   session while no turn is open synthesises ``session.turn.open``; an update of a reply already

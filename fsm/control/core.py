@@ -44,6 +44,7 @@ from typing import Any
 
 import msgspec
 
+from fsm.agents.events import TurnTranslator, clip_error
 from fsm.engine.clock import Clock
 from fsm.engine.effects import Effect, FailMessages, SendCommand, SendShutdown
 from fsm.engine.events import Event
@@ -51,7 +52,6 @@ from fsm.engine.machine import Record, Snapshot, StateMachine
 from fsm.engine.runner import MachineGroup
 from fsm.machines import session, turn
 from fsm.machines.timers import TimerValues
-from fsm.wire.kilo_events import TurnTranslator, clip_error
 from fsm.wire.protocol import (
     PROTOCOL_VERSION,
     WRAPPER_VERSION,

@@ -27,7 +27,7 @@ to ``queued``, dispatched again when the agent is back); otherwise it fails ``ag
 A turn Kilo took and never started within the no-progress window fails ``no_progress`` and says
 Kilo is wedged (``AgentStuck``): the wrapper restarts Kilo rather than hand it the next prompt.
 
-What counts as progress is declared once, in ``KILO_EVENTS`` below, next to the machine it drives:
+What counts as progress is declared once, in ``AGENT_EVENTS`` below, next to the machine it drives:
 only real model output (non-empty text/reasoning, a tool call's state changes, a step's finish)
 is ``progress``. Kilo's own bookkeeping — the empty text part it opens before the first token, the
 "Initializing snapshot…" spinner, statuses, heartbeats, ``message.updated`` — is not: counting it
@@ -292,7 +292,7 @@ class KiloShape(NamedTuple):
 
     shape: str
     """``type``, then for parts the part type and a qualifier (see
-    ``fsm.wire.kilo_events.shape_of``)."""
+    ``fsm.agents.events.shape_of``)."""
     meaning: str
     """One of ``MEANINGS``."""
     seen: str
@@ -314,7 +314,7 @@ MEANINGS = {
     "nothing": "not progress and no change: bookkeeping, statuses, heartbeats, other sessions",
 }
 
-KILO_EVENTS: tuple[KiloShape, ...] = (
+AGENT_EVENTS: tuple[KiloShape, ...] = (
     KiloShape("session.turn.open", "open", "t2 t3 t4 t5 t8 t9 t11", "every turn starts so"),
     KiloShape(
         "session.turn.close", "close", "t2 t3 t4 t5 t8 t9", "completed|error|interrupted ends it"
@@ -420,8 +420,9 @@ KILO_EVENTS: tuple[KiloShape, ...] = (
         "heartbeats and bookkeeping; an unknown kind never keeps a turn alive",
     ),
 )
-"""The one place that says what each Kilo event means for a turn; ``fsm.wire.kilo_events`` computes
-an event's shape and looks it up here. Every kind in the captures is covered (``tests/
-test_kilo_events.py`` checks that each captured event has a row)."""
+"""The one place that says what each agent event means for a turn (Kilo's event kinds; OpenCode's
+stream, a fork's, is read into the same kinds by ``fsm.agents.dialect``); ``fsm.agents.events``
+computes an event's shape and looks it up here. Every kind in the captures is covered
+(``tests/agents/test_agent_events.py`` checks that each captured event has a row)."""
 
-KILO_MEANING: dict[str, str] = {row.shape: row.meaning for row in KILO_EVENTS}
+AGENT_MEANING: dict[str, str] = {row.shape: row.meaning for row in AGENT_EVENTS}

@@ -8,7 +8,7 @@ Theory of operation
 machines in one ``MachineGroup`` and does four jobs nothing else does:
 
 * routes world events to machines: Kilo events to the agent link (liveness) and to unfinished
-  turns (progress, questions, closes, errors, via ``fsm.wire.kilo_events``); socket events and
+  turns (progress, questions, closes, errors, via ``fsm.agents.events``); socket events and
   control frames to the ingest link; the agent's process events to the wrapper machine;
 * turns machine effects that concern siblings into events (``NotifyTurns``, ``OpenAgentLink``,
   outcomes ending turns on the wrapper);
@@ -43,6 +43,7 @@ import msgspec
 
 from fsm.agents.dialect import Dialect
 from fsm.agents.dialect import dialect as make_dialect
+from fsm.agents.events import TurnTranslator, clip_error
 from fsm.engine.clock import Clock
 from fsm.engine.effects import (
     AgentStuck,
@@ -63,7 +64,6 @@ from fsm.engine.machine import Record, StateMachine
 from fsm.engine.runner import MachineGroup
 from fsm.machines import agent_link, ingest_link, turn, wrapper
 from fsm.machines.timers import TimerValues
-from fsm.wire.kilo_events import TurnTranslator, clip_error
 from fsm.wire.outbox import Outbox
 from fsm.wire.protocol import (
     PROTOCOL_VERSION,

@@ -44,7 +44,7 @@ from anyio.abc import TaskGroup
 
 from adapters.agents.base import agent_spec
 from adapters.ingest.websocket_client import IngestConnection
-from adapters.kilo.client import ID_PATTERN, KiloClient, KiloError, ascending_id
+from adapters.kilo.client import ID_PATTERN, AgentClient, KiloError, ascending_id
 from adapters.kilo.process import KiloServer, SpawnedKilo, start_kilo
 from fsm.engine.clock import RealClock
 from fsm.engine.effects import (
@@ -163,7 +163,7 @@ class WrapperHost:
             capabilities=self.spec.capabilities,
         )
         self.kilo: KiloServer | None = None
-        self.client: KiloClient | None = None
+        self.client: AgentClient | None = None
         self.kilo_session: str | None = None
         self.spawn_scope: anyio.CancelScope | None = None
         self.subscriptions: dict[int, anyio.CancelScope] = {}
@@ -368,7 +368,7 @@ class WrapperHost:
         if scope.cancel_called:
             return
         self.kilo = server
-        self.client = KiloClient(server.url, server.password, spec=self.spec)
+        self.client = AgentClient(server.url, server.password, spec=self.spec)
         self.log.info(
             "Kilo is healthy",
             agent=self.spec.name,
@@ -391,7 +391,7 @@ class WrapperHost:
             self.kilo = None
             self.core.agent_exited(code)
 
-    async def _ensure_session(self, client: KiloClient) -> str:
+    async def _ensure_session(self, client: AgentClient) -> str:
         """Resume the agent's own Kilo session when it still exists, else create one.
 
         Which session is ours: the one this process already used (a Kilo-only restart), else the one

@@ -19,7 +19,7 @@ own waits rather than final errors: ``error network: <message>`` is a network wa
 and ``error retry: <message>`` is one ``retry`` status Kilo recovers from (the plan goes on).
 
 Events have the shapes measured on the real Kilo (``shared/kilo/captures``), because what counts
-as progress depends on them (``fsm.machines.turn.KILO_EVENTS``): a stream opens its part *empty*
+as progress depends on them (``fsm.machines.turn.AGENT_EVENTS``): a stream opens its part *empty*
 and fills it with deltas, then repeats the full text; a question or permission is a tool part
 (``pending`` → ``asked`` → ``running``); a session's first turn shows the synthetic "Initializing
 snapshot…" spinner (~7 frames/s for 1.3 s, alongside the model's work).

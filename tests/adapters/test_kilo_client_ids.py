@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.kilo.client import KiloClient, segment
+from adapters.kilo.client import AgentClient, segment
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +40,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def recording_client() -> tuple[KiloClient, list[httpx.Request]]:
+def recording_client() -> tuple[AgentClient, list[httpx.Request]]:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -53,10 +53,10 @@ def recording_client() -> tuple[KiloClient, list[httpx.Request]]:
             return httpx.Response(200, json={"info": {"id": "m", "role": "assistant"}})
         return httpx.Response(200, json=True)
 
-    return KiloClient("http://kilo.test", "pw", transport=httpx.MockTransport(handler)), seen
+    return AgentClient("http://kilo.test", "pw", transport=httpx.MockTransport(handler)), seen
 
 
-CALLS: dict[str, Callable[[KiloClient, str], Awaitable[Any]]] = {
+CALLS: dict[str, Callable[[AgentClient, str], Awaitable[Any]]] = {
     "reply_permission": lambda c, i: c.reply_permission(i, "once"),
     "reply_question": lambda c, i: c.reply_question(i, [["a"]]),
     "reject_question": lambda c, i: c.reject_question(i),

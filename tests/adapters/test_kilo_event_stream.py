@@ -13,7 +13,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from adapters.kilo.client import KiloClient, KiloError, parse_sse, parse_sse_bytes
+from adapters.kilo.client import AgentClient, KiloError, parse_sse, parse_sse_bytes
 from adapters.kilo.event_stream import StreamBroken
 from tests.paths import KILO_CAPTURES
 
@@ -69,7 +69,7 @@ async def serve_once(
     return f"http://127.0.0.1:{port}", lambda: listener.serve(handle), requests
 
 
-async def read_all(client: KiloClient) -> list[dict[str, Any]]:
+async def read_all(client: AgentClient) -> list[dict[str, Any]]:
     async with client.subscribe_events() as events:
         return [event async for event in events]
 
@@ -84,7 +84,7 @@ async def test_chunked_stream_gives_every_event_however_it_is_split(seed: int) -
     url, serve, requests = await serve_once(head + chunked(body, rng) + b"0\r\n\r\n", rng)
     async with anyio.create_task_group() as tg:
         tg.start_soon(serve)
-        got = await read_all(KiloClient(url, "secret"))
+        got = await read_all(AgentClient(url, "secret"))
         tg.cancel_scope.cancel()
     assert got == events
     assert b"GET /event HTTP/1.1" in requests[0]
@@ -119,7 +119,7 @@ async def test_unchunked_bodies_are_read_too(framing: str) -> None:
     url, serve, _ = await serve_once(head + body, random.Random(1))
     async with anyio.create_task_group() as tg:
         tg.start_soon(serve)
-        got = await read_all(KiloClient(url, None))
+        got = await read_all(AgentClient(url, None))
         tg.cancel_scope.cancel()
     assert got == events
 
@@ -131,7 +131,7 @@ async def test_an_error_status_raises_kilo_error_with_the_body() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(serve)
         with pytest.raises(KiloError) as caught:
-            await read_all(KiloClient(url, "wrong"))
+            await read_all(AgentClient(url, "wrong"))
         tg.cancel_scope.cancel()
     assert caught.value.status == 401 and "UnauthorizedError" in caught.value.body
 
@@ -145,7 +145,7 @@ async def test_a_stream_cut_inside_a_chunk_is_an_error() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(serve)
         with pytest.raises(StreamBroken):
-            async with KiloClient(url, None).subscribe_events() as stream:
+            async with AgentClient(url, None).subscribe_events() as stream:
                 async for event in stream:
                     got.append(event)
         tg.cancel_scope.cancel()

@@ -1,4 +1,4 @@
-"""Contract: every request ``KiloClient`` makes is one the agent's own OpenAPI document (``GET
+"""Contract: every request ``AgentClient`` makes is one the agent's own OpenAPI document (``GET
 /doc``) declares — method, path (with its parameter patterns), query parameters, JSON body against
 the documented schema — and gets a status the document lists; for each agent the client serves
 (Kilo 7.7.9 and OpenCode 1.18.33, issue 17). A capability the agent lacks (OpenCode: no
@@ -29,7 +29,7 @@ import pytest
 
 from adapters.agents.base import AGENTS, AgentSpec, AgentUnsupported
 from adapters.kilo.binary import AgentNotFound, find_agent
-from adapters.kilo.client import KiloClient, KiloError, ascending_id
+from adapters.kilo.client import AgentClient, KiloError, ascending_id
 from adapters.kilo.process import KiloServer, start_kilo
 from fsm.agents.dialect import dialect
 from tests.fakes.fake_llm import FakeLLM
@@ -219,7 +219,7 @@ async def _bracketed(
             yield made
 
 
-async def _tour(client: KiloClient, workdir: Path, recording: Recording) -> set[str]:
+async def _tour(client: AgentClient, workdir: Path, recording: Recording) -> set[str]:
     """Call every public method of the client against the live server; the names called."""
     called: set[str] = set()
     spec = client.spec
@@ -313,7 +313,7 @@ async def _tour(client: KiloClient, workdir: Path, recording: Recording) -> set[
 def _public_methods() -> set[str]:
     return {
         name
-        for name, member in inspect.getmembers(KiloClient, inspect.isfunction)
+        for name, member in inspect.getmembers(AgentClient, inspect.isfunction)
         if not name.startswith("_") and name != "aclose"
     }
 
@@ -337,7 +337,7 @@ async def test_every_call_of_the_client_is_in_the_agents_own_openapi_document(
 ) -> None:
     server, workdir = await _started(tmp_path, fake_llm, spec)
     recording = Recording()
-    client = KiloClient(server.url, server.password, transport=recording, spec=spec)
+    client = AgentClient(server.url, server.password, transport=recording, spec=spec)
     try:
         doc_response = httpx.get(f"{server.url}/doc", auth=server.auth, timeout=30)
         assert doc_response.status_code == 200
@@ -347,7 +347,7 @@ async def test_every_call_of_the_client_is_in_the_agents_own_openapi_document(
         await client.aclose()
         await server.stop(5.0)
 
-    assert called == _public_methods(), "every public method of KiloClient is exercised"
+    assert called == _public_methods(), "every public method of AgentClient is exercised"
     assert {(e.method, e.path.split("/")[1]) for e in recording.exchanges} >= {
         ("GET", "event"),
         ("POST", "session"),
@@ -370,7 +370,7 @@ async def test_a_wrong_password_is_refused_on_every_route(
     tmp_path: Path, fake_llm: FakeLLM, spec: AgentSpec
 ) -> None:
     server, _ = await _started(tmp_path, fake_llm, spec)
-    wrong = KiloClient(server.url, "not-the-password", spec=spec)
+    wrong = AgentClient(server.url, "not-the-password", spec=spec)
     try:
         assert await wrong.health() is False
         with pytest.raises(KiloError) as refused:

@@ -20,7 +20,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from adapters.kilo.client import KiloClient, KiloError
+from adapters.kilo.client import AgentClient, KiloError
 from adapters.kilo.reconnect import Backoff, StreamGaveUp, reconnecting_events
 
 pytestmark = pytest.mark.anyio
@@ -99,7 +99,7 @@ FAST = Backoff(initial=0.01, maximum=0.04, factor=2.0, jitter=0.5, attempts=3)
 
 
 async def _read(
-    client: KiloClient, backoff: Backoff, want: int, waited: list[float]
+    client: AgentClient, backoff: Backoff, want: int, waited: list[float]
 ) -> list[dict[str, Any]]:
     async def sleep(seconds: float) -> None:
         waited.append(seconds)
@@ -125,7 +125,7 @@ async def test_a_stream_dropped_twice_is_reopened_with_growing_jittered_delays()
     ]
     waited: list[float] = []
     async with standing_in(script) as agent:
-        client = KiloClient(agent.url, "pw")
+        client = AgentClient(agent.url, "pw")
         try:
             got = await _read(client, FAST, 6, waited)
         finally:
@@ -146,7 +146,7 @@ async def test_a_stream_dropped_twice_is_reopened_with_growing_jittered_delays()
 async def test_consecutive_failures_past_the_attempts_give_up_naming_the_last() -> None:
     waited: list[float] = []
     async with standing_in([Connection(end="refuse")]) as agent:
-        client = KiloClient(agent.url, "pw")
+        client = AgentClient(agent.url, "pw")
         try:
             with pytest.raises(StreamGaveUp, match="3 reconnects failed, last: StreamBroken"):
                 await _read(client, FAST, 1, waited)
@@ -159,7 +159,7 @@ async def test_consecutive_failures_past_the_attempts_give_up_naming_the_last() 
 async def test_a_4xx_is_not_retried_a_5xx_is() -> None:
     waited: list[float] = []
     async with standing_in([Connection(status=401)]) as agent:
-        client = KiloClient(agent.url, "wrong")
+        client = AgentClient(agent.url, "wrong")
         try:
             with pytest.raises(KiloError) as refused:
                 await _read(client, FAST, 1, waited)
@@ -168,7 +168,7 @@ async def test_a_4xx_is_not_retried_a_5xx_is() -> None:
     assert refused.value.status == 401 and agent.served == 1 and waited == []
     script = [Connection(status=503), Connection([_event("a", n=1)], "hold")]
     async with standing_in(script) as agent:
-        client = KiloClient(agent.url, "pw")
+        client = AgentClient(agent.url, "pw")
         try:
             got = await _read(client, FAST, 2, waited)
         finally:

@@ -25,7 +25,7 @@ import anyio
 import msgspec
 
 from adapters.agents.base import OPENCODE
-from adapters.kilo.client import KiloClient, ascending_id
+from adapters.kilo.client import AgentClient, ascending_id
 from adapters.kilo.process import KiloServer, start_kilo
 from tests.fakes.fake_llm import FakeLLM, running_fake_llm
 
@@ -70,7 +70,7 @@ async def _pump(events: AsyncIterator[dict[str, Any]], capture: Capture) -> None
         capture.add(event)
 
 
-async def _poll_status(client: KiloClient, capture: Capture, times: int = 5) -> None:
+async def _poll_status(client: AgentClient, capture: Capture, times: int = 5) -> None:
     """``/session/status`` right after a prompt, a few times (the idle blip)."""
     for _ in range(times):
         status = await client.session_status()
@@ -83,7 +83,7 @@ async def _poll_status(client: KiloClient, capture: Capture, times: int = 5) -> 
         await anyio.sleep(0.02)
 
 
-async def _scenario(name: str, client: KiloClient, capture: Capture) -> dict[str, Any]:
+async def _scenario(name: str, client: AgentClient, capture: Capture) -> dict[str, Any]:
     session = (await client.create_session(title=name)).id
     seed = f"capture-{name}"
     ids: list[str] = []
@@ -129,7 +129,7 @@ async def capture(name: str, fake: FakeLLM, root: Path) -> Path:
         startup_timeout=60,
         spec=OPENCODE,
     )
-    client = KiloClient(server.url, server.password, spec=OPENCODE)
+    client = AgentClient(server.url, server.password, spec=OPENCODE)
     try:
         recorded = Capture()
         async with client.subscribe_events() as events, anyio.create_task_group() as tg:

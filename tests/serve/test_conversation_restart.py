@@ -27,7 +27,7 @@ import anyio
 import httpx
 import pytest
 
-from adapters.kilo.client import KiloClient
+from adapters.kilo.client import AgentClient
 from fsm.hosting.logs import JsonLog
 from fsm.serve.host import WrapperHost
 from fsm.serve.settings import ServeSettings
@@ -178,7 +178,7 @@ def _start(tmp_path: Path, agent_session: str, kilo: FakeKiloSessions) -> str:
     host = WrapperHost(settings, timer_values()["wrapper"], JsonLog(io.StringIO()))
 
     async def ensure() -> str:
-        client = KiloClient("http://kilo.invalid", None, transport=kilo)
+        client = AgentClient("http://kilo.invalid", None, transport=kilo)
         try:
             return await host._ensure_session(client)
         finally:

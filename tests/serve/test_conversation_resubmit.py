@@ -26,7 +26,7 @@ import anyio
 import httpx
 import pytest
 
-from adapters.kilo.client import ID_PATTERN, KiloClient, ascending_id
+from adapters.kilo.client import ID_PATTERN, AgentClient, ascending_id
 from adapters.kilo.process import start_kilo
 from fsm.hosting.logs import JsonLog
 from fsm.serve.core import PromptAgent
@@ -93,7 +93,7 @@ async def test_a_resubmission_sends_the_first_submissions_message_and_part_ids(
 ) -> None:
     host = _host(tmp_path)
     recorder = Recorder()
-    host.client = KiloClient("http://kilo.invalid", None, transport=recorder)
+    host.client = AgentClient("http://kilo.invalid", None, transport=recorder)
     host.kilo_session = "ses_dcc1bac8dffeYnMmNYG6ylqmm4"
     command = PromptCommand(message_id="msg_ours_1", prompt="hello")
     other = PromptCommand(message_id="msg_ours_2", prompt="hello")
@@ -126,7 +126,7 @@ def test_kilo_ids_have_kilos_shape_and_order() -> None:
 # -- the real Kilo --------------------------------------------------------------------------------
 
 
-async def _turns_done(client: KiloClient, session: str, answers: int) -> None:
+async def _turns_done(client: AgentClient, session: str, answers: int) -> None:
     """Until ``answers`` assistant messages of the session are complete and it is idle."""
     with anyio.fail_after(60):
         while True:
@@ -147,7 +147,7 @@ async def kilo_host(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[WrapperH
         kilo_bin=None,
         startup_timeout=60,
     )
-    host.client = KiloClient(server.url, server.password)
+    host.client = AgentClient(server.url, server.password)
     try:
         host.kilo_session = await host._ensure_session(host.client)
         yield host

@@ -2,7 +2,7 @@
 
 Stories the simulator tells with the fake Kilo (``tests/scenarios/
 unreachable_model_fails_fast.toml``, ``question_first_stays_waiting_user.toml``), told again with
-a real ``kilo serve``, so the shapes the classification table (``fsm.machines.turn.KILO_EVENTS``)
+a real ``kilo serve``, so the shapes the classification table (``fsm.machines.turn.AGENT_EVENTS``)
 was written from are the ones Kilo really sends:
 
 * a model endpoint nobody listens on: Kilo reports a network wait ("Cannot connect to API: …")

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from fsm.agents.events import ERROR_DETAIL_BYTES, TurnTranslator, clip_error, session_of
 from fsm.engine.clock import VirtualClock
 from fsm.engine.effects import AbortAgentTurn, EmitOutcome
 from fsm.engine.events import Event
 from fsm.engine.machine import StateMachine
 from fsm.machines import turn
-from fsm.wire.kilo_events import ERROR_DETAIL_BYTES, TurnTranslator, clip_error, session_of
 from tests.engine.harness import Driver
 from tests.paths import KILO_CAPTURES, SHARED_KILO
 
@@ -374,12 +374,12 @@ def test_every_captured_kind_is_declared_in_the_table() -> None:
     """The table is the one place that says what an event means: each kind captured from the
     real Kilo has its own row, or is named in the ``other`` row (so nothing is classified by
     accident)."""
-    named_other = set(next(r for r in turn.KILO_EVENTS if r.shape == "other").seen.split())
+    named_other = set(next(r for r in turn.AGENT_EVENTS if r.shape == "other").seen.split())
     t = TurnTranslator()
     unclassified = set()
     for payload in captured_everywhere():
         shape = t.shape_of(payload)
         if shape == "other" and payload["type"] not in named_other:
             unclassified.add(payload["type"])
-        assert shape in turn.KILO_MEANING
+        assert shape in turn.AGENT_MEANING
     assert not unclassified

@@ -1,6 +1,6 @@
 """What Kilo's events mean for a turn: a pure translation from event payloads to turn triggers.
 
-The meaning of each event shape is declared in one place, ``fsm.machines.turn.KILO_EVENTS``, next
+The meaning of each event shape is declared in one place, ``fsm.machines.turn.AGENT_EVENTS``, next
 to the machine it drives; this module only computes an event's *shape* (which needs a little
 memory: which messages are the user's, how much text each part has shown) and turns the declared
 meaning into triggers. Measured facts behind the shapes (``shared/kilo/README.md`` §5-§7):
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fsm.machines.turn import KILO_MEANING
+from fsm.machines.turn import AGENT_MEANING
 
 Trigger = tuple[str, dict[str, Any]]
 
@@ -81,11 +81,11 @@ class TurnTranslator:
             return []
         else:
             shape = self.shape_of(payload)
-        meaning = KILO_MEANING.get(shape, KILO_MEANING["other"])
+        meaning = AGENT_MEANING.get(shape, AGENT_MEANING["other"])
         return _TRIGGERS[meaning](props)
 
     def shape_of(self, payload: dict[str, Any]) -> str:
-        """The event's row in ``KILO_EVENTS`` (and what it teaches: user ids, text shown)."""
+        """The event's row in ``AGENT_EVENTS`` (and what it teaches: user ids, text shown)."""
         kind = str(payload.get("type", ""))
         props: dict[str, Any] = payload.get("properties") or {}
         if kind == "session.turn.open":
@@ -103,7 +103,7 @@ class TurnTranslator:
         elif kind == "session.status":
             status = props.get("status") or {}
             return "session.status retry" if status.get("type") == "retry" else kind
-        return kind if kind in KILO_MEANING else "other"
+        return kind if kind in AGENT_MEANING else "other"
 
     def _delta_shape(self, props: dict[str, Any]) -> str:
         if props.get("messageID") in self._user_messages:
@@ -133,9 +133,9 @@ class TurnTranslator:
             return f"{base} {kind}"
         if kind == "tool":
             shape = f"{base} tool {(part.get('state') or {}).get('status')}"
-            return shape if shape in KILO_MEANING else f"{base} tool pending"
+            return shape if shape in AGENT_MEANING else f"{base} tool pending"
         shape = f"{base} {kind}"
-        return shape if shape in KILO_MEANING else f"{base} other"
+        return shape if shape in AGENT_MEANING else f"{base} other"
 
 
 def _part_id(props: dict[str, Any]) -> dict[str, Any]:
