@@ -12,8 +12,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 
-from adapters.store.rows import INT64_MAX, INT64_MIN, InvalidValueError
+from adapters.store.rows import (
+    INT64_MAX,
+    INT64_MIN,
+    DuplicateEventError,
+    EventOrderError,
+    InvalidValueError,
+)
 
 _TOKEN_HASH = re.compile(r"[0-9a-f]{64}")
 
@@ -107,3 +114,31 @@ def json_text(what: str, field: str, data: object) -> str:
         return bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise invalid(what, field, f"is not UTF-8 JSON ({exc})") from exc
+
+
+def event_order_error(
+    what: str, ids: Sequence[int], index: int, last: int, is_stored: Callable[[int], bool]
+) -> EventOrderError:
+    """Why ``ids[index]`` cannot be appended after ``last`` (the session's last stored id): the
+    one wording of both stores. ``is_stored`` asks the store, only when the batch itself does
+    not already say why."""
+    event_id = ids[index]
+    tail = "; nothing of the batch was written"
+    if event_id <= 0:
+        return EventOrderError(f"could not {what}: event id {event_id} < 1 (ids start at 1){tail}")
+    if index > 0 and ids[index - 1] == event_id:
+        return DuplicateEventError(f"could not {what}: event id {event_id} appears twice{tail}")
+    if index > 0 and event_id < ids[index - 1]:
+        return EventOrderError(
+            f"could not {what}: event id {event_id} comes after {ids[index - 1]} "
+            f"in the batch; ids must strictly increase{tail}"
+        )
+    if is_stored(event_id):
+        return DuplicateEventError(
+            f"could not {what}: event id {event_id} is already stored "
+            f"(last stored id is {last}){tail}"
+        )
+    return EventOrderError(
+        f"could not {what}: event id {event_id} is not after the last stored id {last}; "
+        f"the log is append-only{tail}"
+    )

@@ -64,6 +64,7 @@ from adapters.store.checks import (
     check_text,
     check_time,
     check_token_hash,
+    event_order_error,
     invalid,
     json_text,
     quote,
@@ -77,8 +78,6 @@ from adapters.store.rows import (
     MESSAGE_COLUMNS,
     SESSION_COLUMNS,
     BatchAbortedError,
-    DuplicateEventError,
-    EventOrderError,
     EventRow,
     InvalidValueError,
     LeaseLostError,
@@ -817,7 +816,19 @@ class PostgresStore:
             previous = last
             for index, event_id in enumerate(ids):
                 if event_id <= previous:
-                    raise self._order_error(db, session_id, what, ids, index, last)
+                    raise event_order_error(
+                        what,
+                        ids,
+                        index,
+                        last,
+                        lambda event_id: (
+                            db.execute(
+                                "SELECT 1 FROM events WHERE session_id = %s AND id = %s",
+                                (session_id, event_id),
+                            ).fetchone()
+                            is not None
+                        ),
+                    )
                 previous = event_id
             try:  # a failure voids this write's transaction or savepoint: _write undoes it
                 db.execute(
@@ -836,41 +847,6 @@ class PostgresStore:
                             "nothing of the batch was written"
                         ) from exc
                 raise
-
-    def _order_error(
-        self,
-        db: psycopg.Connection[tuple[Any, ...]],
-        session_id: str,
-        what: str,
-        ids: Sequence[int],
-        index: int,
-        last: int,
-    ) -> EventOrderError:
-        event_id = ids[index]
-        tail = "; nothing of the batch was written"
-        if event_id <= 0:
-            return EventOrderError(
-                f"could not {what}: event id {event_id} < 1 (ids start at 1){tail}"
-            )
-        if index > 0 and ids[index - 1] == event_id:
-            return DuplicateEventError(f"could not {what}: event id {event_id} appears twice{tail}")
-        if index > 0 and event_id < ids[index - 1]:
-            return EventOrderError(
-                f"could not {what}: event id {event_id} comes after {ids[index - 1]} "
-                f"in the batch; ids must strictly increase{tail}"
-            )
-        stored = db.execute(
-            "SELECT 1 FROM events WHERE session_id = %s AND id = %s", (session_id, event_id)
-        ).fetchone()
-        if stored:
-            return DuplicateEventError(
-                f"could not {what}: event id {event_id} is already stored "
-                f"(last stored id is {last}){tail}"
-            )
-        return EventOrderError(
-            f"could not {what}: event id {event_id} is not after the last stored id {last}; "
-            f"the log is append-only{tail}"
-        )
 
     def events(self, session_id: str, after: int = 0, limit: int = 1000) -> list[EventRow]:
         """Up to ``limit`` events with id > ``after``, by id — the ``Last-Event-ID`` resume

@@ -77,6 +77,7 @@ from adapters.store.checks import check_int as _check_int
 from adapters.store.checks import check_text as _check_text
 from adapters.store.checks import check_time as _check_time
 from adapters.store.checks import check_token_hash as _check_token_hash
+from adapters.store.checks import event_order_error
 from adapters.store.checks import invalid as _invalid
 from adapters.store.checks import json_text as _json_text
 from adapters.store.checks import quote as _quote
@@ -856,7 +857,19 @@ class SqliteStore:
             previous = last
             for index, row in enumerate(rows):
                 if row.id <= previous:
-                    raise self._order_error(db, session_id, what, rows, index, last)
+                    raise event_order_error(
+                        what,
+                        [r.id for r in rows],
+                        index,
+                        last,
+                        lambda event_id: (
+                            db.execute(
+                                "SELECT 1 FROM events WHERE session_id = ? AND id = ?",
+                                (session_id, event_id),
+                            ).fetchone()
+                            is not None
+                        ),
+                    )
                 previous = row.id
             try:
                 db.executemany(
@@ -871,41 +884,6 @@ class SqliteStore:
                             "nothing of the batch was written"
                         ) from exc
                 raise
-
-    def _order_error(
-        self,
-        db: sqlite3.Connection,
-        session_id: str,
-        what: str,
-        rows: Sequence[EventRow],
-        index: int,
-        last: int,
-    ) -> EventOrderError:
-        event_id = rows[index].id
-        tail = "; nothing of the batch was written"
-        if event_id <= 0:
-            return EventOrderError(
-                f"could not {what}: event id {event_id} < 1 (ids start at 1){tail}"
-            )
-        if index > 0 and rows[index - 1].id == event_id:
-            return DuplicateEventError(f"could not {what}: event id {event_id} appears twice{tail}")
-        if index > 0 and event_id < rows[index - 1].id:
-            return EventOrderError(
-                f"could not {what}: event id {event_id} comes after {rows[index - 1].id} "
-                f"in the batch; ids must strictly increase{tail}"
-            )
-        stored = db.execute(
-            "SELECT 1 FROM events WHERE session_id = ? AND id = ?", (session_id, event_id)
-        ).fetchone()
-        if stored:
-            return DuplicateEventError(
-                f"could not {what}: event id {event_id} is already stored "
-                f"(last stored id is {last}){tail}"
-            )
-        return EventOrderError(
-            f"could not {what}: event id {event_id} is not after the last stored id {last}; "
-            f"the log is append-only{tail}"
-        )
 
     @staticmethod
     def _last_event_id(db: sqlite3.Connection, session_id: str) -> int:
