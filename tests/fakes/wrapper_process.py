@@ -23,6 +23,21 @@ import httpx
 
 TOKEN = "test-token"
 
+FAST = {
+    # Just above Kilo's 10 s heartbeat (OpenCode's is about the same): shorter would make a
+    # healthy idle stream look silent.
+    "stream_silence": "11s",
+    "health_probe_timeout": "1s",
+    "first_event_grace": "10s",
+    "agent_stop_grace": "1s",
+    "agent_restart_backoff_initial": "100ms",
+    "ingest_backoff_initial": "100ms",
+    "ingest_backoff_max": "500ms",
+    "ingest_heartbeat": "1s",
+}
+"""The wrapper timers the real-agent serve tests run with: restarts, reconnects and stops in
+well under a second, so a test waits on the behaviour, not on production durations."""
+
 
 def toml_value(value: Any) -> str:
     return json.dumps(value)

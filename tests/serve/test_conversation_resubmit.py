@@ -36,7 +36,7 @@ from fsm.settings.config import timer_values
 from fsm.wire.protocol import PromptCommand
 from tests.fakes.fake_llm import FakeLLM, running_fake_llm
 from tests.fakes.ingest_server import FakeIngest
-from tests.fakes.wrapper_process import Wrapper, git_workspace, running_wrapper
+from tests.fakes.wrapper_process import FAST, Wrapper, git_workspace, running_wrapper
 
 pytestmark = pytest.mark.anyio
 
@@ -178,17 +178,6 @@ async def test_a_resubmitted_prompt_is_once_in_kilos_history(kilo_host: WrapperH
 
 
 # -- the real wrapper: a resubmission after Kilo died mid-turn ------------------------------------
-
-FAST = {
-    "stream_silence": "11s",  # just above Kilo's 10 s heartbeat
-    "health_probe_timeout": "1s",
-    "first_event_grace": "10s",
-    "agent_stop_grace": "1s",
-    "agent_restart_backoff_initial": "100ms",
-    "ingest_backoff_initial": "100ms",
-    "ingest_backoff_max": "500ms",
-    "ingest_heartbeat": "1s",
-}
 
 
 @pytest.fixture

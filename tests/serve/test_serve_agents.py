@@ -26,20 +26,9 @@ from adapters.agents.base import AGENTS
 from adapters.kilo.binary import AgentNotFound, find_agent
 from tests.fakes.fake_llm import FakeLLM
 from tests.fakes.ingest_server import FakeIngest
-from tests.fakes.wrapper_process import running_wrapper
+from tests.fakes.wrapper_process import FAST, running_wrapper
 
 pytestmark = pytest.mark.kilo
-
-FAST = {
-    "stream_silence": "11s",
-    "health_probe_timeout": "1s",
-    "first_event_grace": "10s",
-    "agent_stop_grace": "1s",
-    "agent_restart_backoff_initial": "100ms",
-    "ingest_backoff_initial": "100ms",
-    "ingest_backoff_max": "500ms",
-    "ingest_heartbeat": "1s",
-}
 
 
 @pytest.fixture(params=["kilo", "opencode"])

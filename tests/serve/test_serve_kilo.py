@@ -12,7 +12,7 @@ import pytest
 
 from tests.fakes.fake_llm import FakeLLM
 from tests.fakes.ingest_server import FakeIngest
-from tests.fakes.wrapper_process import running_wrapper
+from tests.fakes.wrapper_process import FAST, running_wrapper
 
 pytestmark = pytest.mark.kilo
 
@@ -32,19 +32,6 @@ def test_prompt_streams_events_and_completes_once(
         assert ingest.hellos[0].session_id == "sess-1"
         assert ingest.duplicates == 0
         assert len(ingest.outcomes()) == 1
-
-
-FAST = {
-    # Just above Kilo's 10 s heartbeat: shorter would make a healthy idle stream look silent.
-    "stream_silence": "11s",
-    "health_probe_timeout": "1s",
-    "first_event_grace": "10s",
-    "agent_stop_grace": "1s",
-    "agent_restart_backoff_initial": "100ms",
-    "ingest_backoff_initial": "100ms",
-    "ingest_backoff_max": "500ms",
-    "ingest_heartbeat": "1s",
-}
 
 
 def _completed(ingest: FakeIngest, n: int) -> list[object]:
