@@ -17,6 +17,7 @@ from fsm.wire.protocol import (
     PROTOCOL_VERSION,
     WRAPPER_VERSION,
     AbortCommand,
+    EventFrame,
     Hello,
     LifecycleFrame,
     OutcomeFrame,
@@ -349,3 +350,26 @@ def test_a_prompt_kilo_never_starts_restarts_kilo_so_the_next_one_runs() -> None
         waited += 5.0
     assert p.wrapper.wrapper.state in ("restarting", "starting")
     assert [m.reason for m in p.session.messages.values()] == ["no_progress"]
+
+
+def test_the_agents_heartbeat_keeps_the_link_alive_and_never_leaves_the_wrapper() -> None:
+    """Kilo's ``server.heartbeat`` (every 10 s) was forwarded as an event frame: a stored row, an
+    ack and a sequence number per session every 10 s, replayed to every client resuming a
+    stream. It proves only the wrapper's link to its agent alive, so it stays in the wrapper."""
+    p = Pair()
+    p.boot()
+    sent_before = [a for a in p.actions if isinstance(a, Transmit)]
+    logged_before = len(p.log)
+    silence = WRAPPER_TIMERS.defaults()["stream_silence"]
+    for _ in range(int(4 * silence // 10) + 1):
+        p.clock.advance_by(10.0)
+        p.kilo("server.heartbeat")
+    assert p.wrapper.link is not None and p.wrapper.link.state == "streaming"
+    frames = [
+        frame
+        for effect in p.actions
+        if isinstance(effect, Transmit) and effect not in sent_before
+        for frame in effect.frames
+    ]
+    assert not [f for f in frames if isinstance(f, EventFrame)], frames
+    assert not [e for e in p.log[logged_before:] if e.kind == "event"]

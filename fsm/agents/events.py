@@ -27,6 +27,10 @@ from fsm.machines.turn import AGENT_MEANING
 
 Trigger = tuple[str, dict[str, Any]]
 
+AGENT_HEARTBEAT = "server.heartbeat"
+"""The agent's keep-alive on its event stream (Kilo and OpenCode both send one every 10 s): it
+proves the link alive and means nothing for a turn, so the wrapper keeps it to itself."""
+
 ERROR_DETAIL_BYTES = 1024
 """An outcome carries the first 1 KiB of the agent's own error text: enough for Kilo's message
 (a stack trace follows it in some errors), small enough for every frame and log line."""

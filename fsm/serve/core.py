@@ -43,7 +43,7 @@ import msgspec
 
 from fsm.agents.dialect import Dialect
 from fsm.agents.dialect import dialect as make_dialect
-from fsm.agents.events import TurnTranslator, clip_error
+from fsm.agents.events import AGENT_HEARTBEAT, TurnTranslator, clip_error
 from fsm.engine.clock import Clock
 from fsm.engine.effects import (
     AgentStuck,
@@ -499,6 +499,13 @@ class WrapperCore:
         else:
             trigger = "connected" if kind == "server.connected" else "event"
             self._send("agent_link", Event(trigger, {"generation": generation}))
+        if kind == AGENT_HEARTBEAT:
+            # Liveness between this wrapper and its agent only: it re-armed the link's silence
+            # window above, and that is all it means. Forwarded, it was a stored event row, an
+            # ack and a sequence number every 10 s per session (100 rows/s for 1,000 idle
+            # sessions, replayed to every client that resumes a stream) telling the control plane
+            # nothing its own ingest heartbeat does not.
+            return
         for event in self.dialect.expand(payload):
             self._push_event(generation, event)
             self._turn_event(event)
