@@ -269,6 +269,19 @@ class PostgresStore:
                 connect_timeout=max(1, round(self._connect_timeout)),
                 application_name=f"fsm-agent{f' {self.replica}' if self.replica else ''}",
             )
+            if self.replica is not None:
+                # A replica stopped (SIGSTOP, a VM paused) inside a transaction would keep its
+                # lease rows locked FOR SHARE, and every other replica's claim skips locked rows:
+                # its sessions could not be claimed until it resumed. The server ends such a
+                # transaction once it has been idle a third of the lease, so the rows are free
+                # by the time the lease has expired (its writes were fenced: nothing of it
+                # commits). Set here, not in the DSN's options, which stay the operator's.
+                idle_ms = max(500, round(self.lease_ttl * 1000 / 3))
+                db.execute(
+                    sql.SQL("SET idle_in_transaction_session_timeout = {}").format(
+                        sql.Literal(idle_ms)
+                    )
+                )
         except psycopg.Error as exc:
             raise StoreUnavailableError(
                 f"could not {what}: cannot connect to {self.where}: {_first_line(exc)}"

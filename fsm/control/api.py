@@ -148,7 +148,7 @@ def operations(host: ControlHost, limits: LimitValues) -> list[Operation]:
 
     async def create_session(request: Request) -> Response:
         body = await decode_body(request, CreateSessionBody, limits.body_bytes)
-        entry, token = host.create_session(
+        entry, token = await host.add_session(
             agent_session=body.agent_session,
             user_id=body.user_id,
             workdir=body.workdir,
@@ -225,7 +225,7 @@ def operations(host: ControlHost, limits: LimitValues) -> list[Operation]:
         if follow_raw not in ("0", "1"):
             raise HTTPProblem(400, f"follow must be 0 or 1, got {follow_raw[:20]!r}", "follow")
         host.check_stream_limits(entry)
-        host.flush_session(entry.row.id)
+        await host.flush_session(entry.row.id)
         return StreamingResponse(
             _sse(host, entry, after, follow_raw == "1"),
             media_type="text/event-stream",
@@ -398,7 +398,7 @@ async def _sse(
     last = after
     try:
         while True:
-            rows = host.store.events(entry.row.id, after=last, limit=1000)
+            rows = await host.db.run(host.store.events, entry.row.id, last, 1000)
             for row in rows:
                 data: dict[str, Any] = msgspec.json.decode(row.data)
                 yield sse_line(LogEntry(row.id, row.at, row.kind, data))

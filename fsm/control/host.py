@@ -64,6 +64,7 @@ from adapters.store.sqlite import (
     StoreError,
     hash_token,
 )
+from adapters.store.worker import Inline, StoreRunner, StoreThread
 from fsm.control.core import LogEntry, Message, SessionCore
 from fsm.control.metrics import Metrics
 from fsm.control.views import SessionDetail, SessionSummary, WrapperAccess
@@ -83,6 +84,76 @@ from fsm.wire.transmit import Transmit
 
 SNAPSHOT_DEBOUNCE = 30.0
 FLUSH_PERIOD = 0.05
+
+
+class SnapshotRow(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``Store.save_session`` writes of the machine."""
+
+    state: str
+    snapshot: bytes
+    wrapper_id: str | None
+    last_seq: int
+    updated_at: float
+
+
+@dataclass
+class SessionWrite:
+    """One session's part of a flush: taken on the loop (``ControlHost._take``), written on the
+    store's thread (``write_sessions``), its outcome applied on the loop."""
+
+    session_id: str
+    entry: SessionEntry
+    events: list[LogEntry]
+    rows: list[EventRow]
+    check_stored: bool
+    """The last write's COMMIT was lost: skip event ids the server may have stored after all."""
+    message_ids: list[str]
+    messages: list[MessageRow]
+    snapshot: SnapshotRow | None
+    state: str | None
+    held: list[Frame]
+
+
+def write_sessions(store: Store, writes: list[SessionWrite]) -> list[BaseException | None]:
+    """Every write in one transaction, each in a savepoint of its own (run on the store's
+    thread; it touches only the rows it was given). Per write, None or what it raised: a
+    failure stays with its session. A failure of the batch itself (begin, commit) raises."""
+    outcomes: list[BaseException | None] = []
+    with store.batch("store pending session data"):
+        for write in writes:
+            try:
+                with store.savepoint("session"):
+                    _write_one(store, write)
+            except Exception as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+    return outcomes
+
+
+def _write_one(store: Store, write: SessionWrite) -> None:
+    sid, rows = write.session_id, write.rows
+    if rows and write.check_stored:
+        # The last batch's COMMIT was lost with the connection: the server may have stored it.
+        # This replica holds the lease (the write is fenced), so stored ids are ours: skip them
+        # rather than fail on them forever (DuplicateEventError). They are still released: their
+        # acks and live subscribers waited for them.
+        stored = store.last_event_id(sid)
+        rows = [r for r in rows if r.id > stored]
+    if rows:
+        store.append_events(sid, rows)
+    for message in write.messages:
+        store.save_message(sid, message)
+    snap = write.snapshot
+    if snap is not None:
+        store.save_session(
+            sid,
+            state=snap.state,
+            snapshot=snap.snapshot,
+            wrapper_id=snap.wrapper_id,
+            last_seq=snap.last_seq,
+            updated_at=snap.updated_at,
+        )
 
 
 @dataclass
@@ -133,6 +204,8 @@ class SessionEntry:
     them may be stored; the next write checks the stored last id first."""
     held: list[Frame] = field(default_factory=list)
     """Acks and welcomes, released after the flush that stores what they acknowledge."""
+    welcome_writing: bool = False
+    """A welcome was taken into a write still in flight: commands wait behind it."""
     events: list[LogEntry] = field(default_factory=list)
     dirty_messages: set[str] = field(default_factory=set)
     snapshot_due: bool = True
@@ -166,6 +239,12 @@ class ControlHost:
         self.pending_total = 0
         """Sessions with data waiting to be stored (or frames waiting for that)."""
         self.store: Store | None = None
+        self.db: StoreRunner = Inline()
+        """Where every store call runs: a thread of its own on PostgreSQL, so that a slow or
+        unreachable server never freezes this loop (``adapters/store/worker.py``)."""
+        self._flushing = anyio.Lock()
+        """One flush at a time: a session's writes reach the store in the order they were made,
+        and a failed write's data goes back in front of what came in meanwhile."""
         self.pg: PostgresStore | None = None
         """The same store when it is PostgreSQL shared by replicas (leases, fencing)."""
         self.lease_until: dict[str, float] = {}
@@ -249,7 +328,7 @@ class ControlHost:
                     lambda: reap_silent_connections(server, self.values["http_first_request"]),
                 )
                 if self.replicas is not None:
-                    self.replicas.start(tg)  # claims what nobody holds, restoring each session
+                    await self.replicas.start(tg)  # claims what nobody holds, restoring each
                 else:
                     self._load_sessions()
                 settle_collector()  # what was restored lives on; see fsm/hosting/collector.py
@@ -265,16 +344,18 @@ class ControlHost:
                 )
                 self.ready.set()
                 await self.stop_requested.wait()
-                self._flush()
+                await self._flush()
                 if self.replicas is not None:
-                    self.replicas.release_all()  # another replica may claim them at once
+                    await self.replicas.release_all()  # another replica may claim them at once
                 server.should_exit = True
                 tg.cancel_scope.cancel()
         finally:
-            self._flush()
-            if self.replicas is not None:
-                await self.replicas.close()
-            self.store.close()
+            with anyio.CancelScope(shield=True):
+                await self._flush()
+                if self.replicas is not None:
+                    await self.replicas.close()
+            self.db.now(self.store.close)
+            self.db.close()
 
     def _open_store(self) -> Store:
         s = self.settings
@@ -282,8 +363,10 @@ class ControlHost:
             return SqliteStore(s.db)
         from fsm.control.replicas import Replicas
 
-        self.pg = PostgresStore(
-            s.db_url, replica=s.replica_id, lease_ttl=self.values["replica_lease"]
+        dsn = s.db_url
+        self.db = StoreThread(f"store-{s.replica_id}")
+        self.pg = self.db.now(
+            lambda: PostgresStore(dsn, replica=s.replica_id, lease_ttl=self.values["replica_lease"])
         )
         self.replicas = Replicas(self, self.pg)
         return self.pg
@@ -296,7 +379,7 @@ class ControlHost:
         resuming before it has asked the database)."""
         return self.pg is None or self.lease_until.get(session_id, 0.0) > time.monotonic()
 
-    def adopt_row(self, row: SessionRow, held_since: float) -> SessionEntry | None:
+    async def adopt_row(self, row: SessionRow, held_since: float) -> SessionEntry | None:
         """A session this replica just claimed (its lease taken at monotonic ``held_since``):
         restored from its snapshot as a restart restores it."""
         self.lease_until[row.id] = held_since + self.values["replica_lease"]
@@ -304,7 +387,11 @@ class ControlHost:
             return self.sessions[row.id]
         if not row.snapshot:
             return None
-        return self._restore(row)
+        assert self.store is not None
+        stored = await self.db.run(self._stored_log, row.id)
+        if row.id in self.sessions:  # restored by another task while this one read
+            return self.sessions[row.id]
+        return self._restore(row, *stored)
 
     def drop_session(self, session_id: str, why: str) -> None:
         """Stop acting for a session another replica now holds: its machine and timers go, its
@@ -350,6 +437,23 @@ class ControlHost:
             log_start=log_start,
         )
 
+    async def add_session(
+        self,
+        *,
+        agent_session: str | None = None,
+        user_id: str = "user",
+        workdir: str | None = None,
+        wrapper_version: str | None = None,
+    ) -> tuple[SessionEntry, str]:
+        """A new session and its wrapper token (shown once: only its hash is stored); the row is
+        inserted on the store's thread (on PostgreSQL with its lease taken) before the session
+        exists here."""
+        assert self.store is not None
+        row, token = self._new_row(agent_session, user_id, workdir)
+        held_since = time.monotonic()
+        await self.db.run(self.store.create_session, row)
+        return self._admit(row, token, wrapper_version, held_since), token
+
     def create_session(
         self,
         *,
@@ -358,8 +462,17 @@ class ControlHost:
         workdir: str | None = None,
         wrapper_version: str | None = None,
     ) -> tuple[SessionEntry, str]:
-        """A new session and its wrapper token (shown once: only its hash is stored)."""
-        assert self.store is not None
+        """``add_session`` for in-process callers of an inline store (SQLite: the insert runs
+        here, on the loop, as every SQLite call does)."""
+        assert self.store is not None and isinstance(self.db, Inline)
+        row, token = self._new_row(agent_session, user_id, workdir)
+        held_since = time.monotonic()
+        self.store.create_session(row)
+        return self._admit(row, token, wrapper_version, held_since), token
+
+    def _new_row(
+        self, agent_session: str | None, user_id: str, workdir: str | None
+    ) -> tuple[SessionRow, str]:
         if len(self.sessions) >= self.limits.sessions:
             raise HTTPProblem(
                 429,
@@ -390,14 +503,19 @@ class ControlHost:
             created_at=now,
             updated_at=now,
         )
-        held_since = time.monotonic()
-        self.store.create_session(row)  # on PostgreSQL, with its lease taken
+        return row, token
+
+    def _admit(
+        self, row: SessionRow, token: str, wrapper_version: str | None, held_since: float
+    ) -> SessionEntry:
+        """The stored new session comes alive here (its lease taken at ``held_since``)."""
+        sid = row.id
         if self.pg is not None:
             self.lease_until[sid] = held_since + self.values["replica_lease"]
         entry = SessionEntry(self._new_core(sid), row, token, first_version=wrapper_version)
         self.sessions[sid] = entry
         entry.core.start()
-        return entry, token
+        return entry
 
     def _workdir(self, given: str) -> Path:
         """A client's workdir, confined to the workspace root: relative paths are taken from the
@@ -423,15 +541,20 @@ class ControlHost:
         return path
 
     def _load_sessions(self) -> None:
+        """At start, before anything is served: every stored session, restored."""
         assert self.store is not None
-        for row in self.store.list_sessions():
+        for row in self.db.now(self.store.list_sessions):
             if row.snapshot:
-                self._restore(row)
+                self._restore(row, *self.db.now(self._stored_log, row.id))
 
-    def _restore(self, row: SessionRow) -> SessionEntry:
-        """The session machine of a stored row, with its messages and remaining timers."""
+    def _stored_log(self, session_id: str) -> tuple[int, list[MessageRow]]:
+        """What a restore reads besides the row (run on the store's thread)."""
         assert self.store is not None
-        entry = SessionEntry(self._new_core(row.id, self.store.last_event_id(row.id)), row)
+        return self.store.last_event_id(session_id), self.store.messages(session_id)
+
+    def _restore(self, row: SessionRow, last_event: int, stored: list[MessageRow]) -> SessionEntry:
+        """The session machine of a stored row, with its messages and remaining timers."""
+        entry = SessionEntry(self._new_core(row.id, last_event), row)
         self.sessions[row.id] = entry
         messages = [
             Message(
@@ -444,7 +567,7 @@ class ControlHost:
                 m.finished_at,
                 msgspec.json.decode(m.options) if m.options else {},
             )
-            for m in self.store.messages(row.id)
+            for m in stored
         ]
         snapshot = msgspec.json.decode(row.snapshot, type=Snapshot)
         entry.core.restore(snapshot, messages, row.wrapper_id, row.last_seq)
@@ -462,19 +585,18 @@ class ControlHost:
         entry.deleting = True
         entry.core.stop()
         if entry.core.state in ("stopped", "failed"):
-            self._forget(session_id)
+            self._start("forgetting a session", functools.partial(self._forget, session_id))
 
-    async def _forget_soon(self, session_id: str) -> None:
-        self._forget(session_id)
-
-    def _forget(self, session_id: str) -> None:
+    async def _forget(self, session_id: str) -> None:
         if session_id not in self.sessions:
             return
-        self.flush_session(session_id)
-        entry = self.sessions.pop(session_id)
+        await self.flush_session(session_id)
+        entry = self.sessions.pop(session_id, None)
+        if entry is None:
+            return
         entry.core.group.remove(entry.core.machine.machine_id)
         assert self.store is not None
-        self.store.delete_session(session_id)
+        await self.db.run(self.store.delete_session, session_id)
         for sub in entry.subscribers:
             sub.close()
 
@@ -516,7 +638,9 @@ class ControlHost:
                     entry.held.append(frame)  # released after the flush that stores the data
                     self._dirty.add(session_id)
                 elif isinstance(frame, Shutdown) or (
-                    entry.outq is not None and not any(isinstance(h, Welcome) for h in entry.held)
+                    entry.outq is not None
+                    and not entry.welcome_writing
+                    and not any(isinstance(h, Welcome) for h in entry.held)
                 ):
                     self._send(entry, frame)
                 else:
@@ -561,7 +685,7 @@ class ControlHost:
             # any more.
             token = secrets.token_urlsafe(32)
             assert self.store is not None
-            self.store.set_token_hash(row.id, hash_token(token))
+            await self.db.run(self.store.set_token_hash, row.id, hash_token(token))
             row.token_hash = hash_token(token)
             entry.token = token
         spec = WrapperSpec(
@@ -654,9 +778,7 @@ class ControlHost:
             ):
                 # However the stop ended (exit seen, grace expired), a deleted session goes now;
                 # after this transition has been handled, not in the middle of it.
-                self._start(
-                    "forgetting a session", functools.partial(self._forget_soon, session_id)
-                )
+                self._start("forgetting a session", functools.partial(self._forget, session_id))
             # Heartbeat re-arms are written at most every 30 s, and at least three times per
             # stale window, so a restored stale timer is never much earlier than the real one.
             debounce = min(SNAPSHOT_DEBOUNCE, self.values["stale_heartbeat"] / 3)
@@ -699,147 +821,157 @@ class ControlHost:
         while True:
             await anyio.sleep(FLUSH_PERIOD)
             try:
-                self._flush()
+                await self._flush()
             except Exception as exc:  # the loop that stores every session must never stop
                 self.log.error("flushing failed", error=f"{type(exc).__name__}: {exc}"[:500])
 
-    def flush_session(self, session_id: str) -> None:
+    async def flush_session(self, session_id: str) -> None:
         """Store what is pending now, so a reader of the log sees what the API already shows."""
-        entry = self.sessions.get(session_id)
-        if entry is not None and self.store is not None and entry.retry_at <= time.monotonic():
-            self._dirty.discard(session_id)
-            events = self._write_contained(session_id, entry)
-            if events is not None:
-                self._release(entry, events)
+        await self._flush({session_id})
 
-    def _flush(self) -> None:
-        """Write every session with pending data in one transaction, then release what waited
-        for it (acks, welcomes, live subscribers): nothing is acknowledged before it is stored.
-        Only sessions marked dirty are visited, so idle sessions cost nothing here."""
+    async def _flush(self, only: set[str] | None = None) -> None:
+        """Write every session with pending data (or those of ``only``) in one transaction, then
+        release what waited for it (acks, welcomes, live subscribers): nothing is acknowledged
+        before it is stored. Only sessions marked dirty are visited, so idle sessions cost
+        nothing here. What to write is taken here, on the loop; it is written on the store's
+        thread (``self.db``) while the loop serves on, and the answers are applied here again.
+        Shielded: once taken, a flush's data is written and accounted for even when the task
+        that began it is cancelled (the host stopping)."""
+        with anyio.CancelScope(shield=True):
+            async with self._flushing:
+                await self._flush_now(only)
+
+    async def _flush_now(self, only: set[str] | None) -> None:
         store = self.store
         if store is None or not self._dirty:
             return
-        dirty, self._dirty = self._dirty, set()
+        if only is None:
+            dirty, self._dirty = self._dirty, set()
+        else:
+            dirty = self._dirty & only
+            self._dirty -= dirty
         now = time.monotonic()
-        written: list[tuple[SessionEntry, list[LogEntry]]] = []
+        writes: list[SessionWrite] = []
+        for sid in sorted(dirty):
+            entry = self.sessions.get(sid)
+            if entry is None:
+                continue
+            if entry.retry_at > now:
+                self._dirty.add(sid)  # still backing off after a failed write
+                continue
+            writes.append(self._take(sid, entry))
+        if not writes:
+            return
         try:
-            with store.batch("store pending session data"):
-                for sid in sorted(dirty):
-                    entry = self.sessions.get(sid)
-                    if entry is None:
-                        continue
-                    if entry.retry_at > now:
-                        self._dirty.add(sid)  # still backing off after a failed write
-                        continue
-                    events = self._write_contained(sid, entry)
-                    if events is not None:
-                        written.append((entry, events))
+            outcomes = await self.db.run(write_sessions, store, writes)
         except Exception as exc:
             # The whole transaction is gone (SQLite gave up on a full disk; PostgreSQL could not
             # be reached to begin it, lost the connection, or failed the commit): what every
             # session wrote in it waits in memory again, unacknowledged, for the next flush.
-            for entry, events in written:
-                entry.events = events + entry.events
-                entry.dirty_messages.update(entry.core.messages)
-                entry.snapshot_due = True
-                entry.commit_unsure = True  # a lost COMMIT may have been committed after all
             # Every session of this flush stays dirty, also those the batch never reached (a
             # batch that could not even begin visited none): otherwise a session whose last
             # frames came in while the store was down would never be visited again, its frames
             # neither stored nor acknowledged while the wrapper, still connected, waits.
+            for write in writes:
+                self._put_back(write)
+                write.entry.commit_unsure = True  # a lost COMMIT may have been committed after all
             self._dirty.update(dirty)
             self.metrics.store_failures += 1
             self.log.error("storing the batch failed", error=f"{type(exc).__name__}: {exc}"[:500])
             if not isinstance(exc, StoreError):
                 raise
             return
-        for entry, events in written:
-            self._release(entry, events)
+        for write, outcome in zip(writes, outcomes, strict=True):
+            entry = write.entry
+            if self.sessions.get(write.session_id) is not entry:
+                continue  # dropped or forgotten while it was written
+            if outcome is None:
+                entry.write_failures = 0
+                entry.commit_unsure = False
+                if write.state is not None:
+                    entry.row.state = write.state
+                self._release(entry, write.held, write.events)
+            elif isinstance(outcome, LeaseLostError):
+                # Fenced: another replica holds the session (nothing of this write is stored).
+                self.drop_session(write.session_id, str(outcome)[:300])
+            else:
+                self._write_failed(write, outcome)
 
-    def _write_contained(self, sid: str, entry: SessionEntry) -> list[LogEntry] | None:
-        """One session's write in a savepoint of its own. Whatever it raises (any store error,
-        or anything else one session's data could cause) stays with that session: its partial
-        write is rolled back, its data waits in memory (unacknowledged, so nothing is lost) and
-        is retried with a backoff, and every other session's write goes on."""
-        assert self.store is not None
-        # Taken out here, before the savepoint: if it cannot even begin (the batch is void, the
-        # server is down) they are put back exactly once. Put back after a failure that left
-        # them in place, they would be doubled, and every later write of the session refused
-        # for ids out of order: stuck, neither stored nor acknowledged.
-        events, entry.events = entry.events, []
-        messages = set(entry.dirty_messages)
-        try:
-            with self.store.savepoint("session"):
-                self._write(sid, entry, events)
-        except LeaseLostError as exc:
-            # Fenced: another replica holds the session (nothing of this write is stored).
-            self.drop_session(sid, str(exc)[:300])
-            return None
-        except Exception as exc:
-            entry.events = events + entry.events
-            entry.dirty_messages.update(messages)  # rolled back with the savepoint: write again
-            entry.write_failures += 1
-            delay = min(5.0, FLUSH_PERIOD * 2**entry.write_failures)
-            entry.retry_at = time.monotonic() + delay
-            self._dirty.add(sid)
-            self.metrics.store_failures += 1
-            self.log.error(
-                "storing a session failed; its data waits in memory",
-                session=sid,
-                error=f"{type(exc).__name__}: {exc}"[:500],
-                failures=entry.write_failures,
-                retry_in=round(delay, 3),
-            )
-            return None
-        entry.write_failures = 0
-        return events
-
-    def _write(self, sid: str, entry: SessionEntry, events: list[LogEntry]) -> None:
-        store = self.store
-        assert store is not None
+    def _take(self, sid: str, entry: SessionEntry) -> SessionWrite:
+        """One session's pending data, taken out of the entry for a write. What arrives while it
+        is written waits in the entry for the next flush; a failed write puts this back in front
+        of it exactly once (``_put_back``). The acks and welcomes taken are the ones for data
+        applied so far, i.e. in this write: a frame that comes in meanwhile is acked by the
+        flush that stores it, never by this one."""
         core = entry.core
-        fresh = events
-        if events and entry.commit_unsure:
-            # The last batch's COMMIT was lost with the connection: the server may have stored
-            # it. This replica holds the lease (the write is fenced), so stored ids are ours:
-            # skip them rather than fail on them forever (DuplicateEventError). They are still
-            # released below: their acks and live subscribers waited for them.
-            stored = store.last_event_id(sid)
-            fresh = [e for e in events if e.id > stored]
-        if fresh:
-            store.append_events(
-                sid,
-                [EventRow(e.id, e.at, e.kind, msgspec.json.encode(e.data)) for e in fresh],
-            )
-        for mid in sorted(entry.dirty_messages):
-            m = core.messages[mid]
-            store.save_message(
-                sid,
-                MessageRow.of(m),
-            )
+        events, entry.events = entry.events, []
+        held, entry.held = entry.held, []
+        entry.welcome_writing = any(isinstance(h, Welcome) for h in held)
+        message_ids = sorted(entry.dirty_messages)
         entry.dirty_messages.clear()
+        snapshot = None
+        state = None
         if entry.snapshot_due or events:
             now = self.clock.now()
-            store.save_session(
-                sid,
-                state=core.state,
+            state = core.state
+            snapshot = SnapshotRow(
+                state=state,
                 snapshot=msgspec.json.encode(core.snapshot()),
                 wrapper_id=core.wrapper_id,
                 last_seq=core.last_seq,
                 updated_at=now,
             )
-            entry.row.state = core.state
             entry.snapshot_due = False
             entry.last_snapshot = now
-        entry.commit_unsure = False
+        return SessionWrite(
+            session_id=sid,
+            entry=entry,
+            events=events,
+            rows=[EventRow(e.id, e.at, e.kind, msgspec.json.encode(e.data)) for e in events],
+            check_stored=entry.commit_unsure,
+            message_ids=message_ids,
+            messages=[MessageRow.of(core.messages[mid]) for mid in message_ids],
+            snapshot=snapshot,
+            state=state,
+            held=held,
+        )
 
-    def _release(self, entry: SessionEntry, events: list[LogEntry]) -> None:
-        for held in entry.held:
-            self._send(entry, held)
-            if isinstance(held, Welcome) and entry.outq is not None:
+    def _put_back(self, write: SessionWrite) -> None:
+        entry = write.entry
+        entry.events = write.events + entry.events
+        entry.held = write.held + entry.held
+        entry.welcome_writing = False
+        entry.dirty_messages.update(write.message_ids)
+        if write.snapshot is not None:
+            entry.snapshot_due = True
+
+    def _write_failed(self, write: SessionWrite, exc: BaseException) -> None:
+        """One session's write failed in its savepoint: whatever it raised (any store error, or
+        anything else one session's data could cause) stays with that session. Its partial
+        write was rolled back, its data waits in memory (unacknowledged, so nothing is lost)
+        and is retried with a backoff, and every other session's write went on."""
+        entry = write.entry
+        self._put_back(write)
+        entry.write_failures += 1
+        delay = min(5.0, FLUSH_PERIOD * 2**entry.write_failures)
+        entry.retry_at = time.monotonic() + delay
+        self._dirty.add(write.session_id)
+        self.metrics.store_failures += 1
+        self.log.error(
+            "storing a session failed; its data waits in memory",
+            session=write.session_id,
+            error=f"{type(exc).__name__}: {exc}"[:500],
+            failures=entry.write_failures,
+            retry_in=round(delay, 3),
+        )
+
+    def _release(self, entry: SessionEntry, held: list[Frame], events: list[LogEntry]) -> None:
+        entry.welcome_writing = False
+        for frame in held:
+            self._send(entry, frame)
+            if isinstance(frame, Welcome) and entry.outq is not None:
                 for command in entry.core.commands_after_welcome():
                     self._send(entry, command)
-        entry.held.clear()
         for log_entry in events:
             for sub in list(entry.subscribers):
                 try:

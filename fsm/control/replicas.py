@@ -86,6 +86,11 @@ class Replicas:
         self.period = self.ttl / 3
         self.directory: dict[str, str] = {}
         self._listener: psycopg.AsyncConnection[Any] | None = None
+        self._claiming = anyio.Lock()
+        """Held by a keeper pass and by ``acquire``: what the database answered about a
+        session's lease and what this host holds for it change together, never interleaved
+        (an ``acquire`` that read "not free" while the keeper restored what it had just
+        claimed must not drop the restored session)."""
         self._client = httpx.AsyncClient(timeout=10.0)
 
     @property
@@ -93,9 +98,9 @@ class Replicas:
         s = self.host.settings
         return s.advertise_url or f"http://{s.listen_host}:{self.host.port}"
 
-    def start(self, tg: TaskGroup) -> None:
+    async def start(self, tg: TaskGroup) -> None:
         """First claims now (before the host says it listens), then the loops."""
-        self.keep_once()
+        await self.keep_once()
         tg.start_soon(self._keep_loop)
         tg.start_soon(self._listen_loop)
 
@@ -105,77 +110,94 @@ class Replicas:
         while True:
             await anyio.sleep(self.period)
             try:
-                self.keep_once()
+                await self.keep_once()
             except Exception as exc:  # the loop that holds the leases must never stop
                 self.host.log.error("keeping leases failed", error=f"{type(exc).__name__}: {exc}")
 
-    def keep_once(self) -> None:
-        """Renew, re-claim or drop, claim what nobody holds, announce this replica."""
-        host = self.host
-        started = time.monotonic()
+    async def keep_once(self) -> None:
+        """Renew, re-claim or drop, claim what nobody holds, announce this replica. Every query
+        runs on the store's thread (``host.db``): the loop serves on while it waits, and what
+        it does meanwhile for a session is guarded by ``acting``, not by this pass's order."""
         try:
-            renewed = {lease.session_id for lease in self.store.renew_leases()}
-            for sid in renewed:
-                host.lease_until[sid] = started + self.ttl
-            for sid in [s for s in host.sessions if s not in renewed]:
-                if self.store.claim_session(sid) is not None:
-                    host.lease_until[sid] = started + self.ttl
-                    host.log.warning("a lapsed lease was taken again", session=sid)
-                else:
-                    holder = self.store.lease(sid)
-                    owner = holder.owner if holder is not None else None
-                    host.drop_session(sid, f"the lease is held by replica {owner!r}")
-            while True:
-                claimed = self.store.claim_sessions(CLAIM_BATCH)
-                for lease in claimed:
-                    self.adopt(lease.session_id, started)
-                if len(claimed) < CLAIM_BATCH:
-                    break
-            self._announce()
+            async with self._claiming:
+                await self._keep_leases()
+            await self._announce()
         except StoreError as exc:
             # Sessions stop being acted for once their lease may have lapsed (``acting``); the
             # next pass asks again.
-            host.log.warning("leases could not be kept now", error=str(exc)[:300])
+            self.host.log.warning("leases could not be kept now", error=str(exc)[:300])
 
-    def adopt(self, session_id: str, held_since: float) -> bool:
+    async def _keep_leases(self) -> None:
+        host, store, db = self.host, self.store, self.host.db
+        started = time.monotonic()
+        renewed = {lease.session_id for lease in await db.run(store.renew_leases)}
+        for sid in renewed:
+            host.lease_until[sid] = started + self.ttl
+        for sid in sorted(renewed - set(host.sessions)):
+            # Held here but not restored (a restore that failed): restore it now, or the
+            # lease would be renewed forever for a session nobody acts for.
+            await self.adopt(sid, started)
+        for sid in [s for s in host.sessions if s not in renewed]:
+            again = time.monotonic()
+            if await db.run(store.claim_session, sid) is not None:
+                host.lease_until[sid] = again + self.ttl
+                host.log.warning("a lapsed lease was taken again", session=sid)
+            else:
+                holder = await db.run(store.lease, sid)
+                owner = holder.owner if holder is not None else None
+                host.drop_session(sid, f"the lease is held by replica {owner!r}")
+        while True:
+            claimed = await db.run(store.claim_sessions, CLAIM_BATCH)
+            for lease in claimed:
+                await self.adopt(lease.session_id, started)
+            if len(claimed) < CLAIM_BATCH:
+                break
+
+    async def adopt(self, session_id: str, held_since: float) -> bool:
         """Restore a session this replica has just claimed; False if it has nothing to run."""
-        row = self.store.get_session(session_id)
+        row = await self.host.db.run(self.store.get_session, session_id)
         if row is None:
             return False
-        entry = self.host.adopt_row(row, held_since)
+        entry = await self.host.adopt_row(row, held_since)
         if entry is not None:
             self.host.log.info("session claimed", session=session_id, replica=self.me)
         return entry is not None
 
-    def acquire(self, session_id: str) -> bool:
+    async def acquire(self, session_id: str) -> bool:
         """Make the session this replica's if it can be: already held, or its lease free."""
         host = self.host
         if session_id in host.sessions and host.acting(session_id):
             return True
-        started = time.monotonic()
-        try:
-            lease = self.store.claim_session(session_id)
-        except StoreError:
-            return False
-        if lease is None:
-            if session_id in host.sessions:
+        async with self._claiming:
+            if session_id in host.sessions and host.acting(session_id):
+                return True  # the keeper took or renewed it while this waited
+            started = time.monotonic()
+            try:
+                lease = await host.db.run(self.store.claim_session, session_id)
+                if lease is not None:
+                    return await self.adopt(session_id, started)
+                holder = await host.db.run(self.store.lease, session_id)
+            except StoreError:
+                return False
+            if session_id in host.sessions and (holder is None or holder.owner != self.me):
                 host.drop_session(session_id, "another replica holds the lease")
+            # Still this replica's but not surely (its local deadline passed): the keeper's
+            # next renewal says, and until then nothing is done for it here.
             return False
-        return self.adopt(session_id, started)
 
-    def release_all(self) -> None:
+    async def release_all(self) -> None:
         """A clean stop gives every lease back, so no other replica waits for them to expire."""
         ids = list(self.host.sessions)
         try:
             if ids:
-                self.store.release_leases(ids)
+                await self.host.db.run(self.store.release_leases, ids)
         except StoreError as exc:
             self.host.log.warning("leases not released; they expire", error=str(exc)[:300])
         self.host.lease_until.clear()
 
-    def owner_url(self, session_id: str) -> tuple[str | None, str | None]:
+    async def owner_url(self, session_id: str) -> tuple[str | None, str | None]:
         """``(owner, its url)`` of a session another replica holds (unexpired), else Nones."""
-        lease = self.store.lease(session_id)
+        lease = await self.host.db.run(self.store.lease, session_id)
         if lease is None or lease.owner is None or lease.owner == self.me:
             return None, None
         return lease.owner, self.directory.get(lease.owner)
@@ -190,27 +212,30 @@ class Replicas:
                 )
                 async with self._listener as db:
                     await db.execute(f"LISTEN {CHANNEL}")
-                    self._announce(ask=True)  # the others answer at once: no period to wait
+                    await self._announce(ask=True)  # the others answer at once: no period
                     async for notice in db.notifies():
-                        self._heard(notice.payload)
+                        if self._heard(notice.payload):
+                            await self._announce()
             except psycopg.Error as exc:
                 self.host.log.warning("replica directory lost its connection", error=str(exc))
             await anyio.sleep(self.period)
 
-    def _heard(self, payload: str) -> None:
+    def _heard(self, payload: str) -> bool:
+        """Note another replica's address; True when it asked every replica to answer."""
         try:
             data = json.loads(payload)
             replica, url = str(data["id"]), str(data["url"])
         except (ValueError, KeyError, TypeError):
-            return
-        if replica != self.me:
-            self.directory[replica] = url
-            if isinstance(data, dict) and data.get("ask"):
-                self._announce()
+            return False
+        if replica == self.me:
+            return False
+        self.directory[replica] = url
+        return isinstance(data, dict) and bool(data.get("ask"))
 
-    def _announce(self, *, ask: bool = False) -> None:
+    async def _announce(self, *, ask: bool = False) -> None:
+        payload = json.dumps({"id": self.me, "url": self.url, "ask": ask})
         try:
-            self.store.notify(CHANNEL, json.dumps({"id": self.me, "url": self.url, "ask": ask}))
+            await self.host.db.run(self.store.notify, CHANNEL, payload)
         except StoreError as exc:
             self.host.log.warning("announcing this replica failed", error=str(exc)[:300])
 
@@ -258,7 +283,7 @@ class Replicas:
             quiet = 0.0
             while True:
                 try:
-                    rows = store.events(session_id, after=last, limit=1000)
+                    rows = await self.host.db.run(store.events, session_id, last, 1000)
                 except StoreError:
                     return  # the client resumes with Last-Event-ID
                 for row in rows:
@@ -304,11 +329,11 @@ def route(host: ControlHost, app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         kind, sid, rest = match.group(1), match.group(2), match.group(3) or ""
-        if replicas.acquire(sid):
+        if await replicas.acquire(sid):
             await app(scope, receive, send)
             return
         try:
-            owner, url = replicas.owner_url(sid)
+            owner, url = await replicas.owner_url(sid)
         except StoreError as exc:
             owner, url = None, None
             host.log.warning("reading a lease failed", session=sid, error=str(exc)[:300])

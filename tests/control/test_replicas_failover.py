@@ -126,7 +126,12 @@ def test_a_killed_replica_sessions_are_claimed_and_resumed_streams_are_exact(
                 m["id"] == mids[sid] and m["state"] == "completed" for m in got.json()["messages"]
             )
 
-        wait_for(f"{sid}'s turn to complete", completed, timeout=30, tail=live[0].tail)
+        wait_for(
+            f"{sid}'s turn to complete",
+            completed,
+            timeout=30,
+            tail=lambda: "\n".join(r.tail() for r in replicas),
+        )
         wait_for(f"{sid}'s frames to be acknowledged", wrapper.settled, timeout=10)
     for sid, wrapper, _ in sessions:
         before = seen.get(sid, [])
