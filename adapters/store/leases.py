@@ -35,6 +35,7 @@ __all__ = [
     "CLAIM",
     "CLAIM_ONE",
     "FENCE",
+    "HELD",
     "LEASE",
     "NOW",
     "RELEASE",
@@ -103,6 +104,11 @@ RETURNING session_id
 """
 
 LEASE = "SELECT session_id, owner, expires_at, epoch FROM leases WHERE session_id = %(id)s"
+
+HELD = f"""
+SELECT session_id, owner, expires_at, epoch FROM leases
+WHERE owner IS NOT NULL AND expires_at > {NOW} ORDER BY session_id
+"""
 
 FENCE = f"""
 SELECT owner, expires_at, {NOW} FROM leases WHERE session_id = %(id)s FOR SHARE

@@ -968,6 +968,15 @@ class PostgresStore:
         rows = self._query(what, lease_sql.LEASE, {"id": session_id})
         return lease_of(rows[0]) if rows else None
 
+    def held_leases(self, *, now: float | None = None) -> list[Lease]:
+        """Every lease some replica holds and has not expired at ``now``, by session id (what
+        ``GET /sessions`` shows as each session's owner, on any replica)."""
+        what = "read the held leases"
+        if now is not None:
+            check_time(what, "now", now)
+        rows = self._query(what, lease_sql.HELD, {"now": self._now() if now is None else now})
+        return [lease_of(r) for r in rows]
+
     def owns(self, session_id: str, *, now: float | None = None) -> bool:
         """Whether this replica holds the session's lease and it has not expired at ``now``."""
         what = f"check the lease of session {quote(session_id)}"

@@ -120,6 +120,52 @@ def build_app(host: ControlHost) -> Starlette:
     )
 
 
+class ListedSession(SessionSummary, kw_only=True):
+    """A session in ``GET /sessions``."""
+
+    owner: str | None
+    """The replica holding the session's lease (several replicas on PostgreSQL); None on
+    SQLite, or while no replica holds it. A session another replica holds is shown as last
+    stored (``state`` as of its last write; ``connected`` is false: its wrapper is connected
+    to its owner, not to the replica answering)."""
+
+
+async def listed_sessions(host: ControlHost) -> list[ListedSession]:
+    """This replica's sessions as it runs them; on PostgreSQL also every other stored one, as
+    stored, each with the replica that holds it (two reads on the store's thread)."""
+    mine = {
+        sid: ListedSession(
+            **msgspec.structs.asdict(host.session_summary(e)),
+            owner=host.settings.replica_id if host.pg is not None else None,
+        )
+        for sid, e in host.sessions.items()
+    }
+    pg = host.pg
+    if pg is None:
+        return list(mine.values())
+    rows = await host.db.run(pg.list_sessions)
+    owners = {lease.session_id: lease.owner for lease in await host.db.run(pg.held_leases)}
+    listed = []
+    for row in rows:
+        if row.id in mine:
+            listed.append(mine.pop(row.id))
+            continue
+        listed.append(
+            ListedSession(
+                id=row.id,
+                state=row.state,
+                agent_session=row.agent_session,
+                user_id=row.user_id,
+                workdir=row.workdir,
+                wrapper_id=row.wrapper_id,
+                connected=False,
+                created_at=row.created_at,
+                owner=owners.get(row.id),
+            )
+        )
+    return listed + list(mine.values())  # created here after the read: still listed
+
+
 def openapi_document(limits: LimitValues, host: ControlHost | None = None) -> dict[str, Any]:
     """The client API's OpenAPI document with ``limits`` in force. Without a host (``fsm-agent
     openapi``) the operations are built only to be described: their handlers are never run."""
@@ -157,7 +203,7 @@ def operations(host: ControlHost, limits: LimitValues) -> list[Operation]:
         return json_response(host.session_detail(entry, token=token), 201)
 
     async def list_sessions(_request: Request) -> Response:
-        return json_response([host.session_summary(e) for e in host.sessions.values()])
+        return json_response(await listed_sessions(host))
 
     async def get_session(request: Request) -> Response:
         return json_response(host.session_detail(entry_of(request)))
@@ -266,8 +312,8 @@ def operations(host: ControlHost, limits: LimitValues) -> list[Operation]:
             "GET",
             "/sessions",
             list_sessions,
-            "Every live session",
-            (Answer(200, "the sessions", list[SessionSummary]),),
+            "Every live session (on PostgreSQL: every replica's, each with its owner)",
+            (Answer(200, "the sessions", list[ListedSession]),),
             tags=sessions_tag,
         ),
         Operation(

@@ -310,3 +310,18 @@ def test_frames_received_while_postgresql_is_down_are_stored_and_acked_when_it_i
         ]
         assert streamed == wrapper.sent_events, sid
     assert all(not r.dead() for r in replicas)
+
+
+def test_every_replica_lists_every_session_with_its_owner(world: dict[str, Any]) -> None:
+    replicas: list[Replica] = world["replicas"]
+    sessions = start_sessions(world)
+    expected = {sid: home.name for sid, _, home in sessions}
+    for replica in replicas:
+        listed = replica.http.get("/sessions")
+        assert listed.status_code == 200, listed.text
+        got = {s["id"]: s for s in listed.json()}
+        assert {sid: s["owner"] for sid, s in got.items()} == expected, replica.name
+        for sid, summary in got.items():
+            # Its own sessions as it runs them (connected); the others' as stored.
+            assert summary["connected"] == (expected[sid] == replica.name), (replica.name, sid)
+            assert summary["state"] == "ready"
