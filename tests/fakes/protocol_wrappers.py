@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -74,15 +75,27 @@ class Balancer:
 
 class FakeWrapper:
     def __init__(
-        self, sid: str, token: str, url: str, *, events: int = 30, event_period: float = 0.1
+        self,
+        sid: str,
+        token: str,
+        url: str,
+        *,
+        events: int = 30,
+        event_period: float = 0.1,
+        ping: float | None = 1.0,
     ) -> None:
+        """``ping``: the WebSocket ping interval, which makes a replica that stopped answering
+        be left within ~3 s; None keeps the connection to a stopped replica open (the split-brain
+        test: what a resumed replica sends on it is what it did while it should not act)."""
         self.sid, self.token, self.url = sid, token, url
-        self.events, self.event_period = events, event_period
+        self.events, self.event_period, self.ping = events, event_period, ping
         self.seq = 0
         self.unacked: list[tuple[int, Frame]] = []
         self.sent_events: list[tuple[str, int]] = []
         """(message id, index) of every event frame, in seq order: what the log must hold."""
         self.connections = 0
+        self.received: list[tuple[int, float, dict[str, Any]]] = []
+        """Every frame from the control plane: (connection number, monotonic time, frame)."""
         self.closes: list[tuple[int | None, str]] = []
         self.done: set[str] = set()
         self._ws: Any = None
@@ -129,8 +142,8 @@ class FakeWrapper:
             f"{self.url}/ingest/{self.sid}",
             additional_headers=headers,
             open_timeout=5,
-            ping_interval=1,  # a replica that stopped answering is left within ~3 s
-            ping_timeout=2,
+            ping_interval=self.ping,
+            ping_timeout=2 * self.ping if self.ping else None,
         ) as ws:
             hello = Hello(
                 wrapper_id=f"wrp_{self.sid}",
@@ -153,6 +166,7 @@ class FakeWrapper:
             try:
                 async for raw in ws:
                     frame = json.loads(raw)
+                    self.received.append((self.connections, time.monotonic(), frame))
                     if frame.get("type") == "ack":
                         self._ack(int(frame["seq"]))
                     elif frame.get("type") == "prompt" and frame["message_id"] not in self._started:
