@@ -82,7 +82,7 @@ class Pair:
         self.kilo("server.connected")
 
     def kilo(self, kind: str, **props: Any) -> None:
-        self.wrapper.kilo_event(
+        self.wrapper.agent_event(
             self.wrapper.generation, {"type": kind, "properties": {"sessionID": KS, **props}}
         )
 

@@ -2,7 +2,9 @@
 
 Kilo is an OpenCode fork and both serve the same HTTP/SSE API (sessions, ``prompt_async``, abort,
 permission and question replies, ``GET /event``), so one client and one process owner serve both.
-What differs is data, declared once here per agent and read by the process owner
+What differs is data, declared once per agent as an ``AgentSpec`` (this module holds the type;
+each agent's own value lives with its adapter: ``adapters.kilo.spec``, ``adapters.agents.opencode``;
+``adapters.agents.registry`` lists them) and read by the process owner
 (``adapters.kilo.process``), the client (``adapters.kilo.client``), the wrapper core's event
 dialect (``fsm.agents.dialect``) and the job API (capabilities). Measured on Kilo 7.7.9 and
 OpenCode 1.18.33 (issue 17):
@@ -26,7 +28,6 @@ OpenCode 1.18.33 (issue 17):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,14 @@ class AgentSpec:
     stop_grace: float | None = None
     """A cap on SIGTERM → SIGKILL, when the agent is known to ignore SIGTERM for long."""
     log_stem: str = field(default="")
+    config_aliases: tuple[str, ...] = ()
+    """Older names of the config file's ``[agent]`` table this agent's users may still write
+    (read as ``[agent]``, with a one-line deprecation warning)."""
+    flag_aliases: tuple[str, ...] = ()
+    """Older spellings of ``--agent-bin`` kept working on the command line."""
+    env_aliases: Mapping[str, str] = field(default_factory=dict)
+    """The wrapper's own agent-neutral variable (``FSM_AGENT_AGENT_USER``...) -> the older name
+    it had for this agent, still read when the neutral one is unset (images built before)."""
 
     @property
     def project_install(self) -> Path:
@@ -100,77 +109,13 @@ class AgentSpec:
     def supports(self, capability: str) -> bool:
         return capability in self.capabilities
 
+    def env_name(self, name: str, environ: Mapping[str, str]) -> str:
+        """The variable to read for ``name``: itself, unless only the older name this agent
+        declares for it is set (so a message names the variable the operator wrote)."""
+        older = self.env_aliases.get(name)
+        return older if name not in environ and older is not None and older in environ else name
+
     def require(self, capability: str) -> None:
         """Raise ``AgentUnsupported`` unless this agent has ``capability``."""
         if capability not in self.capabilities:
             raise AgentUnsupported(self.name, capability)
-
-
-KILO = AgentSpec(
-    name="kilo",
-    title="Kilo",
-    version="7.7.9",
-    package="@kilocode/cli-linux-x64",
-    install_dir=".kilo",
-    binary="kilo",
-    bin_env="FSM_AGENT_KILO_BIN",
-    env_prefix="KILO_",
-    username="kilo",
-    password_env="KILO_SERVER_PASSWORD",
-    username_env="KILO_SERVER_USERNAME",
-    config_env="KILO_CONFIG_CONTENT",
-    parent_pid_env="KILO_PARENT_PID",
-    # Measured: start-up 0.5 s faster and SIGTERM exit in 0.5 s instead of 2.6 s (offline the
-    # telemetry flush times out). Nothing here is needed by a headless wrapper.
-    quiet_env={
-        "KILO_DISABLE_MODELS_FETCH": "1",
-        "KILO_DISABLE_AUTOUPDATE": "1",
-        "KILO_TELEMETRY_LEVEL": "off",
-    },
-    serve_error=(b"ServeError",),
-    dialect="brackets",
-    capabilities=frozenset({COMMIT_MESSAGE, NETWORK_REPLY}),
-    log_stem="kilo",
-)
-
-OPENCODE = AgentSpec(
-    name="opencode",
-    title="OpenCode",
-    version="1.18.33",
-    package="opencode-linux-x64",
-    install_dir=".opencode",
-    binary="opencode",
-    bin_env="FSM_AGENT_OPENCODE_BIN",
-    env_prefix="OPENCODE_",
-    username="opencode",
-    password_env="OPENCODE_SERVER_PASSWORD",
-    username_env="OPENCODE_SERVER_USERNAME",
-    config_env="OPENCODE_CONFIG_CONTENT",
-    parent_pid_env=None,
-    quiet_env={
-        "OPENCODE_DISABLE_MODELS_FETCH": "1",
-        "OPENCODE_DISABLE_AUTOUPDATE": "1",
-        "OPENCODE_DISABLE_SHARE": "1",
-        "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
-        # Its missing routes then answer 500 instead of 200 with the web UI's HTML.
-        "OPENCODE_DISABLE_EMBEDDED_WEB_UI": "1",
-    },
-    serve_error=(b"EADDRINUSE", b"ServeError", b"address already in use"),
-    dialect="idle",
-    capabilities=frozenset(),
-    stop_grace=2.0,
-    log_stem="opencode",
-)
-
-AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in (KILO, OPENCODE)}
-"""Every agent ``--agent`` can name; the first is the default."""
-DEFAULT_AGENT = KILO.name
-NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,31}")
-
-
-def agent_spec(name: str | None) -> AgentSpec:
-    """The agent called ``name`` (None: the default); ValueError listing the known ones."""
-    spec = AGENTS.get(name or DEFAULT_AGENT)
-    if spec is None:
-        raise ValueError(f"agent: {name!r} is not one of {', '.join(AGENTS)}")
-    return spec

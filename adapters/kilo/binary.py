@@ -4,7 +4,7 @@ The order lets an operator pin a binary per run (flag), per host (``FSM_AGENT_KI
 ``FSM_AGENT_OPENCODE_BIN``), and still work out of the box after ``just setup`` (which installs
 the pinned npm platform packages into ``.kilo/`` and ``.opencode/``). A missing binary is a
 configuration error worth a precise message, not a traceback. ``find_kilo`` is Kilo's lookup
-(``adapters.agents.base.KILO``); ``find_agent`` is any agent's.
+(``adapters.kilo.spec.KILO``); ``find_agent`` is any agent's.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import os
 import shutil
 from pathlib import Path
 
-from adapters.agents.base import KILO, OPENCODE, PROJECT_ROOT, AgentSpec
+from adapters.agents.base import PROJECT_ROOT, AgentSpec
+from adapters.kilo.spec import KILO
 
 KILO_VERSION = KILO.version
 KILO_PACKAGE = KILO.package
 ENV_VAR = KILO.bin_env
 PROJECT_INSTALL = KILO.project_install
-__all__ = ["OPENCODE", "PROJECT_ROOT", "AgentNotFound", "KiloNotFound", "find_agent", "find_kilo"]
+__all__ = ["PROJECT_ROOT", "AgentNotFound", "KiloNotFound", "find_agent", "find_kilo"]
 
 
 class AgentNotFound(Exception):

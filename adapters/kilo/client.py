@@ -3,7 +3,7 @@
 OpenCode serves the same API (Kilo is its fork): the client takes the agent's ``AgentSpec``
 (``adapters.agents.base``) for its basic-auth user and its capabilities. A call the agent lacks
 (``commit_message`` on OpenCode) raises ``AgentUnsupported`` before any request; an answer that is
-HTML (OpenCode's web UI answers routes it does not have) raises ``KiloError`` with status 501,
+HTML (OpenCode's web UI answers routes it does not have) raises ``AgentError`` with status 501,
 never a JSON decode error.
 
 Responses are decoded with msgspec into the few fields we read (unknown fields are ignored, so
@@ -43,8 +43,9 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from adapters.agents.base import COMMIT_MESSAGE, KILO, AgentSpec
+from adapters.agents.base import COMMIT_MESSAGE, AgentSpec
 from adapters.kilo import event_stream
+from adapters.kilo.spec import KILO
 from fsm.agents.events import error_text
 from fsm.wire.protocol import FilePart
 
@@ -87,7 +88,7 @@ def segment(value: str, what: str) -> str:
     return quote(value, safe="")
 
 
-class KiloError(Exception):
+class AgentError(Exception):
     """Kilo answered with an HTTP error; ``status`` and Kilo's own message are kept."""
 
     def __init__(self, method: str, path: str, status: int, body: str) -> None:
@@ -206,10 +207,10 @@ class AgentClient:
             method, path, json=json, timeout=self._timeout if timeout is None else timeout
         )
         if response.status_code >= 400:
-            raise KiloError(method, path, response.status_code, response.text)
+            raise AgentError(method, path, response.status_code, response.text)
         if response.headers.get("content-type", "").startswith("text/html"):
             # A route the agent lacks, answered by its web UI (OpenCode 1.18.33: 200 + HTML).
-            raise KiloError(method, path, 501, f"not supported by this agent ({self.spec.name})")
+            raise AgentError(method, path, 501, f"not supported by this agent ({self.spec.name})")
         return response.content
 
     # -- health and events ----------------------------------------------------------------------
@@ -218,7 +219,7 @@ class AgentClient:
         """True when Kilo answers healthy within ``timeout``; a SIGSTOPped Kilo never answers."""
         try:
             body = await self._call("GET", "/global/health", timeout=timeout)
-        except (httpx.HTTPError, KiloError):
+        except (httpx.HTTPError, AgentError):
             return False
         return msgspec.json.decode(body, type=Health).healthy
 
@@ -230,7 +231,7 @@ class AgentClient:
             async with event_stream.open_event_stream(self.url, "/event", self._auth) as opened:
                 status, error, chunks = opened
                 if status >= 400:
-                    raise KiloError("GET", "/event", status, error.decode(errors="replace"))
+                    raise AgentError("GET", "/event", status, error.decode(errors="replace"))
                 yield parse_sse_bytes(chunks)
             return
         # A client of its own: closing it tears the stream down without touching other calls.
@@ -240,7 +241,7 @@ class AgentClient:
         ):
             if response.status_code >= 400:
                 body = (await response.aread()).decode(errors="replace")
-                raise KiloError("GET", "/event", response.status_code, body)
+                raise AgentError("GET", "/event", response.status_code, body)
             yield parse_sse_bytes(response.aiter_bytes())
 
     # -- sessions and prompts -------------------------------------------------------------------

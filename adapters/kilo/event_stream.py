@@ -8,7 +8,7 @@ request (basic auth), the status line and headers, then the body — chunked as 
 delimited by ``Content-Length`` or by the end of the connection — returned a socket read at a time,
 however many events it holds. ``parse_sse_bytes`` splits it into events.
 
-Errors keep httpx's meaning for the caller: a status >= 400 raises ``KiloError`` with Kilo's body;
+Errors keep httpx's meaning for the caller: a status >= 400 raises ``AgentError`` with Kilo's body;
 a connection that ends in the middle of a chunk (a SIGKILLed Kilo's bare FIN) raises
 ``StreamBroken``; a clean end of the body just ends the iteration. Only ``http://`` URLs (the
 wrapper's own Kilo on loopback); anything else goes through httpx.

@@ -57,9 +57,10 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from adapters.agents.base import KILO, AgentSpec
+from adapters.agents.base import AgentSpec
 from adapters.environment import LOCALE_PREFIX, LOGIN_ENV
 from adapters.kilo.binary import find_agent
+from adapters.kilo.spec import KILO
 from adapters.pidfile import kill_stale_group, remove_pidfile, signal_group, write_pidfile
 
 PORT_RANGE = (10000, 60000)
@@ -155,16 +156,16 @@ class RunAs:
         return [name for bit, name in NEEDED_CAPABILITIES.items() if not effective >> bit & 1]
 
 
-class KiloStartError(Exception):
+class AgentStartError(Exception):
     """Kilo did not become healthy; the message carries the reason and the tail of its output."""
 
 
-class PortTaken(KiloStartError):
+class PortTaken(AgentStartError):
     pass
 
 
 @dataclass
-class KiloServer:
+class AgentServer:
     url: str
     port: int
     pid: int
@@ -227,7 +228,7 @@ def build_env(
     ``{env:NAME}``; the agent and every tool it runs can read them), then what we set (password,
     user, config, watchdog, ``XDG_*``). Nothing else of ``base``, and never ``FSM_AGENT_*``:
     raises ValueError if ``pass_env`` names one. With ``run_as`` the login variables are that
-    user's and the ``XDG_*`` homes lie in its home (created by ``start_kilo`` as that user).
+    user's and the ``XDG_*`` homes lie in its home (created by ``start_agent`` as that user).
     """
     reserved = [name for name in pass_env if name.upper().startswith(RESERVED_PREFIX)]
     if reserved:
@@ -272,7 +273,7 @@ XDG_NAMES = ("DATA", "CONFIG", "CACHE", "STATE")
 
 
 async def _prepare_kilo_home(run_as: RunAs, state_dir: Path) -> None:
-    """Create Kilo's ``XDG_*`` homes as its user (private to it), or raise KiloStartError; a
+    """Create Kilo's ``XDG_*`` homes as its user (private to it), or raise AgentStartError; a
     read-only config home is the operator's and must exist."""
     homes = xdg_homes(state_dir, run_as)
     if run_as.config_home is not None:
@@ -281,20 +282,20 @@ async def _prepare_kilo_home(run_as: RunAs, state_dir: Path) -> None:
     command = run_as.command(["mkdir", "-p", "-m", "0700", *dirs], Path("/"))
     done = await anyio.run_process(command, check=False, stdin=subprocess.DEVNULL)
     if done.returncode != 0:
-        raise KiloStartError(
+        raise AgentStartError(
             f"cannot create Kilo's state as {run_as.user} (exit {done.returncode}): "
             + done.stderr.decode(errors="replace").strip()[-400:]
         )
 
 
 @dataclass
-class SpawnedKilo:
-    """A ``kilo serve`` spawned and not yet known healthy: the first half of ``start_kilo``.
+class SpawnedAgent:
+    """A ``kilo serve`` spawned and not yet known healthy: the first half of ``start_agent``.
 
     The wrapper spawns Kilo before it imports the rest of its host (``fsm.serve.main``): Kilo's
     cold start is seconds of its own work on another core, and the wrapper's imports (uvicorn,
     websockets, httpx: about 0.15 s in the container) then overlap it instead of preceding it.
-    ``start_kilo(first=...)`` finishes the start it began; ``abandon`` kills it when nobody will.
+    ``start_agent(first=...)`` finishes the start it began; ``abandon`` kills it when nobody will.
     """
 
     binary: Path
@@ -314,25 +315,25 @@ class SpawnedKilo:
         remove_pidfile(self.pidfile, self.process.pid)
 
 
-async def spawn_kilo(
+async def spawn_agent(
     *,
     workdir: Path,
     state_dir: Path,
     config: Mapping[str, Any],
-    kilo_bin: str | None,
+    agent_bin: str | None,
     rng: random.Random | None = None,
     env: Mapping[str, str] | None = None,
     pass_env: Sequence[str] = (),
     run_as: RunAs | None = None,
     spec: AgentSpec = KILO,
-) -> SpawnedKilo:
-    """Spawn Kilo on a drawn port (the first of ``start_kilo``'s tries) without waiting for it.
+) -> SpawnedAgent:
+    """Spawn Kilo on a drawn port (the first of ``start_agent``'s tries) without waiting for it.
 
     ``env`` (default ``os.environ``) is only where variables are picked from: Kilo gets its
     allow-list plus ``pass_env`` (``build_env``), never the whole of it. ``run_as``: Kilo's user,
     when it is not ours.
     """
-    binary = find_agent(spec, kilo_bin)
+    binary = find_agent(spec, agent_bin)
     # Created private: Kilo's database there holds every conversation (an existing one is kept).
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     pidfile = state_dir / "kilo.pid"
@@ -340,7 +341,7 @@ async def spawn_kilo(
     if run_as is not None:
         missing = run_as.missing_capabilities()
         if missing:
-            raise KiloStartError(
+            raise AgentStartError(
                 f"kilo user {run_as.user}: this process lacks CAP_"
                 + ", CAP_".join(m.upper() for m in missing)
                 + " (run the wrapper as root, or give it those capabilities as the image does)"
@@ -363,32 +364,32 @@ async def spawn_kilo(
     )
 
 
-async def start_kilo(
+async def start_agent(
     *,
     workdir: Path,
     state_dir: Path,
     config: Mapping[str, Any],
-    kilo_bin: str | None,
+    agent_bin: str | None,
     startup_timeout: float,
     rng: random.Random | None = None,
     env: Mapping[str, str] | None = None,
     pass_env: Sequence[str] = (),
     run_as: RunAs | None = None,
-    first: SpawnedKilo | None = None,
+    first: SpawnedAgent | None = None,
     spec: AgentSpec = KILO,
-) -> KiloServer:
-    """Start Kilo in ``workdir`` and return once it answers healthy, or raise ``KiloStartError``.
+) -> AgentServer:
+    """Start Kilo in ``workdir`` and return once it answers healthy, or raise ``AgentStartError``.
 
-    ``first``: a spawn already under way (``spawn_kilo``), which this start waits for as its first
+    ``first``: a spawn already under way (``spawn_agent``), which this start waits for as its first
     try; the start-up timeout counts from that spawn.
     """
     draw = rng or random.SystemRandom()
     source = os.environ if env is None else env
-    spawned = first or await spawn_kilo(
+    spawned = first or await spawn_agent(
         workdir=workdir,
         state_dir=state_dir,
         config=config,
-        kilo_bin=kilo_bin,
+        agent_bin=agent_bin,
         rng=draw,
         env=source,
         pass_env=pass_env,
@@ -397,7 +398,7 @@ async def start_kilo(
     )
     started = spawned.started
     deadline = started + startup_timeout
-    last: KiloStartError | None = None
+    last: AgentStartError | None = None
     for attempt in range(1, PORT_TRIES + 1):
         if attempt > 1:
             spawned = await _spawn_once(
@@ -418,7 +419,7 @@ async def start_kilo(
             return await _wait_started(spawned, deadline)
         except PortTaken as exc:
             last = exc
-    raise KiloStartError(f"no free port after {PORT_TRIES} tries: {last}")
+    raise AgentStartError(f"no free port after {PORT_TRIES} tries: {last}")
 
 
 async def _spawn_once(
@@ -434,7 +435,7 @@ async def _spawn_once(
     pass_env: Sequence[str],
     run_as: RunAs | None,
     spec: AgentSpec,
-) -> SpawnedKilo:
+) -> SpawnedAgent:
     password = secrets.token_urlsafe(24)
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -456,14 +457,14 @@ async def _spawn_once(
             start_new_session=True,
         )
     write_pidfile(pidfile, process.pid)
-    return SpawnedKilo(binary, pidfile, started, process, port, password, out_path, err_path, spec)
+    return SpawnedAgent(binary, pidfile, started, process, port, password, out_path, err_path, spec)
 
 
 def _setpriv() -> str:
     return shutil.which("setpriv") or "/usr/bin/setpriv"
 
 
-async def _wait_started(spawned: SpawnedKilo, deadline: float) -> KiloServer:
+async def _wait_started(spawned: SpawnedAgent, deadline: float) -> AgentServer:
     """Poll the spawned agent's health at the port we gave it; kill it on any failure.
 
     Readiness is health, not a stdout line: the line's wording is each agent's own (``kilo
@@ -475,7 +476,7 @@ async def _wait_started(spawned: SpawnedKilo, deadline: float) -> KiloServer:
     except BaseException:
         await spawned.abandon()
         raise
-    return KiloServer(
+    return AgentServer(
         url=url,
         port=spawned.port,
         pid=process.pid,
@@ -488,8 +489,8 @@ async def _wait_started(spawned: SpawnedKilo, deadline: float) -> KiloServer:
     )
 
 
-async def _wait_healthy(spawned: SpawnedKilo, url: str, deadline: float) -> None:
-    import httpx  # here, not at the top: spawn_kilo runs before the wrapper has imported it
+async def _wait_healthy(spawned: SpawnedAgent, url: str, deadline: float) -> None:
+    import httpx  # here, not at the top: spawn_agent runs before the wrapper has imported it
 
     process, err, spec = spawned.process, spawned.err_path, spawned.spec
     auth = (spec.username, spawned.password)
@@ -499,12 +500,12 @@ async def _wait_healthy(spawned: SpawnedKilo, url: str, deadline: float) -> None
             if process.returncode is not None:
                 if any(marker in err.read_bytes() for marker in spec.serve_error):
                     raise PortTaken(f"exit {process.returncode}: {_tail(err)}")
-                raise KiloStartError(
+                raise AgentStartError(
                     f"{spec.binary} exited {process.returncode} before it was healthy: "
                     + (_tail(err) or "(no stderr)")
                 )
             if remaining <= 0:
-                raise KiloStartError(
+                raise AgentStartError(
                     f"{spec.binary} at {url} was not healthy in time; stderr: "
                     + (_tail(err) or "(empty)")
                 )
@@ -522,3 +523,9 @@ def _tail(path: Path, limit: int = 400) -> str:
         return path.read_bytes()[-limit:].decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+async def start_kilo(*, kilo_bin: str | None, **options: Any) -> AgentServer:
+    """``start_agent`` for Kilo under its older name: bench/relay.py's until it is renamed
+    (issue 17)."""
+    return await start_agent(agent_bin=kilo_bin, **options)

@@ -8,7 +8,7 @@ is reopened after ``Backoff.delay`` — exponential from ``initial``, capped at 
 delay drawn down by up to ``jitter`` of itself so a fleet of wrappers whose agent restarted do not
 reconnect in step. A connection that delivered an event resets the count; a failure past
 ``attempts`` consecutive retries gives up with ``StreamGaveUp``. A 4xx is not retried (a wrong
-password stays wrong): its ``KiloError`` is raised at once.
+password stays wrong): its ``AgentError`` is raised at once.
 
 Every connection starts with the agent's ``server.connected``: after the first, that event is the
 caller's cue that events may have been missed and the session's state must be re-read (the
@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 import httpx
 
-from adapters.kilo.client import AgentClient, KiloError
+from adapters.kilo.client import AgentClient, AgentError
 from adapters.kilo.event_stream import StreamBroken
 
 
@@ -69,7 +69,7 @@ DROPS: tuple[type[BaseException], ...] = (StreamBroken, httpx.TransportError, OS
 
 
 def _retried(exc: BaseException) -> bool:
-    if isinstance(exc, KiloError):
+    if isinstance(exc, AgentError):
         return exc.status >= 500
     return isinstance(exc, DROPS)
 

@@ -84,12 +84,13 @@ from adapters.runtime.base import (
 from adapters.runtime.docker_api import DockerAPI, DockerError
 from adapters.runtime.local import _check_session_id, _config_pass_env, _stamp
 from fsm.settings.config import ConfigError, read_toml
+from fsm.settings.file import agent_table
 from fsm.settings.runtime import RuntimeSettings
 from fsm.settings.secrets import API_KEY_ENV
 
 __all__ = [
+    "AGENT_STATE_PATH",
     "CONFIG_PATH",
-    "KILO_STATE_PATH",
     "LABEL_CONTROL",
     "LABEL_SESSION",
     "SECRETS_PATH",
@@ -106,13 +107,14 @@ LABEL_FSM_UID = "io.fsm-agent.fsm-uid"
 """The image's label for the wrapper's uid: the wrapper's state directory is made that uid's."""
 LABEL_AGENT_UID = "io.fsm-agent.agent-uid"
 """The image's label for the agent's uid: the workspace and Kilo's state are made that uid's."""
-LABEL_KILO_STATE = "io.fsm-agent.kilo-state"
-"""The image's label for where Kilo keeps its state (its conversation database)."""
+LABEL_AGENT_STATE = "io.fsm-agent.kilo-state"
+"""The image's label for where the agent keeps its state (its conversation database); the value
+keeps the name it had when Kilo was the only agent, so images built before are read alike."""
 WORKSPACE_PATH = "/workspace"
 WRAPPER_STATE_PATH = "/var/lib/fsm-agent"
 """The wrapper's ``--state-dir`` is ``WRAPPER_STATE_PATH/<session>`` (the image's default)."""
-KILO_STATE_PATH = "/var/lib/kilo"
-"""Kilo's state when the image's label does not say."""
+AGENT_STATE_PATH = "/var/lib/kilo"
+"""The agent's state when the image's label does not say (the image's, Kilo's folder)."""
 SECRETS_PATH = "/run/fsm-agent/secrets"
 CONFIG_DIR = "/etc/fsm-agent"
 CONFIG_PATH = f"{CONFIG_DIR}/config.toml"
@@ -401,7 +403,7 @@ class DockerRuntime:
     def _log_path(self, session_id: str) -> Path:
         return self.log_dir / f"{session_id}.log"
 
-    def kilo_state_dir(self, session_id: str) -> Path:
+    def agent_state_dir(self, session_id: str) -> Path:
         """Kilo's state of the session on the host (its conversation database), mounted where
         the image keeps it: it outlives each container, so a replaced wrapper resumes the same
         conversation."""
@@ -442,13 +444,14 @@ class DockerRuntime:
     def config_dir(self, session_id: str) -> Path:
         return (self.state_dir / "config" / session_id).resolve()
 
-    def _kilo_config_file(self, config: Path) -> str | None:
-        """``[kilo] config_file`` of the config, if it names one."""
+    def _agent_config_file(self, config: Path) -> str | None:
+        """``[agent] config_file`` of the config (or of an older name of the table an agent
+        declares), if it names one."""
         try:
-            kilo = read_toml(config).get("kilo", {})
+            table = agent_table(config, read_toml(config)).get("agent", {})
         except ConfigError:
             return None  # the wrapper reads the same file and says what is wrong
-        name = kilo.get("config_file") if isinstance(kilo, dict) else None
+        name = table.get("config_file") if isinstance(table, dict) else None
         return name if isinstance(name, str) else None
 
     def _copy_config(self, spec: WrapperSpec, owner: tuple[int, int] | None) -> None:
@@ -462,11 +465,11 @@ class DockerRuntime:
             return
         config = spec.config.resolve()
         copies = [(config, folder / "config.toml")]
-        name = self._kilo_config_file(config)
+        name = self._agent_config_file(config)
         if name is not None and not PurePosixPath(name).is_absolute():
             if ".." in PurePosixPath(name).parts:
                 raise WrapperStartError(
-                    f"{config}: kilo.config_file {name!r} climbs out of the config's folder; "
+                    f"{config}: agent.config_file {name!r} climbs out of the config's folder; "
                     "the docker runtime copies it beside the config: give a path inside it"
                 )
             copies.append((config.parent / name, folder / name))
@@ -485,7 +488,7 @@ class DockerRuntime:
         if config is None:
             return []
         binds = [f"{self.config_dir(session_id)}:{CONFIG_DIR}:ro"]
-        name = self._kilo_config_file(config.resolve())
+        name = self._agent_config_file(config.resolve())
         if name is not None and PurePosixPath(name).is_absolute():
             binds.append(f"{name}:{name}:ro")
         return binds
@@ -528,8 +531,8 @@ class DockerRuntime:
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            kilo_state, wrapper_state = self.kilo_state_dir(sid), self.wrapper_state_dir(sid)
-            for state in (kilo_state, wrapper_state):
+            agent_state, wrapper_state = self.agent_state_dir(sid), self.wrapper_state_dir(sid)
+            for state in (agent_state, wrapper_state):
                 state.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 state.mkdir(mode=0o700, exist_ok=True)
             shutil.rmtree(secrets, ignore_errors=True)
@@ -543,7 +546,7 @@ class DockerRuntime:
                 os.close(fd)
             _chown(owners.token, secrets, token)
             _chown(owners.wrapper, wrapper_state)
-            _chown(owners.agent, kilo_state)
+            _chown(owners.agent, agent_state)
             _chown_tree(owners.agent, workdir)
             self._copy_config(spec, owners.wrapper)
         except OSError as exc:
@@ -557,7 +560,7 @@ class DockerRuntime:
         return workdir.resolve()
 
     def _environment(self, spec: WrapperSpec) -> list[str]:
-        """Only what Kilo's config asks to be passed (``[kilo] pass_env``), and ``extra_env``.
+        """Only what the agent's config asks to be passed (``[agent] pass_env``), and ``extra_env``.
         Never the token, never our API key."""
         env = {
             name: os.environ[name]
@@ -569,14 +572,14 @@ class DockerRuntime:
         return [f"{k}={v}" for k, v in env.items()]
 
     def _create_body(
-        self, spec: WrapperSpec, workdir: Path, kilo_path: str = KILO_STATE_PATH
+        self, spec: WrapperSpec, workdir: Path, agent_path: str = AGENT_STATE_PATH
     ) -> dict[str, Any]:
         s = self.settings
         sid = spec.session_id
         binds = [
             f"{workdir}:{WORKSPACE_PATH}:rw",
             f"{self.wrapper_state_dir(sid)}:{WRAPPER_STATE_PATH}/{sid}:rw",
-            f"{self.kilo_state_dir(sid)}:{kilo_path}:rw",
+            f"{self.agent_state_dir(sid)}:{agent_path}:rw",
             f"{self.secrets_dir(spec.session_id)}:{SECRETS_PATH}:rw",
             *self._config_binds(spec.config, spec.session_id),
             *s.volumes,
@@ -630,10 +633,10 @@ class DockerRuntime:
         await self._remove_leftover(sid)
         workdir = self._prepare(spec, self._owners(image))
         labels = ((image or {}).get("Config") or {}).get("Labels") or {}
-        kilo_path = str(labels.get(LABEL_KILO_STATE) or KILO_STATE_PATH)
-        if not PurePosixPath(kilo_path).is_absolute() or ":" in kilo_path:
-            kilo_path = KILO_STATE_PATH
-        body = self._create_body(spec, workdir, kilo_path)
+        agent_path = str(labels.get(LABEL_AGENT_STATE) or AGENT_STATE_PATH)
+        if not PurePosixPath(agent_path).is_absolute() or ":" in agent_path:
+            agent_path = AGENT_STATE_PATH
+        body = self._create_body(spec, workdir, agent_path)
         name = self._name(sid)
         log_path = self._log_path(sid)
         self._log_line(log_path, f"starting container {name} from {self.image}: {body['Cmd']}")

@@ -34,8 +34,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from adapters.kilo.binary import KILO_VERSION, PROJECT_ROOT, find_kilo
+from adapters.agents.base import PROJECT_ROOT
+from adapters.agents.registry import agent_spec
+from adapters.kilo.binary import find_agent
 
+IMAGE_AGENT = agent_spec(None)
+"""The agent the image carries (``docker/Dockerfile`` installs the default agent, Kilo, at
+``/opt/kilo``); its binary is staged from where ``find_agent`` finds it."""
 BASE_IMAGE = "fsm-agent-base:bookworm"
 """The offline base (``docker/base.sh``); a public ``python:3.11-slim-bookworm`` also works."""
 WRAPPER_REPOSITORY = "fsm-agent-wrapper"
@@ -95,13 +100,13 @@ def source_files(root: Path) -> list[Path]:
     return files
 
 
-def kilo_files(kilo_bin: Path) -> list[Path]:
-    """The Kilo package's bin directory (the binary and what it loads beside it)."""
-    return sorted(p for p in kilo_bin.parent.rglob("*") if p.is_file())
+def agent_files(agent_bin: Path) -> list[Path]:
+    """The agent package's bin directory (the binary and what it loads beside it)."""
+    return sorted(p for p in agent_bin.parent.rglob("*") if p.is_file())
 
 
 def content_hash(
-    root: Path, base_id: str, kilo_bin: Path, pins: Iterable[str], build_args: dict[str, str]
+    root: Path, base_id: str, agent_bin: Path, pins: Iterable[str], build_args: dict[str, str]
 ) -> str:
     digest = hashlib.sha256()
 
@@ -111,18 +116,18 @@ def content_hash(
 
     add("dockerfile", (root / "docker" / "Dockerfile").read_bytes())
     add("base", base_id.encode())
-    add("kilo-version", KILO_VERSION.encode())
+    add("kilo-version", IMAGE_AGENT.version.encode())
     add("pins", "\n".join(pins).encode())
     add("args", repr(sorted(build_args.items())).encode())
     for path in source_files(root):
         add(f"src:{path.relative_to(root)}", path.read_bytes())
-    for path in kilo_files(kilo_bin):
+    for path in agent_files(agent_bin):
         file_digest = hashlib.sha256()
         with path.open("rb") as f:
             while block := f.read(1 << 20):
                 file_digest.update(block)
         mode = "x" if os.access(path, os.X_OK) else "-"
-        add(f"kilo:{path.relative_to(kilo_bin.parent)}:{mode}", file_digest.digest())
+        add(f"kilo:{path.relative_to(agent_bin.parent)}:{mode}", file_digest.digest())
     return digest.hexdigest()
 
 
@@ -182,16 +187,16 @@ def wheel_cache() -> Path:
     return Path(base) / "fsm-agent" / "wheels"
 
 
-KILO_MODE = 0o711
+AGENT_MODE = 0o711
 """Execute-only: a process running a binary it cannot read is not dumpable, so Kilo's
 ``/proc/<pid>/environ`` (its password) and ``mem`` are root's, not its own user's."""
 
 
-def _stage_kilo_file(source: Path, dest: Path, binary: Path) -> None:
+def _stage_agent_file(source: Path, dest: Path, binary: Path) -> None:
     """Into the build context with the modes the image needs, so ``COPY`` sets them and no
     later ``chmod`` layer duplicates the 230 MB (a hard link would share the host's inode)."""
     mode = source.stat().st_mode & 0o7777
-    wanted = KILO_MODE if source == binary else mode & ~0o022
+    wanted = AGENT_MODE if source == binary else mode & ~0o022
     if wanted == mode:
         _link_or_copy(source, dest)
         return
@@ -239,14 +244,14 @@ def ensure_image(
     *,
     base: str = BASE_IMAGE,
     root: Path = PROJECT_ROOT,
-    kilo_bin: str | None = None,
+    agent_bin: str | None = None,
     build_args: dict[str, str] | None = None,
     docker: str = "docker",
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> str:
     """The tag of an up-to-date wrapper image, built only if its content changed."""
     return build_image(
-        base=base, root=root, kilo_bin=kilo_bin, build_args=build_args, docker=docker, log=log
+        base=base, root=root, agent_bin=agent_bin, build_args=build_args, docker=docker, log=log
     ).tag
 
 
@@ -254,7 +259,7 @@ def build_image(
     *,
     base: str = BASE_IMAGE,
     root: Path = PROJECT_ROOT,
-    kilo_bin: str | None = None,
+    agent_bin: str | None = None,
     build_args: dict[str, str] | None = None,
     docker: str = "docker",
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
@@ -263,9 +268,9 @@ def build_image(
     started = time.monotonic()
     args = dict(build_args or {})
     base_id = ensure_base(base, root=root, docker=docker)
-    kilo = find_kilo(kilo_bin)
+    agent = find_agent(IMAGE_AGENT, agent_bin)
     pins = runtime_pins()
-    digest = content_hash(root, base_id, kilo, pins, {"BASE": base, **args})
+    digest = content_hash(root, base_id, agent, pins, {"BASE": base, **args})
     tag = f"{WRAPPER_REPOSITORY}:{digest[:12]}"
     if image_id(tag, docker) is not None:
         if image_id(LATEST, docker) != image_id(tag, docker):
@@ -276,8 +281,9 @@ def build_image(
         context = Path(tmp)
         shutil.copy2(root / "docker" / "Dockerfile", context / "Dockerfile")
         build_wheels(root, pins, context / "wheels")
-        for path in kilo_files(kilo):
-            _stage_kilo_file(path, context / "kilo" / path.relative_to(kilo.parent), kilo)
+        for path in agent_files(agent):
+            staged = context / IMAGE_AGENT.binary / path.relative_to(agent.parent)
+            _stage_agent_file(path, staged, agent)
         command = [docker, "build", "--quiet", "-t", tag, "-t", LATEST]
         for key, value in {"BASE": base, "CONTENT_HASH": digest, **args}.items():
             command += ["--build-arg", f"{key}={value}"]

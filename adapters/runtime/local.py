@@ -12,11 +12,12 @@ The wrapper runs next to an untrusted agent of the same uid, so what it is given
   it. Never argv (``ps`` shows it to every local user), never the environment (every child of the
   wrapper inherits it and ``/proc/<pid>/environ`` shows it for good), never a file.
 * **The environment is an allow-list** (``WRAPPER_ENV``): what ``python -m fsm serve`` from this
-  venv and a login-like shell need, ``FSM_AGENT_KILO_BIN``, the names the config's
-  ``[kilo] pass_env`` lists (the wrapper hands them on to Kilo) and ``spec.extra_env``. Nothing
-  else of the control plane's: not its API key, not whatever else its operator exported.
-* **Kilo's state goes to** ``state_dir/kilo-state/<session_id>`` (``--state-dir``), not into the
-  workspace, where the agent would read and rewrite it as project files.
+  venv and a login-like shell need, each agent's ``AgentSpec.bin_env``, the names the config's
+  ``[agent] pass_env`` lists (the wrapper hands them on to the agent) and ``spec.extra_env``.
+  Nothing else of the control plane's: not its API key, not whatever else its operator exported.
+* **The agent's state goes to** ``state_dir/kilo-state/<session_id>`` (``--state-dir``; the
+  folder keeps the name it had when Kilo was the only agent, so existing state is found), not
+  into the workspace, where the agent would read and rewrite it as project files.
 
 Under one uid the agent can still read whatever files the control plane can; the boundary is a
 separate user for the agent (issue 14).
@@ -58,6 +59,7 @@ from typing import BinaryIO
 import anyio
 from anyio.abc import Process, TaskGroup
 
+from adapters.agents.registry import AGENTS
 from adapters.environment import LOCALE_PREFIX, LOGIN_ENV
 from adapters.pidfile import (
     kill_stale_group,
@@ -77,6 +79,7 @@ from adapters.runtime.base import (
     stop_all,
 )
 from fsm.settings.config import ConfigError, read_toml
+from fsm.settings.file import agent_table
 from fsm.settings.secrets import API_KEY_ENV
 
 __all__ = ["API_KEY_ENV", "DEFAULT_COMMAND", "WRAPPER_ENV", "LocalRuntime"]
@@ -88,8 +91,8 @@ WRAPPER_ENV = LOGIN_ENV | {
     # ``python -m fsm serve`` must find this venv's packages.
     "PYTHONPATH",
     "VIRTUAL_ENV",
-    # Which Kilo to run, when --kilo-bin does not say.
-    "FSM_AGENT_KILO_BIN",
+    # Which agent binary to run, when --agent-bin does not say: each agent's own variable.
+    *(spec.bin_env for spec in AGENTS.values()),
 }
 """Variables of the control plane's environment a wrapper inherits by name (plus ``LC_*``)."""
 TOKEN_PIPE_MAX = 4096
@@ -145,12 +148,13 @@ def _token_pipe(token: str) -> int:
 
 
 def _config_pass_env(config: Path | None) -> list[str]:
-    """The names ``[kilo] pass_env`` lists in the wrapper's config. An unreadable or invalid
-    file gives none: the wrapper reads the same file and reports it."""
+    """The names ``[agent] pass_env`` lists in the wrapper's config (or an older name of the
+    table an agent declares). An unreadable or invalid file gives none: the wrapper reads the
+    same file and reports it."""
     if config is None:
         return []
     try:
-        names = read_toml(config).get("kilo", {}).get("pass_env", [])
+        names = agent_table(config, read_toml(config)).get("agent", {}).get("pass_env", [])
     except (ConfigError, AttributeError):
         return []
     if not isinstance(names, list):
@@ -256,8 +260,8 @@ class LocalRuntime:
     def _pidfile(self, session_id: str) -> Path:
         return self.pid_dir / f"{session_id}.json"
 
-    def kilo_state_dir(self, session_id: str) -> Path:
-        """Where the session's wrapper keeps Kilo's state: beside the runtime's other files."""
+    def agent_state_dir(self, session_id: str) -> Path:
+        """Where the session's wrapper keeps the agent's state: beside the runtime's other files."""
         return (self.state_dir / "kilo-state" / session_id).resolve()
 
     def argv(self, spec: WrapperSpec, workdir: Path, token_fd: int) -> list[str]:
@@ -271,15 +275,16 @@ class LocalRuntime:
             f"--ingest-url={spec.ingest_url}",
             f"--workdir={workdir}",
             f"--token-fd={token_fd}",
-            f"--state-dir={self.kilo_state_dir(spec.session_id)}",
+            f"--state-dir={self.agent_state_dir(spec.session_id)}",
         ]
         if spec.config is not None:
             args.append(f"--config={spec.config.resolve()}")
-        if spec.kilo_bin is not None:
-            kilo = spec.kilo_bin
-            if os.sep in kilo and not os.path.isabs(kilo):
-                kilo = os.path.abspath(kilo)
-            args.append(f"--kilo-bin={kilo}")
+        # spec.kilo_bin: alias for fsm/sim and fsm/control until they are renamed (issue 17)
+        binary = spec.agent_bin or spec.kilo_bin
+        if binary is not None:
+            if os.sep in binary and not os.path.isabs(binary):
+                binary = os.path.abspath(binary)
+            args.append(f"--agent-bin={binary}")
         if spec.version is not None:
             args.append(f"--version={spec.version}")
         return [*self.command, *args]
@@ -403,7 +408,8 @@ class LocalRuntime:
 
     def _environment(self, spec: WrapperSpec) -> dict[str, str]:
         """The wrapper's environment: ``WRAPPER_ENV`` and ``LC_*`` from ours, the config's
-        ``[kilo] pass_env`` names (the wrapper passes them on to Kilo), then ``spec.extra_env``.
+        ``[agent] pass_env`` names (the wrapper passes them on to the agent), then
+        ``spec.extra_env``.
         Never the token, never our API key."""
         wanted = WRAPPER_ENV | set(_config_pass_env(spec.config))
         env = {
@@ -423,7 +429,7 @@ class LocalRuntime:
         log_path = self.log_dir / f"{sid}.log"
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            self.kilo_state_dir(sid).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.agent_state_dir(sid).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             log_file = log_path.open("ab")
         except OSError as exc:
             raise WrapperStartError(

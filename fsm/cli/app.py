@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from adapters.agents.registry import AGENTS, DEFAULT_AGENT, flag_aliases
 from fsm.engine import graph
 from fsm.engine.durations import format_duration
 from fsm.machines import catalog
@@ -67,12 +68,17 @@ def _main(
     """Options of the tool itself (``--version``); each command has its own."""
 
 
+AGENT_NAMES = " or ".join(AGENTS)
+AGENT_BIN_FLAGS = ("--agent-bin", *flag_aliases())
+"""``--agent-bin`` and the older spellings the agents declare (``AgentSpec.flag_aliases``)."""
+BIN_ENVS = " or ".join(f"${spec.bin_env}" for spec in AGENTS.values())
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
         help="TOML file whose [timers] table overrides durations (e.g. stale_heartbeat = '90s'); "
-        "also [limits], [runtime], [kilo], [outbox]. An unknown table or key is an error.",
+        "also [limits], [runtime], [agent], [outbox]. An unknown table or key is an error.",
         show_default=False,
     ),
 ]
@@ -225,7 +231,7 @@ def openapi_command(
 @app.command("serve")
 def serve_command(
     agent_session: Annotated[
-        str, typer.Option(help="The agent's (Kilo's) session id to resume or a name for a new one.")
+        str, typer.Option(help="The agent's session id to resume or a name for a new one.")
     ],
     user_id: Annotated[str, typer.Option(help="The user this wrapper works for (fixed).")],
     session_id: Annotated[str, typer.Option(help="The control plane's session id (fixed).")],
@@ -260,22 +266,21 @@ def serve_command(
     agent: Annotated[
         str | None,
         typer.Option(
-            help="The agent server: kilo or opencode (else the config's [agent] name, else kilo)."
+            help=f"The agent server: {AGENT_NAMES} (else the config's [agent] name, else "
+            f"{DEFAULT_AGENT})."
         ),
     ] = None,
-    kilo_bin: Annotated[
+    agent_bin: Annotated[
         str | None,
         typer.Option(
-            "--agent-bin",
-            "--kilo-bin",
-            help="Path of the agent's binary (else $FSM_AGENT_KILO_BIN or "
-            "$FSM_AGENT_OPENCODE_BIN, the project's install, PATH).",
+            *AGENT_BIN_FLAGS,
+            help=f"Path of the agent's binary (else {BIN_ENVS}, the project's install, PATH).",
         ),
     ] = None,
     state_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Where Kilo keeps its state, outside the workspace (default "
+            help="Where the agent keeps its state, outside the workspace (default "
             "$XDG_STATE_HOME/fsm-agent/SESSION_ID, or ~/.local/state/fsm-agent/SESSION_ID).",
             file_okay=False,
         ),
@@ -285,7 +290,7 @@ def serve_command(
         typer.Option(help="Version to announce in hello (testing version pinning).", hidden=True),
     ] = None,
 ) -> None:
-    """Run the wrapper: own a Kilo server, relay its events to the control plane, serve jobs."""
+    """Run the wrapper: own an agent server, relay its events to the control plane, serve jobs."""
     from fsm.serve.main import read_token, run_serve
 
     code = run_serve(
@@ -297,7 +302,7 @@ def serve_command(
         listen=listen,
         workdir=workdir,
         config=config,
-        kilo_bin=kilo_bin,
+        agent_bin=agent_bin,
         state_dir=state_dir,
         version=version,
         agent=agent,
@@ -368,7 +373,9 @@ def control_command(
         Path | None,
         typer.Option(help="Older name of --workspaces.", file_okay=False, show_default=False),
     ] = None,
-    kilo_bin: Annotated[str | None, typer.Option(help="Kilo binary handed to wrappers.")] = None,
+    agent_bin: Annotated[
+        str | None, typer.Option(*AGENT_BIN_FLAGS, help="The agent's binary handed to wrappers.")
+    ] = None,
     runtime: Annotated[
         str,
         typer.Option(
@@ -394,7 +401,8 @@ def control_command(
             config=config,
             base_dir=workspaces or base_dir,
             state_dir=state_dir,
-            kilo_bin=kilo_bin,
+            # alias for fsm/sim and fsm/control until they are renamed (issue 17)
+            kilo_bin=agent_bin,
             runtime=runtime,
             image=image,
             replica_id=replica_id,
@@ -423,11 +431,11 @@ def demo_command(
     ] = None,
     model_name: Annotated[str, typer.Option(help="Model id at --model-url.")] = "gpt-4o-mini",
     agent: Annotated[
-        str, typer.Option(help="The agent server the wrapper runs: kilo or opencode.")
-    ] = "kilo",
-    kilo_bin: Annotated[
+        str, typer.Option(help=f"The agent server the wrapper runs: {AGENT_NAMES}.")
+    ] = DEFAULT_AGENT,
+    agent_bin: Annotated[
         str | None,
-        typer.Option("--agent-bin", "--kilo-bin", help="Path of the agent's binary."),
+        typer.Option(*AGENT_BIN_FLAGS, help="Path of the agent's binary."),
     ] = None,
     keep: Annotated[bool, typer.Option(help="Keep the temporary folder (logs, database).")] = False,
     color: Annotated[
@@ -443,7 +451,7 @@ def demo_command(
     ] = "local",
     image: ImageOption = None,
 ) -> None:
-    """Bring the whole loop up locally (control plane, wrapper, Kilo, model) and run one prompt."""
+    """Bring the whole loop up locally (control plane, wrapper, agent, model) and run one prompt."""
     import anyio
 
     from fsm.demo.run import run_demo
@@ -460,8 +468,6 @@ def demo_command(
         )
         raise typer.Exit(2)
     _check_runtime(runtime, image, ("local", "docker"))
-    from adapters.agents.base import AGENTS
-
     if agent not in AGENTS:
         typer.echo(f"error: --agent: {agent!r} is not one of {', '.join(AGENTS)}", err=True)
         raise typer.Exit(2)
@@ -472,7 +478,7 @@ def demo_command(
             model_url=model_url,
             model_key=model_key,
             model_name=model_name,
-            kilo_bin=kilo_bin,
+            agent_bin=agent_bin,
             keep=keep,
             color=sys.stdout.isatty() if color is None else color,
             timeout=timeout,

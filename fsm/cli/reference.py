@@ -29,6 +29,7 @@ from typing import Annotated, Any, get_args
 import msgspec
 import typer
 
+from adapters.agents.registry import AGENTS, config_aliases
 from fsm.cli import openapi_files
 from fsm.engine.durations import format_duration
 from fsm.engine.spec import MachineSpec
@@ -54,13 +55,16 @@ TABLE_DOCS: dict[str, str] = {
     "see [`[runtime]`](#runtime).",
     "outbox": "The wrapper's buffer of frames not yet acknowledged by the control plane: "
     "see [`[outbox]`](#outbox).",
-    "kilo": "Kilo itself, read by the wrapper (`fsm/serve/main.py`, `fsm/serve/settings.py`): "
-    "`config` (Kilo's own configuration inline) or `config_file` (a JSON file, relative to "
-    "this one); `pass_env` (names of variables of the wrapper's environment Kilo may have, "
-    "e.g. a provider key); `user`, `state_dir`, `config_home` (the user Kilo and its tools "
-    "run as, and where its state and configuration live; the container image sets them).",
-    "agent": "Which agent the wrapper runs and how: `name` (`kilo` or `opencode`, see "
-    "docs/agents.md) and every key `[kilo]` takes, which stays accepted as its alias.",
+    "agent": "The agent server the wrapper runs, read by the wrapper (`fsm/serve/main.py`, "
+    "`fsm/serve/settings.py`): `name` (one of "
+    + ", ".join(f"`{name}`" for name in AGENTS)
+    + ", see docs/agents.md); `config` (the agent's own configuration inline) or `config_file` "
+    "(a JSON file, relative to this one); `pass_env` (names of variables of the wrapper's "
+    "environment the agent may have, e.g. a provider key); `user`, `state_dir`, `config_home` "
+    "(the user the agent and its tools run as, and where its state and configuration live; "
+    "the container image sets them). Older names of this table, still read with a warning: "
+    + ", ".join(f"`[{alias}]` ({agent})" for alias, agent in config_aliases().items())
+    + ".",
     "control": "Accepted and checked as a table; no key of it is read today.",
 }
 """What each table of the file holds: one line per ``FileSettings`` field (checked on render)."""

@@ -29,11 +29,12 @@ import anyio
 import msgspec
 import uvicorn
 
+from adapters.agents.registry import DEFAULT_AGENT, agent_spec
 from fsm.client import ControlClient, CreateSessionBody
 from fsm.control.api import build_app as build_control_app
 from fsm.control.host import ControlHost, ControlSettings
 from fsm.demo.progress import Progress
-from fsm.demo.scripted_model import build_app, kilo_provider_config
+from fsm.demo.scripted_model import agent_provider_config, build_app
 from fsm.hosting.logs import JsonLog
 from fsm.settings.config import timer_values
 from fsm.settings.runtime import RuntimeSettings
@@ -67,9 +68,9 @@ snapshots, heartbeats) are only counted, so the prompt's story stays readable.""
 
 SCRIPTED_NOTE = (
     "no model credentials given (--model-url/--model-key or FSM_AGENT_MODEL_URL/"
-    "FSM_AGENT_MODEL_KEY): serving Kilo a built-in scripted model on {base}. It streams a fixed "
-    "reply that quotes your prompt and does not act on it (no files are written, no tools run); "
-    "for a real OpenAI-compatible model: fsm-agent demo --model-url https://api.example/v1 "
+    "FSM_AGENT_MODEL_KEY): serving the agent a built-in scripted model on {base}. It streams a "
+    "fixed reply that quotes your prompt and does not act on it (no files are written, no tools "
+    "run); for a real OpenAI-compatible model: fsm-agent demo --model-url https://api.example/v1 "
     "--model-key KEY --model-name MODEL (see examples/kilo-openai.json)"
 )
 REPLY_SHOWN = 400
@@ -79,7 +80,10 @@ WAIT_NOTE_EVERY = 15.0
 
 
 class Printer:
-    def __init__(self, color: bool, progress: Progress | None = None) -> None:
+    def __init__(
+        self, color: bool, progress: Progress | None = None, agent: str = DEFAULT_AGENT
+    ) -> None:
+        self.agent = agent_spec(agent)
         self.color = color
         self.start = time.monotonic()
         self.counts: dict[str, int] = {}
@@ -98,7 +102,9 @@ class Printer:
     def entry(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "transition":
             if data.get("trigger") == "wrapper_connected":
-                self.progress.step("wrapper connected; Kilo is starting (about 5 s)…")
+                self.progress.step(
+                    f"wrapper connected; {self.agent.title} is starting (about 5 s)…"
+                )
             self.line(
                 kind,
                 f"session     {data['from'] or '(new)':>12} -> {data['to']:<12} "
@@ -107,7 +113,7 @@ class Printer:
         elif kind == "lifecycle":
             machine = str(data.get("machine", ""))
             if machine == "wrapper" and data.get("state") == "running":
-                self.progress.step("Kilo ready; the prompt goes to the model…")
+                self.progress.step(f"{self.agent.title} ready; the prompt goes to the model…")
             self.line(
                 kind,
                 f"{machine:<11} {data.get('source') or '(new)':>12} -> "
@@ -125,7 +131,7 @@ class Printer:
             detail = props.get("delta") or props.get("reason") or ""
             self.line(
                 kind,
-                f"kilo event  {kind_} {str(detail)[:60]!r}" if detail else f"kilo event  {kind_}",
+                f"agent event {kind_} {str(detail)[:60]!r}" if detail else f"agent event {kind_}",
             )
         elif kind == "message":
             self.line(kind, f"message     {data['id']} is {_state_with_reason(data)}")
@@ -170,20 +176,20 @@ async def run_demo(
     model_url: str | None,
     model_key: str | None,
     model_name: str,
-    kilo_bin: str | None,
+    agent_bin: str | None,
     keep: bool,
     color: bool,
     timeout: float,
     runtime: str = "local",
     image: str | None = None,
-    agent: str = "kilo",
+    agent: str = DEFAULT_AGENT,
 ) -> int:
     """``agent`` names the agent server the wrapper runs (``[agent] name`` in the config file
     the control plane hands its wrappers). ``runtime="docker"`` runs the wrapper in a container
     of ``image`` (else the project's wrapper image, built if missing) on the host's network, so
     it reaches the loopback model and control plane as a local wrapper would."""
     root = Path(tempfile.mkdtemp(prefix="fsm-agent-demo-"))
-    out = Printer(color, Progress())
+    out = Printer(color, Progress(), agent)
     print(f"fsm-agent demo in {root}", flush=True)
     try:
         containers = None
@@ -206,7 +212,7 @@ async def run_demo(
             model_url,
             model_key,
             model_name,
-            kilo_bin,
+            agent_bin,
             timeout,
             containers,
             agent,
@@ -225,15 +231,15 @@ async def _demo(
     model_url: str | None,
     model_key: str | None,
     model_name: str,
-    kilo_bin: str | None,
+    agent_bin: str | None,
     timeout: float,
     containers: RuntimeSettings | None = None,
-    agent: str = "kilo",
+    agent: str = DEFAULT_AGENT,
 ) -> int:
     workspace = _workspace(root)
     async with anyio.create_task_group() as tg:
         if model_url and model_key:
-            kilo_config: dict[str, Any] = {
+            agent_config: dict[str, Any] = {
                 "model": f"demo/{model_name}",
                 "small_model": f"demo/{model_name}",
                 "provider": {
@@ -257,11 +263,11 @@ async def _demo(
             )
             tg.start_soon(lambda: model_server.serve(sockets=[sock]))
             base = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-            kilo_config = kilo_provider_config(base)
+            agent_config = agent_provider_config(base)
             print(SCRIPTED_NOTE.format(base=base), flush=True)
-        (root / "kilo.json").write_text(json.dumps(kilo_config))
+        (root / "agent.json").write_text(json.dumps(agent_config))
         config = root / "fsm-agent.toml"
-        config.write_text(f'[agent]\nname = "{agent}"\nconfig_file = "kilo.json"\n')
+        config.write_text(f'[agent]\nname = "{agent}"\nconfig_file = "agent.json"\n')
         api_key = secrets.token_urlsafe(16)
         (root / "control").mkdir(mode=0o700)
         host = ControlHost(
@@ -270,7 +276,8 @@ async def _demo(
                 api_key=api_key,
                 base_dir=root / "workspaces",
                 config=config,
-                kilo_bin=kilo_bin,
+                # alias for fsm/sim and fsm/control until they are renamed (issue 17)
+                kilo_bin=agent_bin,
                 runtime="docker" if containers is not None else "local",
                 runtime_settings=containers or RuntimeSettings(),
                 # The container runtime's files (Kilo's state, token files) beside the database.

@@ -34,7 +34,7 @@ ECHO = (
 was not acted on."""
 
 
-KILO_CONTEXT = "<environment_details>"
+ENVIRONMENT_DETAILS = "<environment_details>"
 """Where Kilo's appended context (time, working directory) starts in a user message."""
 
 
@@ -54,7 +54,7 @@ def last_prompt(messages: list[Any]) -> str:
                 if isinstance(part, dict) and part.get("type") == "text"
             )
         # Kilo appends its own context to the user's text; the prompt is what comes before it.
-        return " ".join(text.split(KILO_CONTEXT, 1)[0].split())
+        return " ".join(text.split(ENVIRONMENT_DETAILS, 1)[0].split())
     return ""
 
 
@@ -126,7 +126,7 @@ def build_app(reply: str = REPLY, delay: float = 0.05) -> Starlette:
     return app
 
 
-def kilo_provider_config(base_url: str) -> dict[str, Any]:
+def agent_provider_config(base_url: str) -> dict[str, Any]:
     """``KILO_CONFIG_CONTENT`` pointing Kilo at this model (timeouts so nothing waits forever)."""
     return {
         "model": "scripted/scripted",

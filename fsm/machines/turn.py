@@ -287,7 +287,7 @@ SPEC = MachineSpec(
 # -- what Kilo's events mean for a turn ---------------------------------------------------------
 
 
-class KiloShape(NamedTuple):
+class EventShape(NamedTuple):
     """One shape of Kilo event and what it means for the turn it belongs to."""
 
     shape: str
@@ -314,104 +314,106 @@ MEANINGS = {
     "nothing": "not progress and no change: bookkeeping, statuses, heartbeats, other sessions",
 }
 
-AGENT_EVENTS: tuple[KiloShape, ...] = (
-    KiloShape("session.turn.open", "open", "t2 t3 t4 t5 t8 t9 t11", "every turn starts so"),
-    KiloShape(
+AGENT_EVENTS: tuple[EventShape, ...] = (
+    EventShape("session.turn.open", "open", "t2 t3 t4 t5 t8 t9 t11", "every turn starts so"),
+    EventShape(
         "session.turn.close", "close", "t2 t3 t4 t5 t8 t9", "completed|error|interrupted ends it"
     ),
-    KiloShape(
+    EventShape(
         "session.turn.close superseded",
         "nothing",
         "t9-busy",
         "the next queued prompt's open follows at once: nothing ends",
     ),
-    KiloShape("message.part.delta", "progress", "t2 t3 t5 t8 t11", "one per model token chunk"),
-    KiloShape("message.part.delta empty", "nothing", "(defensive)", "a chunk with no text"),
-    KiloShape("message.part.delta user", "nothing", "(defensive)", "the user's own prompt"),
-    KiloShape("message.part.updated text", "progress", "t2 t3 t8 t11", "text that grew"),
-    KiloShape(
+    EventShape("message.part.delta", "progress", "t2 t3 t5 t8 t11", "one per model token chunk"),
+    EventShape("message.part.delta empty", "nothing", "(defensive)", "a chunk with no text"),
+    EventShape("message.part.delta user", "nothing", "(defensive)", "the user's own prompt"),
+    EventShape("message.part.updated text", "progress", "t2 t3 t8 t11", "text that grew"),
+    EventShape(
         "message.part.updated text empty",
         "nothing",
         "t2 t3 t5 t8 t11",
         "opened before the first token: a hang right after it produced nothing",
     ),
-    KiloShape(
+    EventShape(
         "message.part.updated text same",
         "nothing",
         "t2 t3 t8 (final part after its deltas)",
         "the full text again, already counted by its deltas",
     ),
-    KiloShape(
+    EventShape(
         "message.part.updated text synthetic",
         "nothing",
         "README §7 part types; real runs after a wrapper kill (~7/s)",
         "the 'Initializing snapshot…' spinner is Kilo's, not the model's",
     ),
-    KiloShape("message.part.updated reasoning", "progress", "(spec; fake LLM has none)", "thought"),
-    KiloShape("message.part.updated reasoning empty", "nothing", "(spec)", "as empty text"),
-    KiloShape("message.part.updated reasoning same", "nothing", "(spec)", "as repeated text"),
-    KiloShape(
+    EventShape(
+        "message.part.updated reasoning", "progress", "(spec; fake LLM has none)", "thought"
+    ),
+    EventShape("message.part.updated reasoning empty", "nothing", "(spec)", "as empty text"),
+    EventShape("message.part.updated reasoning same", "nothing", "(spec)", "as repeated text"),
+    EventShape(
         "message.part.updated reasoning synthetic", "nothing", "(defensive)", "as the spinner"
     ),
-    KiloShape(
+    EventShape(
         "message.part.updated step-start",
         "nothing",
         "t2 t3 t8 t11",
         "Kilo's snapshot before the model answers, not output",
     ),
-    KiloShape("message.part.updated step-finish", "progress", "t2 t3 t8", "a model step ended"),
-    KiloShape(
+    EventShape("message.part.updated step-finish", "progress", "t2 t3 t8", "a model step ended"),
+    EventShape(
         "message.part.updated tool pending", "progress", "t2 t3 t5", "the model called a tool"
     ),
-    KiloShape(
+    EventShape(
         "message.part.updated tool running",
         "tool_started",
         "t2 t3 t5",
         "repeated while its metadata.output grows: each one is the tool's output",
     ),
-    KiloShape("message.part.updated tool completed", "tool_finished", "t2 t3", "tool done"),
-    KiloShape("message.part.updated tool error", "tool_finished", "t2 t5", "tool failed/aborted"),
-    KiloShape(
+    EventShape("message.part.updated tool completed", "tool_finished", "t2 t3", "tool done"),
+    EventShape("message.part.updated tool error", "tool_finished", "t2 t5", "tool failed/aborted"),
+    EventShape(
         "message.part.updated user", "nothing", "t2 t3 t4 t5 t8 t9", "the user's own prompt parts"
     ),
-    KiloShape(
+    EventShape(
         "message.part.updated other",
         "nothing",
         "t9 (compaction)",
         "compaction, file, patch, snapshot, …: Kilo's records, not model output",
     ),
-    KiloShape("message.part.removed", "nothing", "README §7", "the spinner part removed"),
-    KiloShape(
+    EventShape("message.part.removed", "nothing", "README §7", "the spinner part removed"),
+    EventShape(
         "message.updated",
         "nothing",
         "all",
         "metadata (tokens, time); a user message's id is remembered to ignore its parts",
     ),
-    KiloShape("permission.asked", "asked", "t2 t5", "waits on the user"),
-    KiloShape("question.asked", "asked", "t3", "waits on the user"),
-    KiloShape("permission.replied", "answered", "t2", "the user answered"),
-    KiloShape("question.replied", "answered", "t3", "the user answered"),
-    KiloShape("question.rejected", "answered", "t3", "the user dismissed it"),
-    KiloShape("session.error", "error", "t4 t5 t7", "before or just after its close"),
-    KiloShape(
+    EventShape("permission.asked", "asked", "t2 t5", "waits on the user"),
+    EventShape("question.asked", "asked", "t3", "waits on the user"),
+    EventShape("permission.replied", "answered", "t2", "the user answered"),
+    EventShape("question.replied", "answered", "t3", "the user answered"),
+    EventShape("question.rejected", "answered", "t3", "the user dismissed it"),
+    EventShape("session.error", "error", "t4 t5 t7", "before or just after its close"),
+    EventShape(
         "session.network.asked",
         "gave_up",
         "t7 t8-connrefused",
         "'Cannot connect to API…' / 'Request timed out': Kilo waits for a reply nobody sends",
     ),
-    KiloShape(
+    EventShape(
         "session.status retry",
         "retrying",
         "t4-500 t4-hang t7",
         "attempt n of Kilo's own retries; it recovers or ends with session.error",
     ),
-    KiloShape(
+    EventShape(
         "session.status",
         "nothing",
         "all (busy many times, idle twice, offline)",
         "Kilo's status is not the model's output",
     ),
-    KiloShape(
+    EventShape(
         "other",
         "nothing",
         "server.heartbeat server.connected sync session.updated session.diff session.idle "

@@ -167,7 +167,7 @@ class WrapperCore:
         rng: random.Random | None = None,
         outbox: Outbox | None = None,
         on_record: Callable[[Record], None] | None = None,
-        agent: str = "kilo",
+        agent: str = "agent",
         dialect: str = "brackets",
         capabilities: frozenset[str] | None = None,
     ) -> None:
@@ -471,10 +471,10 @@ class WrapperCore:
     def supports(self, capability: str) -> bool:
         return self.capabilities is None or capability in self.capabilities
 
-    def agent_ready(self, kilo_session_id: str | None = None) -> None:
-        if kilo_session_id is not None:
-            self.translator.session_id = kilo_session_id
-            self.dialect.session_id = kilo_session_id
+    def agent_ready(self, agent_session_id: str | None = None) -> None:
+        if agent_session_id is not None:
+            self.translator.session_id = agent_session_id
+            self.dialect.session_id = agent_session_id
         self.group.send("wrapper", Event("agent_ready"))
 
     def agent_exited(self, code: int | None) -> None:
@@ -488,7 +488,8 @@ class WrapperCore:
                 return
         self.group.send("wrapper", Event("agent_exited", {"code": code}))
 
-    def kilo_event(self, generation: int, payload: dict[str, Any]) -> None:
+    def agent_event(self, generation: int, payload: dict[str, Any]) -> None:
+        """One event of the agent's stream, from the subscription of ``generation``."""
         link = self.link
         if generation != self.generation or link is None:
             self.dropped_stale_events += 1
@@ -515,8 +516,7 @@ class WrapperCore:
     def _push_event(self, generation: int, event: dict[str, Any]) -> None:
         self.outbox.push(lambda seq: EventFrame(seq=seq, generation=generation, event=event))
 
-    agent_event = kilo_event
-    """The agent's event, whichever agent: Kilo's name is kept for the hosts that use it."""
+    kilo_event = agent_event  # alias for fsm/sim and fsm/control until they are renamed (issue 17)
 
     def _turn_event(self, payload: dict[str, Any]) -> None:
         """One event in Kilo's dialect (the agent's own, or synthesised by its ``Dialect``)."""

@@ -42,10 +42,10 @@ import anyio
 import uvicorn
 from anyio.abc import TaskGroup
 
-from adapters.agents.base import agent_spec
+from adapters.agents.registry import agent_spec
 from adapters.ingest.websocket_client import IngestConnection
-from adapters.kilo.client import ID_PATTERN, AgentClient, KiloError, ascending_id
-from adapters.kilo.process import KiloServer, SpawnedKilo, start_kilo
+from adapters.kilo.client import ID_PATTERN, AgentClient, AgentError, ascending_id
+from adapters.kilo.process import AgentServer, SpawnedAgent, start_agent
 from fsm.engine.clock import RealClock
 from fsm.engine.effects import (
     AbortAgentTurn,
@@ -99,14 +99,14 @@ def recorded_sessions(state_dir: Path) -> dict[str, str]:
     return {k: v for k, v in sessions.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def record_session(state_dir: Path, agent_session: str, kilo_session: str) -> None:
-    """Remember that ``agent_session`` is Kilo's ``kilo_session``: written to a temporary file,
+def record_session(state_dir: Path, agent_session: str, agent_session_id: str) -> None:
+    """Remember that ``agent_session`` is Kilo's ``agent_session_id``: written to a temporary file,
     synced and renamed over the old map, so a wrapper killed mid-write leaves the old map or the
     new one, never half of either."""
     sessions = recorded_sessions(state_dir)
-    if sessions.get(agent_session) == kilo_session:
+    if sessions.get(agent_session) == agent_session_id:
         return
-    sessions[agent_session] = kilo_session
+    sessions[agent_session] = agent_session_id
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = state_dir / SESSIONS_FILE
     tmp = path.with_name(f"{SESSIONS_FILE}.{os.getpid()}.tmp")
@@ -123,11 +123,11 @@ class WrapperHost:
         settings: ServeSettings,
         values: TimerValues,
         log: JsonLog,
-        early_kilo: SpawnedKilo | None = None,
+        early_agent: SpawnedAgent | None = None,
         early_signals: list[int] | None = None,
     ) -> None:
         self.settings = settings
-        self.early_kilo = early_kilo
+        self.early_agent = early_agent
         self.early_signals = early_signals if early_signals is not None else []
         """Stop signals the launcher held before ``_signals`` listened (handled first there)."""
         """Kilo spawned before this host was imported (``fsm.serve.launch``): the first start
@@ -162,9 +162,9 @@ class WrapperHost:
             dialect=self.spec.dialect,
             capabilities=self.spec.capabilities,
         )
-        self.kilo: KiloServer | None = None
+        self.server: AgentServer | None = None
         self.client: AgentClient | None = None
-        self.kilo_session: str | None = None
+        self.agent_session_id: str | None = None
         self.spawn_scope: anyio.CancelScope | None = None
         self.subscriptions: dict[int, anyio.CancelScope] = {}
         self.ingest: IngestConnection | None = None
@@ -174,8 +174,9 @@ class WrapperHost:
         self._tg: TaskGroup | None = None
         self.auto_commits: dict[str, PromptCommand] = {}
         """Prompts that asked for auto-commit, until their turn ends."""
-        self.kilo_message_ids: OrderedDict[str, str] = OrderedDict()
-        """Our message id → the Kilo message id its first submission used (``_kilo_message_id``)."""
+        self.agent_message_ids: OrderedDict[str, str] = OrderedDict()
+        """Our message id → the agent's message id its first submission used
+        (``_agent_message_id``)."""
         self._in_batch = False
         self._acked: anyio.Event | None = None
 
@@ -290,18 +291,18 @@ class WrapperHost:
             command.prompt,
             generate,
             private_paths=[self.settings.state_dir],
-            run_as=self.settings.kilo_run_as,
+            run_as=self.settings.agent_run_as,
         )
         self.log.info("auto-commit", message_id=mid, **result)
         self.core.note("auto_commit", {"message_id": mid, **result})
 
     def _agent_info(self) -> dict[str, Any]:
-        kilo = self.kilo
+        server = self.server
         return {
-            "port": kilo.port if kilo else None,
-            "pid": kilo.pid if kilo else None,
-            "url": kilo.url if kilo else None,
-            "session": self.kilo_session,
+            "port": server.port if server else None,
+            "pid": server.pid if server else None,
+            "url": server.url if server else None,
+            "session": self.agent_session_id,
             "name": self.spec.name,
             "capabilities": sorted(self.spec.capabilities),
             "healthy": self.core.wrapper.state in ("ready", "running", "idle"),
@@ -346,17 +347,17 @@ class WrapperHost:
         s = self.settings
         with anyio.CancelScope() as scope:
             self.spawn_scope = scope
-            first, self.early_kilo = self.early_kilo, None
+            first, self.early_agent = self.early_agent, None
             try:
-                server = await start_kilo(
+                server = await start_agent(
                     first=first,
                     workdir=s.workdir,
                     state_dir=s.state_dir,
-                    config=s.kilo_config,
-                    kilo_bin=s.kilo_bin,
+                    config=s.agent_config,
+                    agent_bin=s.agent_bin,
                     startup_timeout=self.values["agent_startup"],
-                    pass_env=s.kilo_pass_env,
-                    run_as=s.kilo_run_as,
+                    pass_env=s.agent_pass_env,
+                    run_as=s.agent_run_as,
                     spec=self.spec,
                 )
             except Exception as exc:
@@ -367,7 +368,7 @@ class WrapperHost:
                 self.spawn_scope = None
         if scope.cancel_called:
             return
-        self.kilo = server
+        self.server = server
         self.client = AgentClient(server.url, server.password, spec=self.spec)
         self.log.info(
             "Kilo is healthy",
@@ -377,18 +378,18 @@ class WrapperHost:
             startup=round(server.healthy_after, 3),
         )
         try:
-            self.kilo_session = await self._ensure_session(self.client)
+            self.agent_session_id = await self._ensure_session(self.client)
         except Exception as exc:
             self.log.error("cannot open the agent session", error=f"{type(exc).__name__}: {exc}")
             await server.stop(self.values["agent_stop_grace"])
-            self.kilo = None
+            self.server = None
             self.core.agent_exited(None)
             return
-        self.core.agent_ready(self.kilo_session)
+        self.core.agent_ready(self.agent_session_id)
         code = await server.wait()
-        if self.kilo is server:  # an exit nobody asked for
+        if self.server is server:  # an exit nobody asked for
             self.log.warning("Kilo exited", code=code)
-            self.kilo = None
+            self.server = None
             self.core.agent_exited(code)
 
     async def _ensure_session(self, client: AgentClient) -> str:
@@ -400,7 +401,7 @@ class WrapperHost:
         so it is not replaced again at every start). The control plane names agent sessions
         ``agent_s_…``, which Kilo cannot take as an id, so without the record every wrapper restart
         opened a new, empty conversation. The record lives in the state dir because Kilo's own
-        database lives there too (``start_kilo``): the record and the conversation it points at
+        database lives there too (``start_agent``): the record and the conversation it points at
         survive, or are wiped, together; it is outside the workspace, so the agent cannot edit it.
         Kilo's session title was not used to find it: a title is the user's to rename (``PATCH
         /session/{id}``), ``GET /session`` only searches titles as text (no exact match, never
@@ -412,8 +413,8 @@ class WrapperHost:
         makes the caller restart Kilo and try again.
         """
         name = self.settings.agent_session
-        if self.kilo_session is not None:
-            candidates = [self.kilo_session]
+        if self.agent_session_id is not None:
+            candidates = [self.agent_session_id]
         else:
             candidates = [recorded_sessions(self.settings.state_dir).get(name) or "", name]
         for wanted in dict.fromkeys(candidates):
@@ -421,8 +422,8 @@ class WrapperHost:
                 continue
             try:
                 session = (await client.get_session(wanted)).id
-            except KiloError as exc:
-                self.log.warning("agent session is gone", kilo_session=wanted, error=str(exc))
+            except AgentError as exc:
+                self.log.warning("agent session is gone", agent_session_id=wanted, error=str(exc))
             else:
                 self._record_session(session)
                 return session
@@ -430,20 +431,20 @@ class WrapperHost:
         self._record_session(session)
         return session
 
-    def _record_session(self, kilo_session: str) -> None:
+    def _record_session(self, agent_session_id: str) -> None:
         """Record the agent-session → Kilo session pair; a failed write is logged, not fatal (the
         conversation goes on; only a later wrapper restart would start a new one)."""
         try:
-            record_session(self.settings.state_dir, self.settings.agent_session, kilo_session)
+            record_session(self.settings.state_dir, self.settings.agent_session, agent_session_id)
         except OSError as exc:
             self.log.warning(
-                "cannot record the agent session", kilo_session=kilo_session, error=str(exc)
+                "cannot record the agent session", agent_session_id=agent_session_id, error=str(exc)
             )
 
     async def _stop_agent(self) -> None:
         if self.spawn_scope is not None:
             self.spawn_scope.cancel()
-        server, self.kilo = self.kilo, None
+        server, self.server = self.server, None
         code: int | None = None
         if server is not None:
             code = await server.stop(self.values["agent_stop_grace"])
@@ -466,7 +467,7 @@ class WrapperHost:
                             self._in_batch = True
                             self.core.begin_batch()
                             loop.call_soon(self._end_batch)
-                        self.core.kilo_event(generation, event)
+                        self.core.agent_event(generation, event)
                         if self.core.window_full:
                             await self._wait_for_acks()
             except Exception as exc:
@@ -516,7 +517,7 @@ class WrapperHost:
         # No answer at all: the machine's own probe timer decides; nothing to report.
 
     async def _reconcile(self, generation: int) -> None:
-        client, session = self.client, self.kilo_session
+        client, session = self.client, self.agent_session_id
         if client is None or session is None:
             return
         status = await client.session_status()
@@ -536,15 +537,15 @@ class WrapperHost:
         self.core.reconciled(generation, busy, reason, error)
 
     async def _prompt(self, action: PromptAgent) -> None:
-        client, session = self.client, self.kilo_session
+        client, session = self.client, self.agent_session_id
         command = action.command
         if command.auto_commit:
             self.auto_commits[command.message_id] = command
         if client is None or session is None:
             return  # the agent is gone; the machines already handle that turn
         # Kilo makes a session's last model sticky: always name one (README §4).
-        model = command.model or self.settings.kilo_config.get("model")
-        message_id = self._kilo_message_id(command.message_id)
+        model = command.model or self.settings.agent_config.get("model")
+        message_id = self._agent_message_id(command.message_id)
         slash = parse_slash(command.prompt)
         try:
             if slash is None:
@@ -574,22 +575,22 @@ class WrapperHost:
         except Exception as exc:
             self.core.prompt_failed(command.message_id, f"{type(exc).__name__}: {exc}")
 
-    def _kilo_message_id(self, message_id: str) -> str:
+    def _agent_message_id(self, message_id: str) -> str:
         """The Kilo message id for our ``message_id``: made at its first submission, the same for
         every resubmission, so Kilo replaces the stored user message instead of adding a second
         one. It cannot be a pure function of our id: Kilo orders messages by id, so the id must
         carry the time of the first submission (``ascending_id``); that time is what is kept."""
-        known = self.kilo_message_ids.get(message_id)
+        known = self.agent_message_ids.get(message_id)
         if known is None:
             known = ascending_id("msg", int(time.time() * 1000), message_id)
-            self.kilo_message_ids[message_id] = known
-            while len(self.kilo_message_ids) > MESSAGE_IDS_KEPT:
-                self.kilo_message_ids.popitem(last=False)
+            self.agent_message_ids[message_id] = known
+            while len(self.agent_message_ids) > MESSAGE_IDS_KEPT:
+                self.agent_message_ids.popitem(last=False)
         return known
 
     async def _abort(self) -> None:
-        if self.client is not None and self.kilo_session is not None:
-            await self.client.abort(self.kilo_session)
+        if self.client is not None and self.agent_session_id is not None:
+            await self.client.abort(self.agent_session_id)
 
     async def _agent_call(self, call: AgentCall) -> None:
         if self.client is None:

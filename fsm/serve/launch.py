@@ -7,7 +7,7 @@ those imports run on the other core while Kilo boots, so a session's container i
 (issue 14's start-up goal: create → ready within 1.2x of ``docker run`` + Kilo's own start).
 
 The host still owns the start: its wrapper machine's first ``SpawnAgent`` waits for this spawn
-(``start_kilo(first=...)``) under the same start-up timeout, counted from the spawn. A spawn that
+(``start_agent(first=...)``) under the same start-up timeout, counted from the spawn. A spawn that
 fails here is left to the host, which starts Kilo as always and reports why it cannot; one the host
 never took (it stopped first) is killed on the way out.
 """
@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import signal
 
-from adapters.agents.base import agent_spec
-from adapters.kilo.process import SpawnedKilo, spawn_kilo
+from adapters.agents.registry import agent_spec
+from adapters.kilo.process import SpawnedAgent, spawn_agent
 from fsm.hosting.logs import JsonLog
 from fsm.machines.timers import TimerValues
 from fsm.serve.settings import ServeSettings
 
 
-async def early_kilo(settings: ServeSettings) -> SpawnedKilo | None:
+async def early_agent(settings: ServeSettings) -> SpawnedAgent | None:
     try:
-        return await spawn_kilo(
+        return await spawn_agent(
             workdir=settings.workdir,
             state_dir=settings.state_dir,
-            config=settings.kilo_config,
-            kilo_bin=settings.kilo_bin,
-            pass_env=settings.kilo_pass_env,
-            run_as=settings.kilo_run_as,
+            config=settings.agent_config,
+            agent_bin=settings.agent_bin,
+            pass_env=settings.agent_pass_env,
+            run_as=settings.agent_run_as,
             spec=agent_spec(settings.agent),
         )
     except Exception:  # the host's own start says why, under its machine's budget
@@ -54,14 +54,14 @@ def hold_stop_signals() -> list[int]:
 async def run_wrapper(settings: ServeSettings, values: TimerValues, log: JsonLog) -> int:
     """Spawn Kilo, import the host while it boots, run the host; the process's exit code."""
     held = hold_stop_signals()
-    early = await early_kilo(settings)
+    early = await early_agent(settings)
     host = None
     try:
         from fsm.serve.host import WrapperHost  # after the spawn: see the module docstring
 
-        host = WrapperHost(settings, values, log, early_kilo=early, early_signals=held)
+        host = WrapperHost(settings, values, log, early_agent=early, early_signals=held)
         return await host.run()
     finally:
-        left = early if host is None else host.early_kilo
+        left = early if host is None else host.early_agent
         if left is not None:
             await left.abandon()

@@ -21,9 +21,9 @@ from typing import Any
 
 import anyio
 
-from adapters.agents.base import AGENTS, DEFAULT_AGENT
+from adapters.agents.registry import AGENTS, DEFAULT_AGENT
 from fsm.hosting.logs import JsonLog
-from fsm.serve.settings import ServeSettings, agent_section, kilo_run_as
+from fsm.serve.settings import ServeSettings, agent_run_as
 from fsm.settings.config import ConfigError
 from fsm.settings.file import load_config
 from fsm.settings.listen import bind_error, bind_error_message, parse_listen, warn_if_exposed
@@ -61,8 +61,9 @@ def read_token(*, token_file: Path | None, token_fd: int | None, argv_value: str
         raise SystemExit(2) from None
 
 
-def kilo_config(section: dict[str, Any], path: Path | None) -> dict[str, Any]:
-    """``[kilo] config = {...}`` inline, or ``config_file = "kilo.json"`` (relative to the file)."""
+def agent_config(section: dict[str, Any], path: Path | None) -> dict[str, Any]:
+    """``[agent] config = {...}`` inline, or ``config_file = "agent.json"`` (relative to the
+    file)."""
     merged: dict[str, Any] = {}
     if "config_file" in section:
         base = path.parent if path else Path(".")
@@ -70,25 +71,25 @@ def kilo_config(section: dict[str, Any], path: Path | None) -> dict[str, Any]:
         try:
             merged.update(json.loads(file.read_text()))
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: kilo.config_file {file}: {exc}") from None
+            raise ConfigError(f"{path}: agent.config_file {file}: {exc}") from None
     merged.update(section.get("config", {}))
     return merged
 
 
-def kilo_pass_env(section: dict[str, Any], path: Path | None) -> list[str]:
-    """``[kilo] pass_env = ["NAME", ...]``: variables of ours Kilo may have (provider keys its
-    config names with ``{env:NAME}``). Names only, and never one of the wrapper's own."""
+def agent_pass_env(section: dict[str, Any], path: Path | None) -> list[str]:
+    """``[agent] pass_env = ["NAME", ...]``: variables of ours the agent may have (provider keys
+    its config names with ``{env:NAME}``). Names only, and never one of the wrapper's own."""
     names = section.get("pass_env", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"{path}: kilo.pass_env must be a list of environment variable names")
+        raise ConfigError(f"{path}: agent.pass_env must be a list of environment variable names")
     for name in names:
         if not ENV_NAME.match(name):
             raise ConfigError(
-                f"{path}: kilo.pass_env: {name!r} is not an environment variable name"
+                f"{path}: agent.pass_env: {name!r} is not an environment variable name"
             )
         if name.upper().startswith(RESERVED_ENV_PREFIX):
             raise ConfigError(
-                f"{path}: kilo.pass_env: {name} is the wrapper's own ({RESERVED_ENV_PREFIX}*): "
+                f"{path}: agent.pass_env: {name} is the wrapper's own ({RESERVED_ENV_PREFIX}*): "
                 "the agent must never hold it"
             )
     return list(names)
@@ -121,7 +122,7 @@ def run_serve(
     listen: str,
     workdir: Path,
     config: Path | None,
-    kilo_bin: str | None,
+    agent_bin: str | None,
     state_dir: Path | None,
     version: str | None,
     agent: str | None = None,
@@ -141,14 +142,15 @@ def run_serve(
         host, port = parse_listen(listen)
         loaded = load_config(config)
         file_settings, values, limits = loaded.file, loaded.timers["wrapper"], loaded.limits
-        section = agent_section(file_settings.kilo, file_settings.agent)
+        section = file_settings.agent
         agent_name = agent if agent is not None else section.get("name")
         if agent_name is not None and (not isinstance(agent_name, str) or agent_name not in AGENTS):
             where = "--agent" if agent is not None else f"{config}: agent.name"
             raise ConfigError(f"{where}: {agent_name!r} is not one of {', '.join(AGENTS)}")
-        kilo = kilo_config(section, config)
-        pass_env = kilo_pass_env(section, config)
-        run_as = kilo_run_as(section, config)
+        spec = AGENTS[agent_name or DEFAULT_AGENT]
+        agent_settings = agent_config(section, config)
+        pass_env = agent_pass_env(section, config)
+        run_as = agent_run_as(section, config, spec=spec)
         state = state_dir if state_dir is not None else default_state_dir(session_id)
     except (ValueError, ConfigError) as exc:
         return usage_error(str(exc))
@@ -173,10 +175,10 @@ def run_serve(
         workdir=workdir,
         state_dir=state,
         agent=agent_name or DEFAULT_AGENT,
-        kilo_bin=kilo_bin,
-        kilo_config=kilo,
-        kilo_pass_env=pass_env,
-        kilo_run_as=run_as,
+        agent_bin=agent_bin,
+        agent_config=agent_settings,
+        agent_pass_env=pass_env,
+        agent_run_as=run_as,
         outbox_frames=file_settings.outbox.get("max_frames", 1000),
         outbox_bytes=file_settings.outbox.get("max_bytes", 8 * 1024 * 1024),
         version=version,

@@ -11,24 +11,26 @@ command that printed the defaults for a typo'd file would tell the operator thei
 from __future__ import annotations
 
 import difflib
+import sys
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from adapters.agents.registry import config_aliases
 from fsm.machines.timers import TimerValues
 from fsm.settings.config import ConfigError, read_toml, timer_values
 from fsm.settings.limits import LimitValues, limit_values
 from fsm.settings.runtime import RuntimeSettings, runtime_settings
 
 OUTBOX_KEYS = ("max_frames", "max_bytes")
-KILO_KEYS = ("config", "config_file", "pass_env", "user", "state_dir", "config_home")
-"""The ``[kilo]`` keys the wrapper reads (``fsm.serve.main``: config, config_file, pass_env;
-``fsm.serve.settings.kilo_run_as``: user, state_dir, config_home). A misspelt ``confg_file``
-would otherwise leave Kilo on its default model without a word."""
-AGENT_KEYS = ("name", *KILO_KEYS)
-"""``[agent]``: which agent server the wrapper runs (``name``: kilo | opencode) and the same keys
-as ``[kilo]``, which stays accepted as their alias (``[agent]`` wins where both say)."""
+AGENT_KEYS = ("name", "config", "config_file", "pass_env", "user", "state_dir", "config_home")
+"""``[agent]``: which agent server the wrapper runs (``name``, a key of
+``adapters.agents.registry.AGENTS``) and what it reads of it (``fsm.serve.main``: config,
+config_file, pass_env; ``fsm.serve.settings.agent_run_as``: user, state_dir, config_home). A
+misspelt ``confg_file`` would otherwise leave the agent on its default model without a word. An
+agent may declare older names of this table (``AgentSpec.config_aliases``): they are read as
+``[agent]`` with a one-line warning, ``[agent]`` winning where both say."""
 CONTROL_KEYS: tuple[str, ...] = ()
 """``[control]`` is reserved: no key of it is read yet, so any key is a mistake."""
 
@@ -38,7 +40,6 @@ class FileSettings(msgspec.Struct, forbid_unknown_fields=True):
 
     timers: dict[str, Any] = {}
     outbox: dict[str, int] = {}
-    kilo: dict[str, Any] = {}
     agent: dict[str, Any] = {}
     control: dict[str, Any] = {}
     limits: dict[str, Any] = {}
@@ -61,7 +62,34 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     runtime: RuntimeSettings
 
 
+_warned: set[tuple[Path, str]] = set()
+
+
+def agent_table(path: Path | None, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each deprecated alias table of ``[agent]`` folded into ``[agent]`` (which
+    wins key by key), warning once per file and alias on stderr; ``ConfigError`` when an alias is
+    not a table. What both the wrapper and the runtimes that read the file see as ``[agent]``."""
+    out = dict(data)
+    for alias in config_aliases():
+        if alias not in out:
+            continue
+        table = out.pop(alias)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{alias}] must be a table (it is [agent]'s older name)")
+        _check_keys(path, alias, table, AGENT_KEYS)
+        if (key := (path or Path("-"), alias)) not in _warned:
+            _warned.add(key)
+            print(
+                f"warning: {path}: [{alias}] is deprecated, write [agent] (same keys)",
+                file=sys.stderr,
+            )
+        agent = out.get("agent", {})
+        out["agent"] = {**table, **agent} if isinstance(agent, dict) else agent
+    return out
+
+
 def _file_settings(path: Path, data: dict[str, Any]) -> FileSettings:
+    data = agent_table(path, data)
     for table in data:
         if table not in TABLES:
             near = difflib.get_close_matches(table, TABLES, n=1)
@@ -76,19 +104,24 @@ def _file_settings(path: Path, data: dict[str, Any]) -> FileSettings:
         raise ConfigError(f"{path}: {exc}") from None
     for table, known in (
         ("outbox", OUTBOX_KEYS),
-        ("kilo", KILO_KEYS),
         ("agent", AGENT_KEYS),
         ("control", CONTROL_KEYS),
     ):
-        unknown = sorted(set(getattr(settings, table)) - set(known))
-        if unknown:
-            near = difflib.get_close_matches(unknown[0], known, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(
-                f"{path}: {table}.{unknown[0]} is not a setting{hint} (known: "
-                f"{', '.join(known) or 'none yet'})"
-            )
+        _check_keys(path, table, getattr(settings, table), known)
     return settings
+
+
+def _check_keys(
+    path: Path | None, table: str, values: dict[str, Any], known: tuple[str, ...]
+) -> None:
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(
+            f"{path}: {table}.{unknown[0]} is not a setting{hint} (known: "
+            f"{', '.join(known) or 'none yet'})"
+        )
 
 
 def load_config(path: Path | None) -> Config:

@@ -435,13 +435,15 @@ async def test_an_exit_while_the_event_stream_is_down_is_reported_once_it_is_bac
         proxy.close()
 
 
+@pytest.mark.parametrize("table", ["agent", "kilo"])
 async def test_the_config_reaches_the_container_as_a_private_copy_even_if_ours_is_0600(
-    tmp_path: Path, started: tuple[DockerRuntime, Exits]
+    tmp_path: Path, started: tuple[DockerRuntime, Exits], table: str
 ) -> None:
+    """``[agent] config_file``, or ``[kilo]``'s (its older name, Kilo's config alias)."""
     rt, _ = started
     config = tmp_path / "etc" / "fsm-agent.toml"
     config.parent.mkdir()
-    config.write_text('[kilo]\nconfig_file = "kilo.json"\n')
+    config.write_text(f'[{table}]\nconfig_file = "kilo.json"\n')
     (tmp_path / "etc" / "kilo.json").write_text('{"model": "demo/x"}')
     for path in (config, tmp_path / "etc" / "kilo.json"):
         path.chmod(0o600)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapters.kilo.process import build_env, start_kilo
+from adapters.kilo.process import build_env, start_agent
 from tests.fakes.fake_llm import FakeLLM
 
 SECRET = "wrapper-token-7c1e-must-not-leak"
@@ -90,11 +90,11 @@ async def test_real_kilo_and_its_tools_hold_no_secret_of_the_parent(
         "AWS_SECRET_ACCESS_KEY": UNLISTED,
         "PROVIDER_KEY": "listed-provider-key",
     }
-    server = await start_kilo(
+    server = await start_agent(
         workdir=work,
         state_dir=tmp_path / "state",
         config=fake_llm.provider_config(),
-        kilo_bin=None,
+        agent_bin=None,
         startup_timeout=60,
         env=parent,
         pass_env=["PROVIDER_KEY"],

@@ -1,5 +1,5 @@
 """Kilo's event stream read on a plain socket gives exactly what the httpx path gives: the same
-events from the same bytes however they are split, Kilo's errors as ``KiloError``, and a stream
+events from the same bytes however they are split, Kilo's errors as ``AgentError``, and a stream
 cut in the middle of a chunk as an error, not a silent end."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from adapters.kilo.client import AgentClient, KiloError, parse_sse, parse_sse_bytes
+from adapters.kilo.client import AgentClient, AgentError, parse_sse, parse_sse_bytes
 from adapters.kilo.event_stream import StreamBroken
 from tests.paths import KILO_CAPTURES
 
@@ -130,7 +130,7 @@ async def test_an_error_status_raises_kilo_error_with_the_body() -> None:
     url, serve, _ = await serve_once(response, random.Random(2))
     async with anyio.create_task_group() as tg:
         tg.start_soon(serve)
-        with pytest.raises(KiloError) as caught:
+        with pytest.raises(AgentError) as caught:
             await read_all(AgentClient(url, "wrong"))
         tg.cancel_scope.cancel()
     assert caught.value.status == 401 and "UnauthorizedError" in caught.value.body

@@ -27,10 +27,11 @@ import httpx
 import jsonschema
 import pytest
 
-from adapters.agents.base import AGENTS, AgentSpec, AgentUnsupported
+from adapters.agents.base import AgentSpec, AgentUnsupported
+from adapters.agents.registry import AGENTS
 from adapters.kilo.binary import AgentNotFound, find_agent
-from adapters.kilo.client import AgentClient, KiloError, ascending_id
-from adapters.kilo.process import KiloServer, start_kilo
+from adapters.kilo.client import AgentClient, AgentError, ascending_id
+from adapters.kilo.process import AgentServer, start_agent
 from fsm.agents.dialect import dialect
 from tests.fakes.fake_llm import FakeLLM
 
@@ -318,14 +319,14 @@ def _public_methods() -> set[str]:
     }
 
 
-async def _started(tmp_path: Path, fake_llm: FakeLLM, spec: AgentSpec) -> tuple[KiloServer, Path]:
+async def _started(tmp_path: Path, fake_llm: FakeLLM, spec: AgentSpec) -> tuple[AgentServer, Path]:
     workdir = _git_workdir(tmp_path)
     config = fake_llm.provider_config(permission={"bash": "ask"})
-    server = await start_kilo(
+    server = await start_agent(
         workdir=workdir,
         state_dir=tmp_path / "state",
         config=config,
-        kilo_bin=None,
+        agent_bin=None,
         startup_timeout=60,
         spec=spec,
     )
@@ -373,7 +374,7 @@ async def test_a_wrong_password_is_refused_on_every_route(
     wrong = AgentClient(server.url, "not-the-password", spec=spec)
     try:
         assert await wrong.health() is False
-        with pytest.raises(KiloError) as refused:
+        with pytest.raises(AgentError) as refused:
             await wrong.create_session()
         assert refused.value.status == 401
         assert httpx.get(f"{server.url}/doc", timeout=10).status_code == 401

@@ -20,7 +20,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from adapters.kilo.client import AgentClient, KiloError
+from adapters.kilo.client import AgentClient, AgentError
 from adapters.kilo.reconnect import Backoff, StreamGaveUp, reconnecting_events
 
 pytestmark = pytest.mark.anyio
@@ -161,7 +161,7 @@ async def test_a_4xx_is_not_retried_a_5xx_is() -> None:
     async with standing_in([Connection(status=401)]) as agent:
         client = AgentClient(agent.url, "wrong")
         try:
-            with pytest.raises(KiloError) as refused:
+            with pytest.raises(AgentError) as refused:
                 await _read(client, FAST, 1, waited)
         finally:
             await client.aclose()

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from adapters.agents.opencode import OPENCODE
 from adapters.kilo.process import RunAs, build_env
-from fsm.serve.settings import KILO_CONFIG_HOME_ENV, KILO_STATE_ENV, KILO_USER_ENV, kilo_run_as
+from fsm.serve.settings import AGENT_CONFIG_HOME_ENV, AGENT_STATE_ENV, AGENT_USER_ENV, agent_run_as
 from fsm.settings.config import ConfigError
 
 AGENT = RunAs("agent", 10002, 10002, Path("/home/agent"), "/bin/bash")
@@ -68,33 +69,57 @@ def test_kilo_user_comes_from_the_file_then_the_environment(tmp_path: Path) -> N
     if other is None:
         pytest.fail("no second user in /etc/passwd")
     path = tmp_path / "fsm.toml"
-    assert kilo_run_as({"user": other.pw_name}, path, {}) == RunAs.lookup(other.pw_name)
-    assert kilo_run_as({}, path, {KILO_USER_ENV: other.pw_name}) == RunAs.lookup(other.pw_name)
-    assert kilo_run_as({}, path, {}) is None
-    assert kilo_run_as({"user": ""}, path, {KILO_USER_ENV: other.pw_name}) is None
-    env = {KILO_USER_ENV: other.pw_name, KILO_STATE_ENV: "/var/lib/kilo"}
-    run_as = kilo_run_as({}, path, env)
+    assert agent_run_as({"user": other.pw_name}, path, {}) == RunAs.lookup(other.pw_name)
+    assert agent_run_as({}, path, {AGENT_USER_ENV: other.pw_name}) == RunAs.lookup(other.pw_name)
+    assert agent_run_as({}, path, {}) is None
+    assert agent_run_as({"user": ""}, path, {AGENT_USER_ENV: other.pw_name}) is None
+    env = {AGENT_USER_ENV: other.pw_name, AGENT_STATE_ENV: "/var/lib/kilo"}
+    run_as = agent_run_as({}, path, env)
     assert run_as is not None and run_as.state_root == Path("/var/lib/kilo")
-    run_as = kilo_run_as({"state_dir": "/srv/k"}, path, env)
+    run_as = agent_run_as({"state_dir": "/srv/k"}, path, env)
     assert run_as is not None and run_as.state_root == Path("/srv/k")
-    run_as = kilo_run_as({}, path, {**env, KILO_CONFIG_HOME_ENV: "/opt/kilo/config"})
+    run_as = agent_run_as({}, path, {**env, AGENT_CONFIG_HOME_ENV: "/opt/kilo/config"})
     assert run_as is not None and run_as.config_home == Path("/opt/kilo/config")
     me = pwd.getpwuid(os.geteuid()).pw_name
-    assert kilo_run_as({"user": me}, path, {}) is None, "our own user: nothing to switch"
+    assert agent_run_as({"user": me}, path, {}) is None, "our own user: nothing to switch"
+
+
+def test_kilos_older_variable_names_are_still_read_and_named(tmp_path: Path) -> None:
+    """Images built before issue 17 set ``FSM_AGENT_KILO_*``: Kilo's spec declares them as the
+    older names of ``FSM_AGENT_AGENT_*``, read when the new one is unset; OpenCode has none."""
+    other = next((p for p in pwd.getpwall() if p.pw_uid != os.geteuid()), None)
+    if other is None:
+        pytest.fail("no second user in /etc/passwd")
+    path = tmp_path / "fsm.toml"
+    older = {
+        "FSM_AGENT_KILO_USER": other.pw_name,
+        "FSM_AGENT_KILO_STATE_DIR": "/var/lib/kilo",
+        "FSM_AGENT_KILO_CONFIG_HOME": "/opt/kilo/config",
+    }
+    run_as = agent_run_as({}, path, older)
+    assert run_as is not None and run_as.user == other.pw_name
+    assert (run_as.state_root, run_as.config_home) == (
+        Path("/var/lib/kilo"),
+        Path("/opt/kilo/config"),
+    )
+    assert agent_run_as({}, path, {**older, AGENT_USER_ENV: ""}) is None, "the new name wins"
+    assert agent_run_as({}, path, older, spec=OPENCODE) is None
+    with pytest.raises(ConfigError, match=r"^FSM_AGENT_KILO_USER: kilo user 'ghost'"):
+        agent_run_as({}, path, {"FSM_AGENT_KILO_USER": "ghost"})
 
 
 def test_an_unknown_kilo_user_is_an_error_naming_where_it_came_from(tmp_path: Path) -> None:
     path = tmp_path / "fsm.toml"
-    with pytest.raises(ConfigError, match=r"fsm.toml: kilo.user: kilo user 'nobody-here'"):
-        kilo_run_as({"user": "nobody-here"}, path, {})
-    with pytest.raises(ConfigError, match=f"^{KILO_USER_ENV}: kilo user 'ghost'"):
-        kilo_run_as({}, path, {KILO_USER_ENV: "ghost"})
+    with pytest.raises(ConfigError, match=r"fsm.toml: agent.user: kilo user 'nobody-here'"):
+        agent_run_as({"user": "nobody-here"}, path, {})
+    with pytest.raises(ConfigError, match=f"^{AGENT_USER_ENV}: kilo user 'ghost'"):
+        agent_run_as({}, path, {AGENT_USER_ENV: "ghost"})
     with pytest.raises(ConfigError, match="must be a user name"):
-        kilo_run_as({"user": 3}, path, {})
-    with pytest.raises(ConfigError, match=r"kilo.state_dir must be an absolute path"):
-        kilo_run_as({"user": "root", "state_dir": "rel"}, path, {})
-    with pytest.raises(ConfigError, match=f"^{KILO_CONFIG_HOME_ENV} must be an absolute path"):
-        kilo_run_as({"user": "root"}, path, {KILO_CONFIG_HOME_ENV: "x"})
+        agent_run_as({"user": 3}, path, {})
+    with pytest.raises(ConfigError, match=r"agent.state_dir must be an absolute path"):
+        agent_run_as({"user": "root", "state_dir": "rel"}, path, {})
+    with pytest.raises(ConfigError, match=f"^{AGENT_CONFIG_HOME_ENV} must be an absolute path"):
+        agent_run_as({"user": "root"}, path, {AGENT_CONFIG_HOME_ENV: "x"})
 
 
 def test_missing_capabilities_are_named() -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from adapters.kilo import binary
 from adapters.kilo.binary import ENV_VAR, KiloNotFound, find_kilo
-from adapters.kilo.process import PORT_RANGE, KiloStartError, start_kilo
+from adapters.kilo.process import PORT_RANGE, AgentStartError, start_agent
 from adapters.pidfile import process_start_time, write_pidfile
 from tests.fakes.fake_llm import FakeLLM
 
@@ -74,11 +74,11 @@ async def test_a_taken_port_is_drawn_again_and_the_password_guards_every_route(
     work = tmp_path / "work"
     work.mkdir()
     draws = Scripted([taken_port])
-    server = await start_kilo(
+    server = await start_agent(
         workdir=work,
         state_dir=tmp_path / "state",
         config=fake_llm.provider_config(),
-        kilo_bin=None,
+        agent_bin=None,
         startup_timeout=60,
         rng=draws,
     )
@@ -133,12 +133,12 @@ def _standin(tmp_path: Path, mode: str) -> tuple[str, dict[str, str]]:
 async def test_a_kilo_that_never_listens_fails_at_the_configured_timeout(tmp_path: Path) -> None:
     binary, env = _standin(tmp_path, "silent")
     started = time.monotonic()
-    with pytest.raises(KiloStartError, match="was not healthy in time"):
-        await start_kilo(
+    with pytest.raises(AgentStartError, match="was not healthy in time"):
+        await start_agent(
             workdir=tmp_path,
             state_dir=tmp_path / "state",
             config={},
-            kilo_bin=binary,
+            agent_bin=binary,
             startup_timeout=0.5,
             env=env,
             pass_env=["STANDIN"],  # Kilo's environment is an allow-list
@@ -149,11 +149,11 @@ async def test_a_kilo_that_never_listens_fails_at_the_configured_timeout(tmp_pat
 
 async def test_stop_escalates_to_sigkill_after_the_grace(tmp_path: Path) -> None:
     binary, env = _standin(tmp_path, "stubborn")
-    server = await start_kilo(
+    server = await start_agent(
         workdir=tmp_path,
         state_dir=tmp_path / "state",
         config={},
-        kilo_bin=binary,
+        agent_bin=binary,
         startup_timeout=10,
         env=env,
         pass_env=["STANDIN"],
@@ -171,11 +171,11 @@ async def test_start_kills_the_group_a_crashed_predecessor_left(tmp_path: Path) 
     unrelated = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         write_pidfile(state / "kilo.pid", leftover.pid)
-        server = await start_kilo(
+        server = await start_agent(
             workdir=tmp_path,
             state_dir=state,
             config={},
-            kilo_bin=binary,
+            agent_bin=binary,
             startup_timeout=10,
             env=env,
             pass_env=["STANDIN"],  # Kilo's environment is an allow-list

@@ -128,7 +128,7 @@ async def test_start_runs_the_wrapper_with_its_identity_and_its_token_through_a_
     monkeypatch.setenv("PLANTED_SECRET", "operator-secret-not-for-wrappers")
     exits = Exits()
     config = tmp_path / "timers.toml"
-    s = spec(tmp_path, config=config, kilo_bin="kilo", version="0.0.0-old")
+    s = spec(tmp_path, config=config, agent_bin="kilo", version="0.0.0-old")
     async with runtime(tmp_path, exits) as rt:
         await rt.start(s)
         assert rt.running("s1")
@@ -149,7 +149,7 @@ async def test_start_runs_the_wrapper_with_its_identity_and_its_token_through_a_
             f"--token-fd={token_fd}".encode(),
             f"--state-dir={(tmp_path / 'sessions' / 'kilo-state' / 's1').resolve()}".encode(),
             f"--config={config.resolve()}".encode(),
-            b"--kilo-bin=kilo",
+            b"--agent-bin=kilo",
             b"--version=0.0.0-old",
         ]
         raw_env = Path(f"/proc/{pid}/environ").read_bytes()

@@ -78,9 +78,11 @@ def environ_dict(raw: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
 
 
+@pytest.mark.parametrize("table", ["agent", "kilo"])
 async def test_the_wrapper_gets_an_allow_listed_environment_and_the_token_by_pipe(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str
 ) -> None:
+    """``table``: ``[agent] pass_env``, or ``[kilo]``, its older name (Kilo's config alias)."""
     for name, value in {
         API_KEY_ENV: "the-control-planes-key",
         TOKEN_ENV: "some-token-of-ours",
@@ -96,7 +98,7 @@ async def test_the_wrapper_gets_an_allow_listed_environment_and_the_token_by_pip
     }.items():
         monkeypatch.setenv(name, value)
     config = tmp_path / "fsm-agent.toml"
-    config.write_text('[kilo]\npass_env = ["PROVIDER_KEY", "FSM_AGENT_API_KEY"]\n')
+    config.write_text(f'[{table}]\npass_env = ["PROVIDER_KEY", "FSM_AGENT_API_KEY"]\n')
     async with LocalRuntime(
         tmp_path / "workspaces", lambda *_: None, command=[sys.executable, "-c", STANDIN]
     ) as rt:
@@ -107,7 +109,7 @@ async def test_the_wrapper_gets_an_allow_listed_environment_and_the_token_by_pip
         assert "planted" not in report["environ"] and TOKEN not in report["environ"]
         assert TOKEN_ENV not in env and API_KEY_ENV not in env
         assert "the-control-planes-key" not in report["environ"]  # even when listed
-        assert env["PROVIDER_KEY"] == "listed-in-the-config"  # [kilo] pass_env, for Kilo
+        assert env["PROVIDER_KEY"] == "listed-in-the-config"  # pass_env, for the agent
         for name in ("PATH", "HOME", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV"):
             assert env[name] == os.environ[name]
         assert env["FSM_AGENT_KILO_BIN"] == "/opt/kilo"

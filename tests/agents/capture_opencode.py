@@ -24,9 +24,9 @@ from typing import Any
 import anyio
 import msgspec
 
-from adapters.agents.base import OPENCODE
+from adapters.agents.opencode import OPENCODE
 from adapters.kilo.client import AgentClient, ascending_id
-from adapters.kilo.process import KiloServer, start_kilo
+from adapters.kilo.process import AgentServer, start_agent
 from tests.fakes.fake_llm import FakeLLM, running_fake_llm
 
 OUT = Path(__file__).parents[1] / "fixtures" / "opencode"
@@ -121,11 +121,11 @@ async def _scenario(name: str, client: AgentClient, capture: Capture) -> dict[st
 
 
 async def capture(name: str, fake: FakeLLM, root: Path) -> Path:
-    server: KiloServer = await start_kilo(
+    server: AgentServer = await start_agent(
         workdir=root,
         state_dir=root / f".state-{name}",
         config=fake.provider_config(),
-        kilo_bin=None,
+        agent_bin=None,
         startup_timeout=60,
         spec=OPENCODE,
     )

@@ -79,6 +79,8 @@ BAD_FILES = {
     "unknown limit": ("[limits]\nbodyy = 3\n", "bodyy"),
     "unknown runtime key": ("[runtime]\nimagee = 'x'\n", "runtime.imagee"),
     "unknown outbox key": ("[outbox]\nmax = 3\n", "outbox.max is not a setting"),
+    "unknown agent key": ("[agent]\nconfg_file = 'k.json'\n", "agent.confg_file is not a setting"),
+    # [kilo] is [agent]'s older name (Kilo's AgentSpec.config_aliases): named as written.
     "unknown kilo key": ("[kilo]\nconfg_file = 'k.json'\n", "kilo.confg_file is not a setting"),
     "a control key": ("[control]\nport = 1\n", "control.port is not a setting"),
     "negative duration": ("[timers]\nstale_heartbeat = '-5s'\n", "cannot be negative"),

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from adapters.kilo.process import start_kilo
+from adapters.kilo.process import start_agent
 from fsm.cli.app import app
-from fsm.serve.main import kilo_config, kilo_pass_env
+from fsm.serve.main import agent_config, agent_pass_env
 from fsm.settings.file import load_config
 from tests.paths import ROOT
 
@@ -39,9 +39,9 @@ def test_each_config_loads_strictly_and_every_command_accepts_it(path: Path) -> 
     assert config.timers["control"].overridden() or config.timers["wrapper"].overridden()
     # Its Kilo configuration resolves (relative to the file) to the example provider config,
     # and the provider's key is the one variable passed to Kilo.
-    kilo = kilo_config(config.file.kilo, path)
+    kilo = agent_config(config.file.agent, path)
     assert kilo == json.loads(KILO_CONFIG.read_text())
-    assert kilo_pass_env(config.file.kilo, path) == _key_variables(kilo)
+    assert agent_pass_env(config.file.agent, path) == _key_variables(kilo)
     for command in ("timers", "limits"):
         result = CliRunner().invoke(app, [command, f"--config={path}"])
         assert result.exit_code == 0, result.output
@@ -103,11 +103,11 @@ async def test_a_real_kilo_accepts_the_provider_config(
     """Kilo reads the example as its configuration and reports the provider, the model and the
     key from the environment back (no request reaches the provider: nothing is prompted)."""
     kilo = json.loads(KILO_CONFIG.read_text())
-    server = await start_kilo(
+    server = await start_agent(
         workdir=tmp_path,
         state_dir=tmp_path / "state",
         config=kilo,
-        kilo_bin=None,
+        agent_bin=None,
         startup_timeout=60,
         env={**os.environ, "OPENAI_API_KEY": "sk-example"},
         pass_env=["OPENAI_API_KEY"],

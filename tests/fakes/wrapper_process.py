@@ -43,11 +43,11 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def write_config(path: Path, timers: dict[str, str], kilo: dict[str, Any]) -> Path:
+def write_config(path: Path, timers: dict[str, str], agent: dict[str, Any]) -> Path:
     lines = ["[timers]"] + [f"{k} = {toml_value(v)}" for k, v in timers.items()]
-    config_file = path.parent / "kilo.json"
-    config_file.write_text(json.dumps(kilo))
-    lines += ["", "[kilo]", f"config_file = {toml_value(config_file.name)}"]
+    config_file = path.parent / "agent.json"
+    config_file.write_text(json.dumps(agent))
+    lines += ["", "[agent]", f"config_file = {toml_value(config_file.name)}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -110,10 +110,12 @@ class Wrapper:
         assert response.status_code == 202, response.text
         return str(response.json()["message_id"])
 
-    def kilo_pid(self) -> int:
+    def agent_pid(self) -> int:
         pid = self.status()["agent"]["pid"]
         assert isinstance(pid, int)
         return pid
+
+    kilo_pid = agent_pid  # bench/detection.py's name until it is renamed (issue 17)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -136,13 +138,13 @@ class Wrapper:
 def running_wrapper(
     tmp: Path,
     ingest_url: str,
-    kilo_config: dict[str, Any],
+    agent_config: dict[str, Any],
     timers: dict[str, str] | None = None,
     *,
     extra_args: list[str] | None = None,
 ) -> Iterator[Wrapper]:
     workdir = git_workspace(tmp / "workspace")
-    config = write_config(tmp / "fsm-agent.toml", timers or {}, kilo_config)
+    config = write_config(tmp / "fsm-agent.toml", timers or {}, agent_config)
     log = tmp / "wrapper.log"
     token_file = tmp / "wrapper-token"
     token_file.write_text(TOKEN + "\n")

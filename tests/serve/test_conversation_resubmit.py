@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from adapters.kilo.client import ID_PATTERN, AgentClient, ascending_id
-from adapters.kilo.process import start_kilo
+from adapters.kilo.process import start_agent
 from fsm.hosting.logs import JsonLog
 from fsm.serve.core import PromptAgent
 from fsm.serve.host import WrapperHost
@@ -49,7 +49,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _host(tmp_path: Path, kilo_config: dict[str, object] | None = None) -> WrapperHost:
+def _host(tmp_path: Path, agent_config: dict[str, object] | None = None) -> WrapperHost:
     settings = ServeSettings(
         agent_session="agent_s_resubmit",
         user_id="user-1",
@@ -58,7 +58,7 @@ def _host(tmp_path: Path, kilo_config: dict[str, object] | None = None) -> Wrapp
         token="t",
         workdir=git_workspace(tmp_path / "workspace"),
         state_dir=tmp_path / "state",
-        kilo_config=dict(kilo_config or {"model": "fake/fake-model"}),
+        agent_config=dict(agent_config or {"model": "fake/fake-model"}),
     )
     return WrapperHost(settings, timer_values()["wrapper"], JsonLog(sys.stderr))
 
@@ -94,7 +94,7 @@ async def test_a_resubmission_sends_the_first_submissions_message_and_part_ids(
     host = _host(tmp_path)
     recorder = Recorder()
     host.client = AgentClient("http://kilo.invalid", None, transport=recorder)
-    host.kilo_session = "ses_dcc1bac8dffeYnMmNYG6ylqmm4"
+    host.agent_session_id = "ses_dcc1bac8dffeYnMmNYG6ylqmm4"
     command = PromptCommand(message_id="msg_ours_1", prompt="hello")
     other = PromptCommand(message_id="msg_ours_2", prompt="hello")
     await host._prompt(PromptAgent(command))
@@ -138,18 +138,18 @@ async def _turns_done(client: AgentClient, session: str, answers: int) -> None:
 
 
 @pytest.fixture
-async def kilo_host(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[WrapperHost]:
+async def agent_host(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[WrapperHost]:
     host = _host(tmp_path, fake_llm.provider_config())
-    server = await start_kilo(
+    server = await start_agent(
         workdir=host.settings.workdir,
         state_dir=host.settings.state_dir,
-        config=host.settings.kilo_config,
-        kilo_bin=None,
+        config=host.settings.agent_config,
+        agent_bin=None,
         startup_timeout=60,
     )
     host.client = AgentClient(server.url, server.password)
     try:
-        host.kilo_session = await host._ensure_session(host.client)
+        host.agent_session_id = await host._ensure_session(host.client)
         yield host
     finally:
         await host.client.aclose()
@@ -157,8 +157,8 @@ async def kilo_host(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[WrapperH
 
 
 @pytest.mark.kilo
-async def test_a_resubmitted_prompt_is_once_in_kilos_history(kilo_host: WrapperHost) -> None:
-    host, client, session = kilo_host, kilo_host.client, kilo_host.kilo_session
+async def test_a_resubmitted_prompt_is_once_in_kilos_history(agent_host: WrapperHost) -> None:
+    host, client, session = agent_host, agent_host.client, agent_host.agent_session_id
     assert client is not None and session is not None
     await host._prompt(PromptAgent(PromptCommand(message_id="msg_before", prompt="hi MODE:text")))
     await _turns_done(client, session, 1)

@@ -27,7 +27,7 @@ def setup() -> tuple[TestClient, WrapperCore, list[Effect]]:
     core.start()
     clock.advance(4)
     core.agent_ready("ses_k")
-    core.kilo_event(core.generation, {"type": "server.connected", "properties": {}})
+    core.agent_event(core.generation, {"type": "server.connected", "properties": {}})
     client = TestClient(build_app(core, TOKEN, lambda: {"port": 12345, "healthy": True}))
     return client, core, actions
 
@@ -93,7 +93,7 @@ def test_unknown_ids_are_404_and_known_requests_pass_through(setup: Any) -> None
         client.post("/job/permissions/per_x", headers=AUTH, json={"reply": "once"}).status_code
         == 404
     )
-    core.kilo_event(
+    core.agent_event(
         core.generation,
         {"type": "permission.asked", "properties": {"id": "per_1", "sessionID": "ses_k"}},
     )
@@ -102,7 +102,7 @@ def test_unknown_ids_are_404_and_known_requests_pass_through(setup: Any) -> None
     ok = client.post("/job/permissions/per_1", headers=AUTH, json={"reply": "once"})
     assert ok.status_code == 200
     assert AgentCall("reply_permission", {"request_id": "per_1", "reply": "once"}) in actions
-    core.kilo_event(
+    core.agent_event(
         core.generation,
         {"type": "question.asked", "properties": {"id": "que_1", "sessionID": "ses_k"}},
     )

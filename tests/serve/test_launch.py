@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import fsm.serve.host
-from adapters.kilo.process import spawn_kilo, start_kilo
+from adapters.kilo.process import spawn_agent, start_agent
 from fsm.hosting.logs import JsonLog
 from fsm.machines.timers import WRAPPER_TIMERS
 from fsm.serve.host import WrapperHost
@@ -52,13 +52,13 @@ async def test_a_start_given_a_spawn_waits_for_that_process_not_a_new_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     binary = _standin(tmp_path, monkeypatch, "stubborn")
-    spawned = await spawn_kilo(
-        workdir=tmp_path, state_dir=tmp_path / "state", config={}, kilo_bin=binary,
+    spawned = await spawn_agent(
+        workdir=tmp_path, state_dir=tmp_path / "state", config={}, agent_bin=binary,
         pass_env=["STANDIN"],
     )  # fmt: skip
-    server = await start_kilo(
+    server = await start_agent(
         first=spawned, workdir=tmp_path, state_dir=tmp_path / "state", config={},
-        kilo_bin=binary, startup_timeout=10, pass_env=["STANDIN"],
+        agent_bin=binary, startup_timeout=10, pass_env=["STANDIN"],
     )  # fmt: skip
     try:
         assert server.pid == spawned.process.pid
@@ -77,9 +77,9 @@ async def test_a_spawn_the_host_never_took_is_killed_when_the_wrapper_exits(
     class StoppedBeforeStarting:
         """A host that exits before its machine asks for Kilo (a stop, a bind error)."""
 
-        def __init__(self, *_args: Any, early_kilo: Any = None, **_kw: Any) -> None:
-            self.early_kilo = early_kilo
-            seen.append(early_kilo)
+        def __init__(self, *_args: Any, early_agent: Any = None, **_kw: Any) -> None:
+            self.early_agent = early_agent
+            seen.append(early_agent)
 
         async def run(self) -> int:
             return 3
@@ -87,8 +87,8 @@ async def test_a_spawn_the_host_never_took_is_killed_when_the_wrapper_exits(
     monkeypatch.setattr(fsm.serve.host, "WrapperHost", StoppedBeforeStarting)
     settings = ServeSettings(
         agent_session="a", user_id="u", session_id="s", ingest_url="ws://127.0.0.1:9/i",
-        token="t", workdir=tmp_path, state_dir=tmp_path / "state", kilo_bin=binary,
-        kilo_pass_env=["STANDIN"],
+        token="t", workdir=tmp_path, state_dir=tmp_path / "state", agent_bin=binary,
+        agent_pass_env=["STANDIN"],
     )  # fmt: skip
     assert await run_wrapper(settings, WRAPPER_TIMERS.defaults(), JsonLog()) == 3
     [early] = seen
@@ -103,9 +103,9 @@ async def test_a_spawn_that_fails_early_is_left_to_the_host_to_start_and_report(
     seen: list[Any] = []
 
     class Recording:
-        def __init__(self, *_args: Any, early_kilo: Any = None, **_kw: Any) -> None:
-            self.early_kilo = early_kilo
-            seen.append(early_kilo)
+        def __init__(self, *_args: Any, early_agent: Any = None, **_kw: Any) -> None:
+            self.early_agent = early_agent
+            seen.append(early_agent)
 
         async def run(self) -> int:
             return 0
@@ -114,7 +114,7 @@ async def test_a_spawn_that_fails_early_is_left_to_the_host_to_start_and_report(
     settings = ServeSettings(
         agent_session="a", user_id="u", session_id="s", ingest_url="ws://127.0.0.1:9/i",
         token="t", workdir=tmp_path, state_dir=tmp_path / "state",
-        kilo_bin=str(tmp_path / "no-such-kilo"),
+        agent_bin=str(tmp_path / "no-such-kilo"),
     )  # fmt: skip
     assert await run_wrapper(settings, WRAPPER_TIMERS.defaults(), JsonLog()) == 0
     assert seen == [None]
@@ -142,8 +142,8 @@ async def test_a_host_given_a_held_stop_signal_stops_cleanly_with_0(
     binary = _standin(tmp_path, monkeypatch, "stubborn")
     settings = ServeSettings(
         agent_session="a", user_id="u", session_id="s", ingest_url="ws://127.0.0.1:9/i",
-        token="t", workdir=tmp_path, state_dir=tmp_path / "state", kilo_bin=binary,
-        kilo_pass_env=["STANDIN"],
+        token="t", workdir=tmp_path, state_dir=tmp_path / "state", agent_bin=binary,
+        agent_pass_env=["STANDIN"],
     )  # fmt: skip
     host = WrapperHost(
         settings, WRAPPER_TIMERS.defaults(), JsonLog(), early_signals=[signal.SIGTERM]

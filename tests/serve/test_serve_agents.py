@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.agents.base import AGENTS
+from adapters.agents.registry import AGENTS
 from adapters.kilo.binary import AgentNotFound, find_agent
 from tests.fakes.fake_llm import FakeLLM
 from tests.fakes.ingest_server import FakeIngest

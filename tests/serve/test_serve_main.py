@@ -120,16 +120,16 @@ def test_default_state_dir_needs_a_session_id_that_names_a_directory() -> None:
 
 
 def test_kilo_pass_env_comes_from_the_config_and_is_checked(serve: Any) -> None:
-    code, out, settings = serve(config='[kilo]\npass_env = ["OPENAI_API_KEY"]\n')
+    code, out, settings = serve(config='[agent]\npass_env = ["OPENAI_API_KEY"]\n')
     assert code == 0, out
-    assert settings is not None and settings.kilo_pass_env == ["OPENAI_API_KEY"]
+    assert settings is not None and settings.agent_pass_env == ["OPENAI_API_KEY"]
     for bad, message in (
-        ('pass_env = "OPENAI_API_KEY"', "kilo.pass_env must be a list"),
-        ("pass_env = [1]", "kilo.pass_env must be a list"),
-        ('pass_env = ["NOT A NAME"]', "kilo.pass_env: 'NOT A NAME' is not an environment"),
-        ('pass_env = ["FSM_AGENT_TOKEN"]', "kilo.pass_env: FSM_AGENT_TOKEN is the wrapper's own"),
+        ('pass_env = "OPENAI_API_KEY"', "agent.pass_env must be a list"),
+        ("pass_env = [1]", "agent.pass_env must be a list"),
+        ('pass_env = ["NOT A NAME"]', "agent.pass_env: 'NOT A NAME' is not an environment"),
+        ('pass_env = ["FSM_AGENT_TOKEN"]', "agent.pass_env: FSM_AGENT_TOKEN is the wrapper's own"),
     ):
-        code, out, _ = serve(config=f"[kilo]\n{bad}\n")
+        code, out, _ = serve(config=f"[agent]\n{bad}\n")
         assert code == 2 and message in out, out
 
 

@@ -57,11 +57,11 @@ class Wrapper:
         else:
             self.actions.append(type(effect).__name__)
 
-    def boot(self, kilo_session: str | None) -> None:
+    def boot(self, agent_session_id: str | None) -> None:
         self.core.start()
         self.core.socket_open()
         self.core.control_frame(Welcome(acked=0))
-        self.core.agent_ready(kilo_session)
+        self.core.agent_ready(agent_session_id)
 
     def view(self) -> dict[str, Any]:
         machines = self.core.group.machines
@@ -85,7 +85,7 @@ class Wrapper:
 def test_batches_end_where_single_events_end(capture: str, seed: int) -> None:
     rng = random.Random(seed)
     events = captured(capture)
-    kilo_session = session_of_capture(events)
+    agent_session_id = session_of_capture(events)
     steps: list[tuple[str, Any]] = []
     prompted = 0
     for event in events:
@@ -97,27 +97,27 @@ def test_batches_end_where_single_events_end(capture: str, seed: int) -> None:
         steps.append(("event", event))
         if rng.random() < 0.02:
             steps.append(("stale", event))
-    delta = {"sessionID": kilo_session, "messageID": "msg_x", "delta": "x"}
+    delta = {"sessionID": agent_session_id, "messageID": "msg_x", "delta": "x"}
     for _ in range(60):  # a run of pure deltas, the stream's hot path
         steps.append(("event", {"type": "message.part.delta", "properties": delta}))
 
     one, many = Wrapper(), Wrapper()
     for w in (one, many):
-        w.boot(kilo_session)
-        w.core.kilo_event(w.core.generation, {"type": "server.connected", "properties": {}})
+        w.boot(agent_session_id)
+        w.core.agent_event(w.core.generation, {"type": "server.connected", "properties": {}})
 
     in_batch = False
     for kind, arg in steps:
         boundary = rng.random() < 0.3
         if kind == "event":
-            one.core.kilo_event(one.core.generation, arg)
+            one.core.agent_event(one.core.generation, arg)
             if not in_batch:
                 many.core.begin_batch()
                 in_batch = True
-            many.core.kilo_event(many.core.generation, arg)
+            many.core.agent_event(many.core.generation, arg)
         elif kind == "stale":
-            one.core.kilo_event(one.core.generation - 1, arg)
-            many.core.kilo_event(many.core.generation - 1, arg)
+            one.core.agent_event(one.core.generation - 1, arg)
+            many.core.agent_event(many.core.generation - 1, arg)
         else:
             if in_batch:  # the clock and the job API never run inside a batch's read
                 many.core.end_batch()
