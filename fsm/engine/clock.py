@@ -30,7 +30,7 @@ class Clock(Protocol):
 
 
 class _Scheduled:
-    __slots__ = ("callback", "cancelled", "deadline", "queue")
+    __slots__ = ("callback", "cancelled", "deadline", "queue", "seq")
 
     def __init__(self, deadline: float, callback: Callable[[], None], queue: _TimerQueue) -> None:
         self.deadline = deadline
@@ -38,6 +38,9 @@ class _Scheduled:
         self.cancelled = False
         self.queue: _TimerQueue | None = queue
         """Set while the item is in the queue's heap."""
+        self.seq = 0
+        """Its place among items of the same deadline (scheduling order): the simulator's
+        fast-forward (``fsm.sim.fastforward``) orders what it skips by it."""
 
     def cancel(self) -> None:
         if self.cancelled:
@@ -76,7 +79,8 @@ class _TimerQueue:
 
     def push(self, deadline: float, callback: Callable[[], None]) -> _Scheduled:
         item = _Scheduled(deadline, callback, self)
-        heapq.heappush(self._heap, (deadline, next(self._seq), item))
+        item.seq = seq = next(self._seq)
+        heapq.heappush(self._heap, (deadline, seq, item))
         return item
 
     def _compact(self) -> None:

@@ -153,6 +153,7 @@ def run_world(
     records: Records = "transitions",
     progress: Progress | None = None,
     internal: bool = True,
+    fast_forward: bool = False,
 ) -> tuple[World, int]:
     """Play ``actions`` on a world (or the ``only`` part of it) up to ``duration``.
 
@@ -161,8 +162,16 @@ def run_world(
     one check they feed: a periodic timer fired in its own span)."""
     if internal is False and records == "all":
         raise ValueError('records="all" needs the internal transitions\' records')
-    world = World(config, seed=seed, check_states=False, only=only, records=records)
+    world = World(
+        config,
+        seed=seed,
+        check_states=False,
+        only=only,
+        records=records,
+        fast_forward=fast_forward,
+    )
     wanted = set(world.sessions)
+    world.plan(actions, duration)
     lean = nullcontext() if internal else without_internal_records()
     with batch_gc(), lean:
         world.start()
@@ -196,9 +205,17 @@ def _shard(
     only: list[str],
     records: Records,
     internal: bool,
+    fast_forward: bool,
 ) -> bytes:
     world, fired = run_world(
-        config, actions, duration, seed=seed, only=only, records=records, internal=internal
+        config,
+        actions,
+        duration,
+        seed=seed,
+        only=only,
+        records=records,
+        internal=internal,
+        fast_forward=fast_forward,
     )
     violations = [(v.at, v.session, str(v)) for v in world.invariants.violations]
     return msgspec.msgpack.encode(_Shard(fired, world.lines, _ends(world), violations))
@@ -236,6 +253,7 @@ def run_fleet(
     progress: Progress | None = None,
     internal: bool = True,
     on_world: Callable[[int, int], None] | None = None,
+    fast_forward: bool = False,
 ) -> FleetResult:
     """The fleet run: its sessions dealt round-robin to worlds of at most ``batch`` sessions
     (at least ``shards`` worlds), run by ``shards`` processes at a time. One world and one
@@ -262,12 +280,13 @@ def run_fleet(
             records=records,
             progress=progress,
             internal=internal,
+            fast_forward=fast_forward,
         )
         violations = [(v.at, v.session, str(v)) for v in world.invariants.violations]
         parts = [_Shard(fired, world.lines, _ends(world), violations)]
     else:
         tasks = [
-            (config, actions, duration, seed, names[i::worlds], records, internal)
+            (config, actions, duration, seed, names[i::worlds], records, internal, fast_forward)
             for i in range(worlds)
         ]
         encoded: list[bytes] = []

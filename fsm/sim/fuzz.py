@@ -114,11 +114,20 @@ def run_schedule(
     config: WorldConfig = FUZZ_WORLD,
     timers: dict[str, str] | None = None,
     keep_timeline: bool = False,
+    fast_forward: bool = False,
 ) -> tuple[ScheduleRun, World]:
     """Play ``steps``, settle, and return the violations (the first one stops nothing: all are
     collected, the first is the one that matters)."""
     invariants = Invariants()
-    world = World(config, timers, seed=seed, keep_timeline=keep_timeline, invariants=invariants)
+    world = World(
+        config,
+        timers,
+        seed=seed,
+        keep_timeline=keep_timeline,
+        invariants=invariants,
+        fast_forward=fast_forward,
+    )
+    world.plan(steps, max((a.at for a in steps), default=0.0))
     world.start()
     for action in sorted(steps, key=lambda a: a.at):
         world.run_until(action.at)

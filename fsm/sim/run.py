@@ -39,6 +39,8 @@ class RunResult(msgspec.Struct):
     violations: list[Violation]
     wall: float
     mutant: Mutant | None = None
+    world: World | None = None
+    """The world as the run left it (never encoded: for tests that compare final states)."""
 
     @property
     def passed(self) -> bool:
@@ -51,6 +53,7 @@ def run_scenario(
     seed: int | None = None,
     mutant: Mutant | None = None,
     keep_timeline: bool = True,
+    fast_forward: bool = False,
 ) -> RunResult:
     started = time.perf_counter()
     chosen = scenario.seed if seed is None else seed
@@ -58,8 +61,14 @@ def run_scenario(
     with mutated(mutant.remove if mutant else ()):
         invariants = Invariants()
         world = World(
-            scenario.world, timers, seed=chosen, keep_timeline=keep_timeline, invariants=invariants
+            scenario.world,
+            timers,
+            seed=chosen,
+            keep_timeline=keep_timeline,
+            invariants=invariants,
+            fast_forward=fast_forward,
         )
+        world.plan([a for a in scenario.actions if a.at <= scenario.until], scenario.until)
         world.start()
         states: dict[int, str] = {}
         stops = sorted(
@@ -89,6 +98,7 @@ def run_scenario(
         violations=invariants.violations,
         wall=time.perf_counter() - started,
         mutant=mutant,
+        world=world,
     )
 
 

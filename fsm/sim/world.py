@@ -18,8 +18,10 @@ that only make sense at rest (every message ended, both sides agree).
 from __future__ import annotations
 
 import itertools
+import math
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, cast
 
 from fsm.control.core import LogEntry, Message
@@ -30,6 +32,7 @@ from fsm.sim.agent import FakeKilo
 from fsm.sim.channel import IngestChannel
 from fsm.sim.container import SimWrapper
 from fsm.sim.control import SimControl
+from fsm.sim.fastforward import FastForward
 from fsm.sim.invariants import Invariants
 from fsm.sim.process import Scheduler
 from fsm.sim.runtime import FakeRuntime
@@ -75,6 +78,7 @@ class World:
         check_states: bool = True,
         only: Sequence[str] | None = None,
         records: Records | None = None,
+        fast_forward: bool = False,
     ) -> None:
         self.config = config
         self.check_states = check_states
@@ -82,6 +86,14 @@ class World:
         at every instant, quadratic in sessions; the record, log and frame checks stay on)."""
         self.seed = seed
         self.scheduler: Scheduler = scheduler if scheduler is not None else VirtualClock()
+        self.fast_forward = FastForward(self) if fast_forward else None
+        """Jumps over quiet stretches (``fsm.sim.fastforward``); needs ``plan`` to know when each
+        session next acts, and every action to come from the plan."""
+        self.clocks: dict[str, Scheduler] = {}
+        """Each session's scheduler: the world's, or its ``SessionClock`` when fast-forwarding."""
+        self._upcoming: dict[str, deque[float]] | None = None
+        self._plan_end: float | None = None
+        self._run_end = math.inf
         self.values = timer_values(overrides=timers)
         self.records: Records = (
             records if records is not None else ("all" if keep_timeline else "none")
@@ -116,13 +128,15 @@ class World:
             self._add_session(sid)
 
     def _add_session(self, sid: str) -> None:
-        kilo = FakeKilo(self.scheduler, self.config, lambda a, d: self.note(sid, a, d))
+        ff = self.fast_forward
+        clock = self.clocks[sid] = ff.clock_for(sid) if ff is not None else self.scheduler
+        kilo = FakeKilo(clock, self.config, lambda a, d: self.note(sid, a, d))
         kilo.prefix = f"{sid}_" if self.config.sessions > 1 else ""
         if self.config.agent_session.startswith("ses"):
             kilo.sessions.add(self.config.agent_session)
         self.kilos[sid] = kilo
         control = SimControl(
-            scheduler=self.scheduler,
+            scheduler=clock,
             values=self.values["control"],
             session_id=sid,
             runtime=self.runtime,
@@ -135,7 +149,7 @@ class World:
         )
         self.controls[sid] = control
         self.channels[sid] = IngestChannel(
-            self.scheduler,
+            clock,
             random.Random(f"{self.seed}/{sid}/channel"),
             self.config,
             control.accept,
@@ -156,7 +170,7 @@ class World:
     def _launch(self, sid: str, version: str | None) -> SimWrapper:
         number = next(self._wrapper_numbers[sid])
         wrapper = SimWrapper(
-            scheduler=self.scheduler,
+            scheduler=self.clocks[sid],
             config=self.config,
             values=self.values["wrapper"],
             session_id=sid,
@@ -237,7 +251,32 @@ class World:
 
     # -- driving --------------------------------------------------------------------------------
 
+    def plan(self, actions: Iterable[Action], end: float) -> None:
+        """What the driver will do, and until when it runs the world (the scripted part; a
+        later ``run_until`` past ``end``, as ``settle`` does, bounds itself)."""
+        upcoming: dict[str, list[float]] = {sid: [] for sid in self.sessions}
+        for action in actions:
+            if action.session in upcoming:
+                upcoming[action.session].append(action.at)
+        self._upcoming = {sid: deque(sorted(times)) for sid, times in upcoming.items()}
+        self._plan_end = end
+
+    def horizon(self, sid: str) -> float:
+        """Until when ``sid`` certainly does nothing it was not already doing: its next planned
+        action, or the end of the run; -inf without a plan (nothing may be skipped)."""
+        if self._upcoming is None:
+            return -math.inf
+        queue = self._upcoming[sid]
+        return min(queue[0], self._run_end) if queue else self._run_end
+
     def do(self, action: Action) -> None:
+        if self.fast_forward is not None:
+            queue = self._upcoming.get(action.session) if self._upcoming is not None else None
+            if not queue or queue[0] != action.at or action.at != self.now:
+                raise RuntimeError(
+                    f"a fast-forwarding world does only what was planned, when planned: {action}"
+                )
+            queue.popleft()
         self.note(action.session, action.do, _detail(action), kind="do")
         handler = _HANDLERS[action.do]
         handler(self, action)
@@ -245,6 +284,8 @@ class World:
     def run_until(self, until: float) -> None:
         clock = self.scheduler
         assert isinstance(clock, VirtualClock), "run_until needs the virtual clock"
+        plan_end = self._plan_end
+        self._run_end = plan_end if plan_end is not None and until <= plan_end else until
         if not self.check_states:
             clock.advance(until)  # the same callbacks in the same order, without the stops
             return
@@ -359,7 +400,7 @@ def _agent_hang(world: World, a: Action) -> None:
     def hang(process: Any) -> None:
         process.proc.pause()
         if a.duration is not None:
-            world.scheduler.call_later(a.duration, process.proc.resume)
+            world.clocks[a.session].call_later(a.duration, process.proc.resume)
 
     _kilo(world, a, hang)
 
@@ -376,7 +417,7 @@ def _wrapper_hang(world: World, a: Action) -> None:
     def hang(w: SimWrapper) -> None:
         w.pause()
         if a.duration is not None:
-            world.scheduler.call_later(a.duration, w.resume)
+            world.clocks[a.session].call_later(a.duration, w.resume)
 
     _wrapper(world, a, hang)
 
