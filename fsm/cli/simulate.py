@@ -137,6 +137,14 @@ def simulate_command(
             help="Fleet: most sessions per world (small worlds are faster: they fit the caches)."
         ),
     ] = 200,
+    fast_forward: Annotated[
+        bool,
+        typer.Option(
+            "--fast-forward/--step-by-step",
+            help="Fleet: jump each session's quiet stretches (exact: the same timeline, fewer "
+            "callbacks; docs/simulator.md).",
+        ),
+    ] = True,
     report: Annotated[
         Path | None,
         typer.Option(
@@ -154,7 +162,7 @@ def simulate_command(
         typer.echo(f"error: --report: {report} must end in .html or .svg", err=True)
         raise typer.Exit(2)
     if fleet:
-        _fleet(fleet, span, shards, batch, seed or 0, report, report_session, as_json)
+        _fleet(fleet, span, shards, batch, seed or 0, report, report_session, as_json, fast_forward)
         return
     if fuzz:
         if report is not None:
@@ -288,6 +296,7 @@ def _fleet(
     report: Path | None,
     report_session: str,
     as_json: bool,
+    fast_forward: bool,
 ) -> None:
     from fsm.sim.fleet import run_fleet
 
@@ -317,6 +326,7 @@ def _fleet(
         progress=lambda at: progress.show(
             f"fleet: {clock_label(at)} of {clock_label(span)} simulated"
         ),
+        fast_forward=fast_forward,
     )
     progress.done()
     if report is not None:
@@ -332,6 +342,7 @@ def _fleet(
                     "span": span,
                     "seed": seed,
                     "shards": result.shards,
+                    "fast_forward": fast_forward,
                     "wall": result.wall,
                     "session_seconds_per_second": result.session_speed,
                     "callbacks": result.callbacks,

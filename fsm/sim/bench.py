@@ -10,8 +10,9 @@ virtual seconds per wall second of the whole world, and the same times the numbe
 The levers, each a flag, so one run can measure each against the same world: ``--lean``
 (machines make no records of internal transitions, which no bench timeline keeps) and
 ``--batch N`` (worlds of at most N sessions, each in a fresh process: a smaller world fits the
-CPU's caches) and ``--shards K`` (K processes at a time). ``--census`` counts what the
-callbacks are, for the fast-forward's ceiling (see ``census``).
+CPU's caches), ``--shards K`` (K processes at a time) and ``--fast-forward`` (quiet stretches
+jumped, ``fsm.sim.fastforward``). ``--census`` counts the callbacks by function, step by step or
+fast-forwarded: the profile that says what is left to gain (see ``Census``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import argparse
 import random
 import resource
 import tracemalloc
+from collections import Counter
+from collections.abc import Callable
 
 import msgspec
 
+from fsm.engine.clock import TimerHandle, VirtualClock
 from fsm.sim.fleet import fleet_actions, run_fleet, run_world
 from fsm.sim.scenario import WorldConfig
 
@@ -45,6 +49,7 @@ class BenchResult(msgspec.Struct):
     """Worlds the sessions were dealt to."""
     lean: bool = False
     processes: int = 1
+    fast_forward: bool = False
 
     @property
     def speedup(self) -> float:
@@ -56,8 +61,10 @@ class BenchResult(msgspec.Struct):
 
     def render(self) -> str:
         peak = f", peak {self.peak_mib:.0f} MiB" if self.peak_mib is not None else ""
-        how = f"{self.shards} world(s), {self.processes} at a time" + (
-            ", lean" if self.lean else ""
+        how = (
+            f"{self.shards} world(s), {self.processes} at a time"
+            + (", lean" if self.lean else "")
+            + (", fast-forward" if self.fast_forward else "")
         )
         return (
             f"{self.sessions:>5} sessions x {self.simulated / 3600:g} h ({how}): "
@@ -76,6 +83,7 @@ def bench(
     shards: int = 1,
     lean: bool = False,
     batch: int | None = None,
+    fast_forward: bool = False,
 ) -> BenchResult:
     if memory:
         if shards != 1 or batch is not None:
@@ -89,6 +97,7 @@ def bench(
         batch=batch,
         records="none",
         internal=not lean,
+        fast_forward=fast_forward,
     )
     peak = None
     if memory:
@@ -107,45 +116,68 @@ def bench(
         result.shards,
         lean,
         result.processes,
+        fast_forward,
     )
 
 
 class Census(msgspec.Struct):
-    """What a world's callbacks are: the ceiling of a fast-forward of quiet stretches.
+    """What a world's callbacks are, by the function the clock ran: the profile that says what
+    a lever can still gain. Step by step about half are heartbeats (the wrapper's beat, its
+    arrival, Kilo's beat, its delivery, the windows' wake-ups); fast-forwarded, what is left is
+    the turns' own work (streamed events, their frames and acks)."""
 
-    A fast-forward may jump only heartbeats "whose sole effect is re-arming silence timers"
-    (issue 19). The wrapper's ingest heartbeat is one: its timer (``heartbeat_due``) and the
-    frame's arrival re-arm the session's stale window, nothing else. Kilo's ``server.heartbeat`` is
-    not: the wrapper forwards it as an event frame with a sequence number, the control plane stores
-    it as an event row and acknowledges it. And every session has a Kilo heartbeat every 10 s,
-    so a session's quiet stretch is never longer than that."""
-
+    fast_forward: bool
     callbacks: int
-    wrapper_beats: int
-    """Each is two callbacks (the wrapper's timer, the frame's arrival)."""
-    kilo_beats: int
-    """Each is at least four (Kilo's timer, the wrapper's read, the frame up, the ack down)."""
     session_seconds: float
-
-    @property
-    def ceiling(self) -> float:
-        """The most a fast-forward of the wrapper's heartbeats could gain (if it cost nothing)."""
-        return self.callbacks / (self.callbacks - 2 * self.wrapper_beats)
+    by_callback: dict[str, int]
+    """Callbacks by qualified name (``_Handle``'s and ``_Beat``'s unwrapped), most first."""
 
 
-def census(sessions: int = 100, duration: float = 1200.0, seed: int = 0) -> Census:
+def _callback_name(callback: Callable[[], None]) -> str:
+    seen = callback
+    while True:
+        inner = getattr(seen, "sim_inner", None) or getattr(seen, "handle", None)
+        if inner is None or inner is seen or not callable(inner):
+            break
+        seen = inner
+    function = getattr(seen, "__func__", seen)
+    return str(getattr(function, "__qualname__", type(seen).__qualname__))
+
+
+class CountingClock(VirtualClock):
+    """The virtual clock, counting what it runs by name (slower: for the census only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def call_at(self, deadline: float, callback: Callable[[], None]) -> TimerHandle:
+        name = _callback_name(callback)
+        counts = self.counts
+
+        def counted() -> None:
+            counts[name] += 1
+            callback()
+
+        return super().call_at(deadline, counted)
+
+
+def census(
+    sessions: int = 100, duration: float = 1200.0, seed: int = 0, *, fast_forward: bool = False
+) -> Census:
     actions = fleet_actions(random.Random(seed), sessions, duration)
-    world, fired = run_world(
-        WorldConfig(sessions=sessions, jitter=0.01), actions, duration, seed=seed, records="all"
+    clock = CountingClock()
+    run_world(
+        WorldConfig(sessions=sessions, jitter=0.01),
+        actions,
+        duration,
+        seed=seed,
+        records="none",
+        fast_forward=fast_forward,
+        scheduler=clock,
     )
-    wrapper = sum(1 for line in world.lines if line.trigger == "heartbeat_due")
-    kilo = sum(
-        1
-        for sid in world.sessions
-        for row in world.store.events(sid, limit=10**9)
-        if b'"server.heartbeat"' in row.data  # each one stored: not a pure re-arm
-    )
-    return Census(fired, wrapper, kilo, sessions * duration)
+    counts = dict(clock.counts.most_common())
+    return Census(fast_forward, sum(counts.values()), sessions * duration, counts)
 
 
 def main() -> None:
@@ -157,15 +189,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="most sessions per world")
     parser.add_argument("--lean", action="store_true", help="no internal-transition records")
     parser.add_argument("--census", action="store_true", help="count what the callbacks are")
+    parser.add_argument(
+        "--fast-forward", action="store_true", help="jump quiet stretches (fsm.sim.fastforward)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args()
     if args.census:
-        found = census(args.sessions[0], args.hours * 3600)
+        found = census(args.sessions[0], args.hours * 3600, fast_forward=args.fast_forward)
         if args.json:
-            summary = {**msgspec.to_builtins(found), "ceiling": found.ceiling}
-            print(msgspec.json.encode(summary).decode())
+            print(msgspec.json.encode(found).decode())
         else:
-            print(f"{found}, fast-forward ceiling {found.ceiling:.2f}x")
+            print(f"{found.callbacks:,} callbacks for {found.session_seconds:,.0f} session-s")
+            for name, count in list(found.by_callback.items())[:12]:
+                print(f"  {count:>9,} {count / found.callbacks:6.1%}  {name}")
         return
     for n in args.sessions:
         result = bench(
@@ -175,6 +211,7 @@ def main() -> None:
             shards=args.shards,
             lean=args.lean,
             batch=args.batch,
+            fast_forward=args.fast_forward,
         )
         if args.json:
             print(msgspec.json.encode(result).decode(), flush=True)

@@ -33,6 +33,7 @@ from typing import Any
 
 import msgspec
 
+from fsm.engine.clock import VirtualClock
 from fsm.engine.machine import without_internal_records
 from fsm.sim.scenario import Action, Segment, WorldConfig
 from fsm.sim.timeline import Line
@@ -154,6 +155,7 @@ def run_world(
     progress: Progress | None = None,
     internal: bool = True,
     fast_forward: bool = False,
+    scheduler: VirtualClock | None = None,
 ) -> tuple[World, int]:
     """Play ``actions`` on a world (or the ``only`` part of it) up to ``duration``.
 
@@ -169,6 +171,7 @@ def run_world(
         only=only,
         records=records,
         fast_forward=fast_forward,
+        scheduler=scheduler,
     )
     wanted = set(world.sessions)
     world.plan(actions, duration)

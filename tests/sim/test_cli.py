@@ -188,3 +188,17 @@ def test_progress_shows_on_a_terminal_and_not_in_a_pipe(args: list[str], shown: 
         check=True,
     )
     assert piped.stderr == "" and piped.stdout
+
+
+def test_a_fleet_is_fast_forwarded_by_default_and_the_same_step_by_step() -> None:
+    runs = {}
+    for flag in ("--fast-forward", "--step-by-step"):
+        result = runner.invoke(app, ["simulate", "--fleet", "4", "--span", "1h", "--json", flag])
+        assert result.exit_code == 0, result.output
+        runs[flag] = json.loads(result.output.strip().splitlines()[-1])
+    default = runner.invoke(app, ["simulate", "--fleet", "4", "--span", "1h", "--json"])
+    assert json.loads(default.output.strip().splitlines()[-1])["fast_forward"] is True
+    fast, step = runs["--fast-forward"], runs["--step-by-step"]
+    assert (fast["fast_forward"], step["fast_forward"]) == (True, False)
+    assert fast["violations"] == step["violations"]
+    assert fast["callbacks"] < step["callbacks"]
