@@ -149,6 +149,10 @@ class KiloProcess:
         self._calls = itertools.count(1)
         self.on_exit: Callable[[int | None], None] | None = None
         self.session_id = ""
+        self.brackets = self.config.agent != "opencode"
+        """Kilo brackets every turn (``session.turn.open``/``close``); upstream OpenCode does not:
+        its session is busy until one ``session.idle``, which queued prompts share (issue 17's
+        measurements; ``fsm.agents.dialect``)."""
         self.proc.call_later(self.config.agent_heartbeat, self._heartbeat)
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -255,20 +259,28 @@ class KiloProcess:
 
     def _open(self, text: str, messages: list[str]) -> None:
         n = self.kilo.next_message()
-        run = TurnRun(text, self.kilo.plan_for(text), f"msg_u{n}", f"msg_a{n}", messages)
+        # OpenCode names the user message as the caller did (the wrapper always does) and keeps
+        # the session in the message's info, which is where its dialect looks for it.
+        user = messages[-1] if not self.brackets and messages else f"msg_u{n}"
+        run = TurnRun(text, self.kilo.plan_for(text), user, f"msg_a{n}", messages)
         self.run = run
-        self.emit("message.updated", info={"id": run.user_id, "role": "user"})
+        self.emit("message.updated", info=self._info(run.user_id, "user"))
         self.emit(
             "message.part.updated",
             part={"id": f"prt_u{n}", "messageID": run.user_id, "type": "text", "text": text},
         )
-        self.emit("session.turn.open")
+        if self.brackets:
+            self.emit("session.turn.open")
         self.emit("session.status", status={"type": "busy"})
-        self.emit("message.updated", info={"id": run.asst_id, "role": "assistant"})
+        self.emit("message.updated", info=self._info(run.asst_id, "assistant"))
         if self.session_id not in self.kilo.snapshotted:
             self.kilo.snapshotted.add(self.session_id)
             self._spinner(run, SPINNER_FRAMES)
         self._next_segment(run)
+
+    def _info(self, message_id: str, role: str) -> dict[str, Any]:
+        info = {"id": message_id, "role": role}
+        return info if self.brackets else {**info, "sessionID": self.session_id}
 
     def _spinner(self, run: TurnRun, left: int) -> None:
         """Kilo's synthetic snapshot spinner: its own part, updated ~7/s, then removed."""
@@ -415,18 +427,22 @@ class KiloProcess:
                 "message.part.updated",
                 part={"id": f"prt_f{run.asst_id}", "messageID": run.asst_id, "type": "step-finish"},
             )
-        self.emit("session.status", status={"type": "idle"})
-        self.emit("session.idle")
+        follows = bool(self.queue) and reason == "completed"
+        if self.brackets or not follows:  # OpenCode: one busy run, one idle, for the queue
+            self.emit("session.status", status={"type": "idle"})
+            self.emit("session.idle")
         self.run = None
         self.last_close = (reason, error)
-        if self.queue and reason == "completed":
+        if follows:
             text, _session, message_id = self.queue.popleft()
-            self.emit("session.turn.close", reason="superseded")
+            if self.brackets:
+                self.emit("session.turn.close", reason="superseded")
             self._open(text, [*run.messages, *([message_id] if message_id else [])])
             return
         # A final error drops what was queued behind the run: those messages end with it.
         self._closed(run, reason, self._drop_queue())
-        self.emit("session.turn.close", reason=reason)
+        if self.brackets:
+            self.emit("session.turn.close", reason=reason)
 
     def _drop_queue(self) -> list[str]:
         """Empty the queue of prompts behind the run; the message ids it held."""
@@ -465,8 +481,11 @@ class KiloProcess:
         self.emit("session.status", status={"type": "idle"})
         self.last_close = ("interrupted", "")
         self._closed(run, "interrupted", queued)
-        self.emit("session.turn.close", reason="interrupted")
-        self.emit("session.drain.interrupted")
+        if self.brackets:
+            self.emit("session.turn.close", reason="interrupted")
+            self.emit("session.drain.interrupted")
+        else:
+            self.emit("session.idle")
 
     def _reply(self, request_id: str, reply: str, answers: list[list[str]] | None) -> None:
         kind = self.requests.pop(request_id, None)

@@ -22,6 +22,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from adapters.agents.registry import agent_spec
 from fsm.engine.effects import (
     AbortAgentTurn,
     CloseSocket,
@@ -90,6 +91,8 @@ class SimWrapper:
             rng=random.Random(f"{seed}/{session_id}/{self.tag}"),
             outbox=Outbox(config.outbox_frames, config.outbox_bytes),
             on_record=lambda record: on_record(self, record),
+            agent=config.agent,
+            dialect=agent_spec(config.agent).dialect,
         )
         self.spawning: KiloProcess | None = None
         self.agent: KiloProcess | None = None

@@ -51,6 +51,8 @@ class WorldSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     where one exists: Kilo's cold start ~4 s, its heartbeat every 10 s, websockets' keepalive)."""
 
     sessions: int = 1
+    agent: str = "kilo"
+    """The agent whose event dialect the fake speaks: ``kilo`` or ``opencode``."""
     wrapper_version: str = WRAPPER_VERSION
     """What the *first* wrapper of each session announces; restarts use the pinned version."""
     agent_session: str = ""
@@ -171,8 +173,16 @@ _TIMED = ("text", "reasoning", "tool", "stall")
 _SEGMENT = re.compile(r"^\s*(\w+)(?:\s+(.*?))?\s*$")
 
 
+SIMULATED_AGENTS = ("kilo", "opencode")
+"""The agents whose event dialects the fake speaks (``fsm.sim.agent``)."""
+
+
 class WorldConfig(msgspec.Struct, frozen=True, kw_only=True):
     sessions: int = 1
+    agent: str = "kilo"
+    """Which agent's event dialect the fake speaks (``kilo``: turns bracketed by
+    ``session.turn.open``/``close``; ``opencode``: busy until one ``session.idle``), and so which
+    dialect the wrapper reads it with (the agent's ``AgentSpec.dialect``)."""
     wrapper_version: str = WRAPPER_VERSION
     agent_session: str = ""
     wrapper_boot: float = 1.0
@@ -587,8 +597,11 @@ def _compile_world(c: _Checker, w: WorldSpec) -> WorldConfig:
             raise c.error(("world", name), f"must be at least 1, got {getattr(w, name)!r}")
     if c.seconds(w.token_interval, ("world", "token_interval")) <= 0:
         raise c.error(("world", "token_interval"), "must be positive")
+    if w.agent not in SIMULATED_AGENTS:
+        raise c.error(("world", "agent"), f"is {w.agent!r}; known: {', '.join(SIMULATED_AGENTS)}")
     return WorldConfig(
         sessions=w.sessions,
+        agent=w.agent,
         wrapper_version=w.wrapper_version,
         agent_session=w.agent_session,
         wrapper_boot=sec("wrapper_boot"),
