@@ -4,15 +4,22 @@ Run by ``bench/control.py`` as a separate process (so its CPU is not the control
 wrapper sends ``hello``, waits for ``welcome``, then a heartbeat every 5 s (random phase) and an
 event frame every ``event_period`` seconds; it times hello→welcome and event→ack round trips.
 Prints one JSON object with the samples when the measured window ends.
+
+``start_control_plane`` starts the control plane the load is aimed at, on SQLite or PostgreSQL
+(``bench/store.py`` measures both in one run).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import websockets
@@ -20,6 +27,7 @@ import websockets
 from fsm.wire.protocol import EventFrame, Heartbeat, Hello, encode
 
 HEARTBEAT = 5.0
+API_KEY = "bench-key"
 
 
 async def wrapper(
@@ -117,6 +125,39 @@ async def main(spec: dict[str, Any]) -> None:
             }
         )
     )
+
+
+def start_control_plane(
+    root: Path, db: str, *, replica: str | None = None, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """An ``fsm-agent control --runtime external`` for the load above, on the store ``db`` (a
+    SQLite path, or a PostgreSQL DSN with ``replica`` its replica id and the password in
+    ``env``'s ``PGPASSWORD``): the same load, measured against either store."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log = root / "control.log"
+    command = [
+        sys.executable, "-m", "fsm", "control", "--runtime", "external",
+        "--listen", f"127.0.0.1:{port}", "--db", db,
+        "--workspaces", str(root / "spaces"), "--state-dir", str(root / "state"),
+    ]  # fmt: skip
+    if replica is not None:
+        command += ["--replica-id", replica]
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, "FSM_AGENT_API_KEY": API_KEY, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if "control plane listening" in log.read_text():
+            return process, f"http://127.0.0.1:{port}"
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"control plane did not start:\n{log.read_text()[-2000:]}")
 
 
 if __name__ == "__main__":

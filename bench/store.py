@@ -10,16 +10,27 @@ on a throwaway cluster on loopback with its production defaults (fsync on,
 the last commits, never corrupts). Runs are interleaved (SQLite, PostgreSQL, PostgreSQL async,
 ...) so that the shared machine's noise falls on all three alike.
 
+Then **wrappers held per replica under half a core**, on PostgreSQL against SQLite in the same
+run: the control-plane bench's load (``bench/control_load.py``: real WebSockets from a separate
+process, hello, a heartbeat every 5 s, an event every 30 s per wrapper; ``bench/control.py``'s
+session creation and measured step) aimed at one ``fsm-agent control`` on SQLite, then at one
+replica on PostgreSQL (a lease per session, renewed every 5 s; every flush through the store
+thread, fenced). The figure is the largest step whose steady window stays under half a core.
+
 Needs PostgreSQL's binaries (scripts/setup-postgres.sh); without them the bench reports one
 figure saying so instead of failing the table.
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -30,6 +41,8 @@ from bench.common import Figure, interleaved, median
 BATCH = 50
 TOTAL = 20_000
 RUNS = 5
+HELD_STEPS = (2500, 5000, 10000)
+"""Wrappers per step of the held-under-half-a-core figure (the issue's goal is 5,000)."""
 _DATA = msgspec.json.encode({"generation": 1, "event": {"type": "x", "delta": "y" * 60}})
 
 
@@ -75,10 +88,12 @@ def run() -> list[Figure]:
         note = "no PostgreSQL binaries (scripts/setup-postgres.sh installs them)"
         return [Figure("store", "PostgreSQL append", float("nan"), "events/s", note=note)]
     cluster = Cluster(bindir, durable=True)
+    held: list[Figure] = []
     try:
         cluster.start()
         dsn = cluster.dsn()
         PostgresStore(dsn).close()  # migrate once, outside the measurement
+        held = _held_figures(cluster)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "bench.sqlite"
             fns: dict[str, Callable[[], float]] = {
@@ -106,6 +121,7 @@ def run() -> list[Figure]:
             samples=samples["sqlite"],
         )
     ]
+    figures += held
     for key, name in (
         ("postgres", "events appended, PostgreSQL (loopback, synchronous_commit=on)"),
         ("postgres_async", "events appended, PostgreSQL (loopback, synchronous_commit=off)"),
@@ -125,6 +141,89 @@ def run() -> list[Figure]:
                 samples=samples[key],
             )
         )
+    return figures
+
+
+def _held(root: Path, db: str, replica: str | None, env: dict[str, str]) -> dict[int, float]:
+    """Control-plane CPU (cores) per step of HELD_STEPS wrappers on the store ``db``; a step
+    whose wrappers did not all connect is left out (and ends the climb)."""
+    from bench.control import _create, _step
+    from bench.control_load import start_control_plane
+
+    process, base = start_control_plane(root, db, replica=replica, env=env)
+    cpu: dict[int, float] = {}
+    try:
+        sessions, _ = asyncio.run(_create(base, max(HELD_STEPS)))
+        for n in HELD_STEPS:
+            result: dict[str, Any] = _step(process.pid, sessions[:n])
+            if result.get("connected", 0) < n or "cpu_fraction" not in result:
+                break
+            cpu[n] = float(result["cpu_fraction"])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return cpu
+
+
+def _held_figures(cluster: Any) -> list[Figure]:
+    """Wrappers held under half a core: one control plane on SQLite, one replica on
+    PostgreSQL, the same load, one after the other in this run."""
+    import psycopg
+
+    from tests.fakes.replica_process import split_password
+
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute('CREATE DATABASE "held"')
+    dsn, password = split_password(cluster.dsn("held"))
+    with tempfile.TemporaryDirectory(prefix="fsm-bench-held-") as tmp:
+        root = Path(tmp)
+        (root / "sqlite").mkdir()
+        (root / "postgres").mkdir()
+        sqlite = _held(root / "sqlite", str(root / "sqlite" / "control.db"), None, {})
+        postgres = _held(root / "postgres", dsn, "bench-r0", {"PGPASSWORD": password})
+
+    def most(cpu: dict[int, float]) -> int:
+        return max((n for n, c in cpu.items() if c < 0.5), default=0)
+
+    figures = []
+    for n in HELD_STEPS:
+        if n in postgres:
+            base = sqlite.get(n)
+            figures.append(
+                Figure(
+                    "store",
+                    f"control-plane CPU with {n:,} wrappers, PostgreSQL replica",
+                    postgres[n],
+                    "cores",
+                    baseline="SQLite" if base is not None else "",
+                    baseline_value=base,
+                    ratio=postgres[n] / base if base else None,
+                    note="heartbeat every 5 s, an event every 30 s per wrapper; lease 15 s",
+                )
+            )
+    pg_most, sqlite_most = most(postgres), most(sqlite)
+    figures.append(
+        Figure(
+            "store",
+            "wrappers held per replica under half a core, PostgreSQL",
+            float(pg_most),
+            "wrappers",
+            baseline="SQLite",
+            baseline_value=float(sqlite_most),
+            ratio=pg_most / sqlite_most if sqlite_most else None,
+            target=">= 5,000 wrappers under half a core",
+            meets_target=pg_most >= 5000,
+            note="largest step under 0.5 core; steps "
+            + ", ".join(f"{n:,}" for n in HELD_STEPS)
+            + "; PostgreSQL "
+            + ", ".join(f"{n:,}: {c:.2f}" for n, c in postgres.items())
+            + "; SQLite "
+            + ", ".join(f"{n:,}: {c:.2f}" for n, c in sqlite.items()),
+        )
+    )
     return figures
 
 
