@@ -25,6 +25,7 @@ import msgspec
 
 from fsm.client.errors import ApiError
 from fsm.client.events import DEFAULT_RETRY, Event, EventStream, Retry
+from fsm.control.api import ListedSession
 from fsm.control.core import TERMINAL, Message
 from fsm.control.views import (
     Accepted,
@@ -32,7 +33,6 @@ from fsm.control.views import (
     MessageAccepted,
     SessionDetail,
     SessionStopping,
-    SessionSummary,
 )
 from fsm.wire.request_bodies import AbortBody, PermissionBody, PromptBody, QuestionBody
 
@@ -51,7 +51,7 @@ class Route:
 
 ROUTES: dict[str, Route] = {
     "create_session": Route("POST", "/sessions", 201, SessionDetail, CreateSessionBody),
-    "list_sessions": Route("GET", "/sessions", 200, list[SessionSummary]),
+    "list_sessions": Route("GET", "/sessions", 200, list[ListedSession]),
     "get_session": Route("GET", "/sessions/{session_id}", 200, SessionDetail),
     "delete_session": Route("DELETE", "/sessions/{session_id}", 202, SessionStopping),
     "send_message": Route(
@@ -122,8 +122,8 @@ class ControlClient:
         result: SessionDetail = await self._call("create_session", body or CreateSessionBody())
         return result
 
-    async def list_sessions(self) -> list[SessionSummary]:
-        result: list[SessionSummary] = await self._call("list_sessions")
+    async def list_sessions(self) -> list[ListedSession]:
+        result: list[ListedSession] = await self._call("list_sessions")
         return result
 
     async def get_session(self, session_id: str) -> SessionDetail:

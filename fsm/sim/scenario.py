@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from adapters.agents.registry import AGENTS, DEFAULT_AGENT
 from fsm.engine.durations import DurationError, parse_duration
 from fsm.machines.timers import TABLES
 from fsm.wire.protocol import WRAPPER_VERSION
@@ -51,7 +52,7 @@ class WorldSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     where one exists: Kilo's cold start ~4 s, its heartbeat every 10 s, websockets' keepalive)."""
 
     sessions: int = 1
-    agent: str = "kilo"
+    agent: str = DEFAULT_AGENT
     """The agent whose event dialect the fake speaks: ``kilo`` or ``opencode``."""
     wrapper_version: str = WRAPPER_VERSION
     """What the *first* wrapper of each session announces; restarts use the pinned version."""
@@ -173,13 +174,13 @@ _TIMED = ("text", "reasoning", "tool", "stall")
 _SEGMENT = re.compile(r"^\s*(\w+)(?:\s+(.*?))?\s*$")
 
 
-SIMULATED_AGENTS = ("kilo", "opencode")
+SIMULATED_AGENTS = tuple(AGENTS)
 """The agents whose event dialects the fake speaks (``fsm.sim.agent``)."""
 
 
 class WorldConfig(msgspec.Struct, frozen=True, kw_only=True):
     sessions: int = 1
-    agent: str = "kilo"
+    agent: str = DEFAULT_AGENT
     """Which agent's event dialect the fake speaks (``kilo``: turns bracketed by
     ``session.turn.open``/``close``; ``opencode``: busy until one ``session.idle``), and so which
     dialect the wrapper reads it with (the agent's ``AgentSpec.dialect``)."""
