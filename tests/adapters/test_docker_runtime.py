@@ -450,11 +450,12 @@ async def test_the_config_reaches_the_container_as_a_private_copy_even_if_ours_i
     the_spec = msgspec.structs.replace(spec(tmp_path), config=config)
     await rt.start(the_spec)
     await wait_ready(the_spec.workdir)
-    with anyio.fail_after(10):
-        while not (the_spec.workdir / "config.txt").exists():
+    seen_file = the_spec.workdir / "config.txt"
+    with anyio.fail_after(10):  # the stand-in writes it in place: wait for its content too
+        while not (seen_file.exists() and '"model"' in seen_file.read_text()):
             await anyio.sleep(0.05)
     assert "--config=/etc/fsm-agent/config.toml" in (the_spec.workdir / "standin.txt").read_text()
-    seen = (the_spec.workdir / "config.txt").read_text()
+    seen = seen_file.read_text()
     assert 'config_file = "kilo.json"' in seen and '"model": "demo/x"' in seen
     copy = rt.config_dir("s1")
     assert copy.stat().st_mode & 0o777 == 0o700
