@@ -25,11 +25,11 @@ import msgspec
 
 from fsm.client.errors import ApiError
 from fsm.client.events import DEFAULT_RETRY, Event, EventStream, Retry
-from fsm.control.api import ListedSession
 from fsm.control.core import TERMINAL, Message
 from fsm.control.views import (
     Accepted,
     CreateSessionBody,
+    ListedSession,
     MessageAccepted,
     SessionDetail,
     SessionStopping,

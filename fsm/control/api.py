@@ -52,10 +52,10 @@ from fsm.control.views import (
     Accepted,
     CreateSessionBody,
     Health,
+    ListedSession,
     MessageAccepted,
     SessionDetail,
     SessionStopping,
-    SessionSummary,
 )
 from fsm.settings.limits import LimitValues
 from fsm.wire.httpjson import (
@@ -118,16 +118,6 @@ def build_app(host: ControlHost) -> Starlette:
         ],
         exception_handlers=ERROR_HANDLERS,
     )
-
-
-class ListedSession(SessionSummary, kw_only=True):
-    """A session in ``GET /sessions``."""
-
-    owner: str | None
-    """The replica holding the session's lease (several replicas on PostgreSQL); None on
-    SQLite, or while no replica holds it. A session another replica holds is shown as last
-    stored (``state`` as of its last write; ``connected`` is false: its wrapper is connected
-    to its owner, not to the replica answering)."""
 
 
 async def listed_sessions(host: ControlHost) -> list[ListedSession]:

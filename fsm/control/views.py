@@ -47,6 +47,16 @@ class SessionSummary(msgspec.Struct, kw_only=True):
     created_at: float
 
 
+class ListedSession(SessionSummary, kw_only=True):
+    """A session in ``GET /sessions``."""
+
+    owner: str | None
+    """The replica holding the session's lease (several replicas on PostgreSQL); None on
+    SQLite, or while no replica holds it. A session another replica holds is shown as last
+    stored (``state`` as of its last write; ``connected`` is false: its wrapper is connected
+    to its owner, not to the replica answering)."""
+
+
 class SessionDetail(SessionSummary, kw_only=True, omit_defaults=True):
     messages: list[Message]
     timers: dict[str, float]

@@ -64,3 +64,21 @@ async def test_the_parser_yields_whole_events_only(anyio_backend: str) -> None:
     )
     events = [e async for e in parse_sse(stream)]
     assert events == [Event(1, "message", {"id": "m"}, 5.0)]
+
+
+def test_the_client_does_not_load_the_control_plane() -> None:
+    """A program that only calls the API imports the client's types, not the server: no control
+    host, no store, no runtimes (``ListedSession`` once lived in ``fsm.control.api`` and pulled
+    all of it in)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, fsm.client; "
+        "print(sorted(m for m in sys.modules if m.startswith(('fsm.control.host', "
+        "'fsm.control.api', 'adapters.store', 'adapters.runtime'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]", done.stdout
