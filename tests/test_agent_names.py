@@ -52,12 +52,6 @@ KNOWN: dict[str, set[str]] = {
     "fsm/control/host.py": {"kilo_bin"},
     "fsm/control/main.py": {"kilo_bin"},
     "fsm/machines/timer_relations.py": {"KILO_HEARTBEAT", "kilo_heartbeat"},
-    "fsm/sim/agent.py": {"FakeKilo", "KiloProcess", "kilo"},
-    "fsm/sim/container.py": {"FakeKilo", "KiloProcess", "kilo", "kilo_event", "kilo_session"},
-    "fsm/sim/explore.py": {"kilos"},
-    "fsm/sim/fastforward.py": {"KiloProcess", "kilo_beat", "kilo_first", "kilo_period"},
-    "fsm/sim/invariants.py": {"_kilo_closed"},
-    "fsm/sim/world.py": {"FakeKilo", "_kilo", "kilo", "kilos"},
 }
 
 

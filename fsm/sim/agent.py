@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-``FakeKilo`` is the Kilo *installation* of one container: it outlives processes (its sessions are
-on disk, so a restarted Kilo resumes them) and starts ``KiloProcess`` instances. A process answers
+``FakeAgent`` is the Kilo *installation* of one container: it outlives processes (its sessions are
+on disk, so a restarted Kilo resumes them) and starts ``AgentProcess`` instances. A process answers
 the HTTP calls the wrapper makes (health, session get/create, ``prompt_async``, abort, permission
 and question replies, session status) after ``http_latency``, streams events to each subscription
 (``server.connected`` first, ``server.heartbeat`` every 10 s), and runs prompts one at a time —
@@ -55,13 +55,13 @@ class Subscription:
 
     def __init__(
         self,
-        kilo: KiloProcess,
+        agent: AgentProcess,
         generation: int,
         reader: SimProcess,
         on_event: Callable[[dict[str, Any]], None],
         on_end: Callable[[], None],
     ) -> None:
-        self.kilo = kilo
+        self.agent = agent
         self.generation = generation
         self.reader = reader
         self.on_event = on_event
@@ -94,7 +94,7 @@ class Subscription:
         self.cancelled = True
         self.open = False
         self._queue.clear()
-        self.kilo.subscriptions.pop(self.generation, None)
+        self.agent.subscriptions.pop(self.generation, None)
 
 
 class TurnRun:
@@ -124,14 +124,14 @@ class TurnRun:
         self.parts = itertools.count(1)
 
 
-class KiloProcess:
+class AgentProcess:
     """One running ``kilo serve``: HTTP answers, event streams and the prompt queue."""
 
-    def __init__(self, kilo: FakeKilo, number: int, client: SimProcess) -> None:
-        self.kilo = kilo
+    def __init__(self, fake_agent: FakeAgent, number: int, client: SimProcess) -> None:
+        self.fake_agent = fake_agent
         self.number = number
-        self.config = kilo.config
-        self.proc = SimProcess(kilo.scheduler, f"kilo#{number}")
+        self.config = fake_agent.config
+        self.proc = SimProcess(fake_agent.scheduler, f"kilo#{number}")
         self.client = client
         """The wrapper's process: answers and events are read there."""
         self.subscriptions: dict[int, Subscription] = {}
@@ -183,7 +183,7 @@ class KiloProcess:
                 return
             self.proc.deliver(handle)
 
-        self.kilo.scheduler.call_later(half, arrive)
+        self.fake_agent.scheduler.call_later(half, arrive)
 
     def health(self, on_answer: Callable[[bool], None]) -> None:
         self._http(lambda: True, on_answer, lambda _e: on_answer(False))
@@ -224,7 +224,7 @@ class KiloProcess:
                 return
             self.proc.deliver(opened)
 
-        self.kilo.scheduler.call_later(half, arrive)
+        self.fake_agent.scheduler.call_later(half, arrive)
         return sub
 
     # -- events --------------------------------------------------------------------------------
@@ -247,9 +247,9 @@ class KiloProcess:
     # -- prompts and turns ---------------------------------------------------------------------
 
     def _accept_prompt(self, session: str, text: str, message_id: str = "") -> None:
-        self.kilo.note("agent.prompt", text)
+        self.fake_agent.note("agent.prompt", text)
         if self.draining:
-            self.kilo.note("agent.prompt_dropped", message_id or text)
+            self.fake_agent.note("agent.prompt_dropped", message_id or text)
             return
         if self.run is not None:
             self.queue.append((text, session, message_id))
@@ -258,11 +258,11 @@ class KiloProcess:
         self._open(text, [message_id] if message_id else [])
 
     def _open(self, text: str, messages: list[str]) -> None:
-        n = self.kilo.next_message()
+        n = self.fake_agent.next_message()
         # OpenCode names the user message as the caller did (the wrapper always does) and keeps
         # the session in the message's info, which is where its dialect looks for it.
         user = messages[-1] if not self.brackets and messages else f"msg_u{n}"
-        run = TurnRun(text, self.kilo.plan_for(text), user, f"msg_a{n}", messages)
+        run = TurnRun(text, self.fake_agent.plan_for(text), user, f"msg_a{n}", messages)
         self.run = run
         self.emit("message.updated", info=self._info(run.user_id, "user"))
         self.emit(
@@ -273,8 +273,8 @@ class KiloProcess:
             self.emit("session.turn.open")
         self.emit("session.status", status={"type": "busy"})
         self.emit("message.updated", info=self._info(run.asst_id, "assistant"))
-        if self.session_id not in self.kilo.snapshotted:
-            self.kilo.snapshotted.add(self.session_id)
+        if self.session_id not in self.fake_agent.snapshotted:
+            self.fake_agent.snapshotted.add(self.session_id)
             self._spinner(run, SPINNER_FRAMES)
         self._next_segment(run)
 
@@ -454,10 +454,10 @@ class KiloProcess:
         """Note which messages a run's final close ended (the run's, and follow-ups queued
         behind it, which Kilo drops with it): ``agent.turn_closed`` ``<reason> <ids…>``."""
         ids = [*run.messages, *queued]
-        self.kilo.note("agent.turn_closed", " ".join([reason, *ids]))
+        self.fake_agent.note("agent.turn_closed", " ".join([reason, *ids]))
 
     def _abort(self, _session: str) -> None:
-        self.kilo.note("agent.abort", "")
+        self.fake_agent.note("agent.abort", "")
         run = self.run
         if run is None or self.draining:
             self.queue.clear()
@@ -563,14 +563,14 @@ class KiloProcess:
             self.proc.call_later(self.config.agent_stop, lambda: exited(0))
 
         self.proc.deliver(graceful)
-        self.kilo.scheduler.call_later(grace, lambda: exited(-9))
+        self.fake_agent.scheduler.call_later(grace, lambda: exited(-9))
 
 
 SPINNER_FRAMES = 9
 """About 1.3 s of "Initializing snapshot…" at ~7 frames/s, as measured on a first turn."""
 
 
-class FakeKilo:
+class FakeAgent:
     """Kilo as installed in one container: its sessions on disk, its processes over time."""
 
     def __init__(self, scheduler: Scheduler, config: WorldConfig, note: Note) -> None:
@@ -585,7 +585,7 @@ class FakeKilo:
         """Sessions whose first turn showed the snapshot spinner (it is on disk: once each)."""
         self.plans: dict[str, tuple[Segment, ...]] = {}
         self.refuse_starts = 0
-        self.process: KiloProcess | None = None
+        self.process: AgentProcess | None = None
         self._processes = itertools.count(1)
         self._sessions = itertools.count(1)
         self._messages = itertools.count(1)
@@ -600,12 +600,12 @@ class FakeKilo:
     def start(
         self,
         client: SimProcess,
-        on_ready: Callable[[KiloProcess], None],
+        on_ready: Callable[[AgentProcess], None],
         on_failed: Callable[[], None],
-    ) -> KiloProcess:
+    ) -> AgentProcess:
         """Spawn ``kilo serve``; ``on_ready`` once healthy, ``on_failed`` if it never listens."""
         number = next(self._processes)
-        process = KiloProcess(self, number, client)
+        process = AgentProcess(self, number, client)
         self.process = process
         refused = self.refuse_starts > 0
         if refused:

@@ -39,7 +39,7 @@ from fsm.engine.effects import (
 from fsm.engine.machine import Record
 from fsm.machines.timers import TimerValues
 from fsm.serve.core import AgentCall, Identity, PromptAgent, WrapperCore
-from fsm.sim.agent import FakeKilo, KiloProcess, Subscription
+from fsm.sim.agent import AgentProcess, FakeAgent, Subscription
 from fsm.sim.channel import Connection, IngestChannel, WrapperEnd
 from fsm.sim.process import Scheduler, SimProcess
 from fsm.sim.scenario import WorldConfig
@@ -61,7 +61,7 @@ class SimWrapper:
         number: int,
         version: str | None,
         agent_session: str,
-        kilo: FakeKilo,
+        fake_agent: FakeAgent,
         channel: IngestChannel,
         seed: str,
         note: Note,
@@ -72,7 +72,7 @@ class SimWrapper:
         self.number = number
         self.tag = f"w{number}"
         self.proc = SimProcess(scheduler, f"{session_id}/{self.tag}")
-        self.kilo = kilo
+        self.fake_agent = fake_agent
         self.channel = channel
         self.note = note
         self.agent_session = agent_session
@@ -94,9 +94,9 @@ class SimWrapper:
             agent=config.agent,
             dialect=agent_spec(config.agent).dialect,
         )
-        self.spawning: KiloProcess | None = None
-        self.agent: KiloProcess | None = None
-        self.kilo_session: str | None = None
+        self.spawning: AgentProcess | None = None
+        self.agent: AgentProcess | None = None
+        self.agent_session_id: str | None = None
         self.subscriptions: dict[int, Subscription] = {}
         self.conn: Connection | None = None
         self.exit_code: int | None = None
@@ -106,7 +106,7 @@ class SimWrapper:
 
     def boot(self) -> None:
         def start() -> None:
-            leftover = self.kilo.process
+            leftover = self.fake_agent.process
             if leftover is not None and leftover.proc.alive:
                 self.note("agent.leftover_killed", f"kilo#{leftover.number}")
                 leftover.on_exit = None
@@ -171,8 +171,8 @@ class SimWrapper:
         elif isinstance(effect, PromptAgent):
             self._prompt(effect)
         elif isinstance(effect, AbortAgentTurn):
-            if self.agent is not None and self.kilo_session is not None:
-                self.agent.abort(self.kilo_session)
+            if self.agent is not None and self.agent_session_id is not None:
+                self.agent.abort(self.agent_session_id)
         elif isinstance(effect, AgentCall):
             self._agent_call(effect)
         elif isinstance(effect, OpenSocket):
@@ -189,7 +189,7 @@ class SimWrapper:
         self.proc.call_later(0.0, fn)
 
     def _spawn(self) -> None:
-        def ready(process: KiloProcess) -> None:
+        def ready(process: AgentProcess) -> None:
             if self.spawning is not process:
                 return
             self.spawning = None
@@ -198,10 +198,10 @@ class SimWrapper:
             # As the real host's _ensure_session: this process's session, else the one recorded
             # for the agent-session name, else the name itself when it is a Kilo id.
             name = self.agent_session
-            wanted = self.kilo_session or self.kilo.recorded.get(name) or name
-            session = self.kilo.ensure_session(wanted if wanted.startswith("ses") else None)
-            self.kilo.recorded[name] = session
-            self.kilo_session = session
+            wanted = self.agent_session_id or self.fake_agent.recorded.get(name) or name
+            session = self.fake_agent.ensure_session(wanted if wanted.startswith("ses") else None)
+            self.fake_agent.recorded[name] = session
+            self.agent_session_id = session
             process.session_id = session
             self.core.agent_ready(session)
 
@@ -210,10 +210,10 @@ class SimWrapper:
                 self.spawning = None
                 self.core.agent_exited(None)
 
-        process = self.kilo.start(self.proc, ready, failed)
+        process = self.fake_agent.start(self.proc, ready, failed)
         self.spawning = process
 
-    def _agent_exited(self, process: KiloProcess, code: int | None) -> None:
+    def _agent_exited(self, process: AgentProcess, code: int | None) -> None:
         if self.agent is process:  # an exit nobody asked for
             self.agent = None
             self.core.agent_exited(code)
@@ -223,9 +223,9 @@ class SimWrapper:
             spawning, self.spawning = self.spawning, None
             spawning.kill(-15)
         process, self.agent = self.agent, None
-        if not keep_session and self.kilo_session is not None:
-            self.kilo.delete_session(self.kilo_session)
-            self.kilo_session = None
+        if not keep_session and self.agent_session_id is not None:
+            self.fake_agent.delete_session(self.agent_session_id)
+            self.agent_session_id = None
         if process is None:
             self._later(lambda: self.core.agent_exited(None))
             return
@@ -238,7 +238,7 @@ class SimWrapper:
             return
 
         def event(payload: dict[str, Any]) -> None:
-            self.core.kilo_event(generation, payload)
+            self.core.agent_event(generation, payload)
 
         def ended() -> None:
             if self.subscriptions.pop(generation, None) is not None:
@@ -264,7 +264,7 @@ class SimWrapper:
 
     def _reconcile(self, generation: int) -> None:
         process = self.agent
-        if process is None or self.kilo_session is None:
+        if process is None or self.agent_session_id is None:
             return
 
         def answer(result: tuple[bool, str, str]) -> None:
@@ -274,7 +274,7 @@ class SimWrapper:
         process.status(answer)
 
     def _prompt(self, action: PromptAgent) -> None:
-        process, session = self.agent, self.kilo_session
+        process, session = self.agent, self.agent_session_id
         command = action.command
         if process is None or session is None:
             return  # the agent is gone; the machines already handle that turn

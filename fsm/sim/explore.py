@@ -220,7 +220,7 @@ class Explorer:
         used_faults = sum(1 for s in trace if s.name in FAULTS)
         if used_prompts < self.prompts:
             out.extend(Step("do", name=n) for n in PROMPT_PLANS)
-        process = world.kilos["s1"].process
+        process = world.agents["s1"].process
         if process is not None and process.requests:
             out.append(Step("do", name="answer"))
         if used_faults < self.faults:
@@ -248,7 +248,7 @@ class Explorer:
                     w.core.stops_pending,
                 )
             )
-        process = world.kilos["s1"].process
+        process = world.agents["s1"].process
         if process is None:
             parts.append(None)
         else:

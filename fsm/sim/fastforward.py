@@ -5,7 +5,7 @@ Theory of operation
 Between prompts a session's world only keeps itself alive: the wrapper's ingest heartbeat (every
 5 s) crosses the channel and re-arms the session's stale window; Kilo's ``server.heartbeat``
 (every 10 s) reaches the wrapper and re-arms the agent link's silence window (it goes no further:
-``WrapperCore.kilo_event``); the lazily re-armed windows wake now and then to find their deadline
+``WrapperCore.agent_event``); the lazily re-armed windows wake now and then to find their deadline
 moved on. Step by step that is six scheduler callbacks per 10 s through the production hosts'
 plumbing (the channel's encode and decode, the cores' dispatch, the runner), about half of a
 fleet run's callbacks.
@@ -25,7 +25,7 @@ numbers, new ones come after, in the order they would have been scheduled):
   channel's own random draw (``IngestChannel.delay``), in the same order;
 * an arrival is fed to the real session machine as ``heartbeat`` and its re-arm executed by the
   real runner (``MachineGroup._execute``: a pushed-back deadline is two assignments);
-* Kilo's beat takes its event id from the real process (``KiloProcess._payload``) and its arrival
+* Kilo's beat takes its event id from the real process (``AgentProcess._payload``) and its arrival
   is fed to the real agent-link machine as ``event``;
 * a lazily re-armed window's wake-up moves its clock entry to the deadline then current, as
   ``MachineGroup._due`` does; one that would *fire* ends the stretch there.
@@ -55,7 +55,7 @@ from fsm.sim.process import _Handle
 from fsm.wire.protocol import Heartbeat, encode
 
 if TYPE_CHECKING:
-    from fsm.sim.agent import KiloProcess, Subscription
+    from fsm.sim.agent import AgentProcess, Subscription
     from fsm.sim.container import SimWrapper
     from fsm.sim.world import World
 
@@ -202,21 +202,21 @@ class FastForward:
         beat = self._quiet(sid, wrapper, handle)
         if beat is None:
             return False
-        entry, process, sub, kilo_beat, windows = beat
+        entry, process, sub, agent_beat, windows = beat
         clock = self.clocks[sid]
-        chained = {id(kilo_beat.inner)} | {id(item) for _, item in windows}
+        chained = {id(agent_beat.inner)} | {id(item) for _, item in windows}
         until = min((i.deadline for i in clock.pending() if id(i) not in chained), default=math.inf)
         until = min(until, bound)
         if until - now <= MIN_STRETCH:
             return False
         return self._replay(
-            sid, wrapper, handle, entry, process, sub, kilo_beat, windows, now, until
+            sid, wrapper, handle, entry, process, sub, agent_beat, windows, now, until
         )
 
     def _quiet(
         self, sid: str, wrapper: SimWrapper, handle: _Handle
     ) -> (
-        tuple[TimerEntry, KiloProcess, Subscription, _Handle, list[tuple[TimerEntry, _Scheduled]]]
+        tuple[TimerEntry, AgentProcess, Subscription, _Handle, list[tuple[TimerEntry, _Scheduled]]]
         | None
     ):
         """What a jump from this beat needs, if the session is quiet: the beat's timer, Kilo,
@@ -299,9 +299,9 @@ class FastForward:
         wrapper: SimWrapper,
         handle: _Handle,
         entry: TimerEntry,
-        process: KiloProcess,
+        process: AgentProcess,
         sub: Subscription,
-        kilo_beat: _Handle,
+        agent_beat: _Handle,
         windows: list[tuple[TimerEntry, _Scheduled]],
         now: float,
         until: float,
@@ -317,7 +317,7 @@ class FastForward:
         beat_data = {"state": frame.state}
         link_data = {"generation": core.generation}
         rng, loss = channel.rng, channel.config.loss
-        kilo_period = process.config.agent_heartbeat
+        agent_period = process.config.agent_heartbeat
         stream_delay = process.config.http_latency / 2
         up_due = conn._up_due
         numbers = itertools.count()
@@ -328,9 +328,9 @@ class FastForward:
 
         # What the clock holds now: this beat (running), Kilo's next beat, the windows' wake-ups.
         heap.append((now, (0, -1), _H, (entry.token, True)))
-        kilo_first = kilo_beat.inner
-        assert isinstance(kilo_first, _Scheduled)
-        heap.append((kilo_first.deadline, (0, kilo_first.seq), _K, None))
+        agent_first = agent_beat.inner
+        assert isinstance(agent_first, _Scheduled)
+        heap.append((agent_first.deadline, (0, agent_first.seq), _K, None))
         woken: dict[int, TimerEntry] = {}
         for armed, item in windows:
             heap.append((item.deadline, (0, item.seq), _W, armed))
@@ -378,10 +378,10 @@ class FastForward:
                 sgroup._execute(session.machine_id, effects)
             elif kind == _K:
                 if order[0] == 0:
-                    kilo_beat.cancel()  # it has run
+                    agent_beat.cancel()  # it has run
                 payload = process._payload("server.heartbeat", {})
                 push(at + stream_delay, _D, payload)
-                push(at + kilo_period, _K, None)
+                push(at + agent_period, _K, None)
             elif kind == _D:
                 effects = link.handle(Event("event", link_data), at)
                 if not _pushed_back(wgroup, effects):

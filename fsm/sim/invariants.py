@@ -113,7 +113,7 @@ class Invariants:
         self._accepted_on: dict[tuple[str, str], str | None] = {}
         """(session, message) → the wrapper whose turn took it while it was unfinished."""
         self._rank: dict[tuple[str, str], int] = {}
-        self._kilo_closed: dict[tuple[str, str], set[str]] = {}
+        self._agent_closed: dict[tuple[str, str], set[str]] = {}
         """(session, message) → the reasons of the fake Kilo's final closes of runs it was in."""
 
     @property
@@ -126,15 +126,15 @@ class Invariants:
     # -- hooks -------------------------------------------------------------------------------------
 
     def on_note(self, session: str, action: str, detail: str) -> None:
-        """What a fake said it did (``FakeKilo``'s ``agent.turn_closed <reason> <ids…>``)."""
+        """What a fake said it did (``FakeAgent``'s ``agent.turn_closed <reason> <ids…>``)."""
         if action == "agent.turn_closed":
             reason, *messages = detail.split()
             for mid in messages:
-                self._kilo_closed.setdefault((session, mid), set()).add(reason)
+                self._agent_closed.setdefault((session, mid), set()).add(reason)
 
     def _own_turn(self, session: str, who: str, record: Record) -> None:
         mid = record.machine_id.split(":", 1)[1]
-        closes = self._kilo_closed.get((session, mid), set())
+        closes = self._agent_closed.get((session, mid), set())
         if record.dest == "completed" and "completed" not in closes:
             detail = "no Kilo run it was delivered to completed"
         elif (

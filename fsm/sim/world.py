@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 ``World`` wires the production cores to the fakes exactly as the hosts wire them to adapters:
-per session a ``SimControl`` (``SessionCore``), a ``FakeKilo`` installation and an
+per session a ``SimControl`` (``SessionCore``), a ``FakeAgent`` installation and an
 ``IngestChannel``; one ``FakeRuntime`` that launches ``SimWrapper`` processes (``WrapperCore``).
 Everything is scheduled on one ``Scheduler`` — the ``VirtualClock`` for simulation, or the
 explorer's clock — and every random choice comes from a ``random.Random`` seeded from the run's
@@ -28,7 +28,7 @@ from fsm.control.core import LogEntry, Message
 from fsm.engine.clock import VirtualClock
 from fsm.engine.machine import Record, StateMachine
 from fsm.settings.config import timer_values
-from fsm.sim.agent import FakeKilo
+from fsm.sim.agent import FakeAgent
 from fsm.sim.channel import IngestChannel
 from fsm.sim.container import SimWrapper
 from fsm.sim.control import SimControl
@@ -118,7 +118,7 @@ class World:
             # share nothing), so each session's part of the run is the same.
             wanted = set(only)
             self.sessions = [sid for sid in self.sessions if sid in wanted]
-        self.kilos: dict[str, FakeKilo] = {}
+        self.agents: dict[str, FakeAgent] = {}
         self.channels: dict[str, IngestChannel] = {}
         self.controls: dict[str, SimControl] = {}
         self.last_frames: dict[str, WrapperFrame] = {}
@@ -130,11 +130,11 @@ class World:
     def _add_session(self, sid: str) -> None:
         ff = self.fast_forward
         clock = self.clocks[sid] = ff.clock_for(sid) if ff is not None else self.scheduler
-        kilo = FakeKilo(clock, self.config, lambda a, d: self.note(sid, a, d))
-        kilo.prefix = f"{sid}_" if self.config.sessions > 1 else ""
+        fake_agent = FakeAgent(clock, self.config, lambda a, d: self.note(sid, a, d))
+        fake_agent.prefix = f"{sid}_" if self.config.sessions > 1 else ""
         if self.config.agent_session.startswith("ses"):
-            kilo.sessions.add(self.config.agent_session)
-        self.kilos[sid] = kilo
+            fake_agent.sessions.add(self.config.agent_session)
+        self.agents[sid] = fake_agent
         control = SimControl(
             scheduler=clock,
             values=self.values["control"],
@@ -177,7 +177,7 @@ class World:
             number=number,
             version=version,
             agent_session=self.config.agent_session or f"agent_{sid}",
-            kilo=self.kilos[sid],
+            fake_agent=self.agents[sid],
             channel=self.channels[sid],
             seed=f"{self.seed}",
             note=lambda a, d: self.note(sid, a, d),
@@ -307,7 +307,7 @@ class World:
     def heal(self) -> None:
         """Lift every fault that could keep the world from coming to rest."""
         for sid in self.sessions:
-            process = self.kilos[sid].process
+            process = self.agents[sid].process
             if process is not None:
                 process.proc.resume()
             w = self.wrapper(sid)
@@ -365,7 +365,7 @@ def _prompt(world: World, a: Action) -> None:
     mid = a.message or f"m{len(control.core.messages) + 1}"
     text = a.text or f"prompt {mid}"
     if a.plan is not None:
-        world.kilos[a.session].plans[text] = a.plan
+        world.agents[a.session].plans[text] = a.plan
     try:
         control.core.send_message(text, message_id=mid)
     except RuntimeError as exc:
@@ -373,7 +373,7 @@ def _prompt(world: World, a: Action) -> None:
 
 
 def _answer(world: World, a: Action) -> None:
-    process = world.kilos[a.session].process
+    process = world.agents[a.session].process
     core = world.controls[a.session].core
     if process is None or not process.requests:
         world.note(a.session, "client.nothing_to_answer", "")
@@ -388,8 +388,8 @@ def _answer(world: World, a: Action) -> None:
         core.reply_question(request, [list(a.answers or ("yes",))])
 
 
-def _kilo(world: World, a: Action, fn: Callable[[Any], None]) -> None:
-    process = world.kilos[a.session].process
+def _agent(world: World, a: Action, fn: Callable[[Any], None]) -> None:
+    process = world.agents[a.session].process
     if process is None or not process.proc.alive:
         world.note(a.session, "world.no_agent", f"{a.do} has no Kilo to act on")
         return
@@ -402,7 +402,7 @@ def _agent_hang(world: World, a: Action) -> None:
         if a.duration is not None:
             world.clocks[a.session].call_later(a.duration, process.proc.resume)
 
-    _kilo(world, a, hang)
+    _agent(world, a, hang)
 
 
 def _wrapper(world: World, a: Action, fn: Callable[[SimWrapper], None]) -> None:
@@ -431,7 +431,7 @@ def _duplicate(world: World, a: Action) -> None:
 
 
 def _refuse(world: World, a: Action) -> None:
-    world.kilos[a.session].refuse_starts += a.count
+    world.agents[a.session].refuse_starts += a.count
 
 
 _HANDLERS: dict[str, Callable[[World, Action], None]] = {
@@ -439,12 +439,12 @@ _HANDLERS: dict[str, Callable[[World, Action], None]] = {
     "stop": lambda w, a: w.controls[a.session].core.stop(),
     "abort": lambda w, a: w.controls[a.session].core.abort(a.message),
     "answer": _answer,
-    "agent.crash": lambda w, a: _kilo(w, a, lambda p: p.kill(-9)),
+    "agent.crash": lambda w, a: _agent(w, a, lambda p: p.kill(-9)),
     "agent.hang": _agent_hang,
-    "agent.resume": lambda w, a: _kilo(w, a, lambda p: p.proc.resume()),
-    "agent.silence": lambda w, a: _kilo(w, a, lambda p: p.silence()),
-    "agent.drop_stream": lambda w, a: _kilo(w, a, lambda p: p.drop_streams()),
-    "agent.fail_turn": lambda w, a: _kilo(
+    "agent.resume": lambda w, a: _agent(w, a, lambda p: p.proc.resume()),
+    "agent.silence": lambda w, a: _agent(w, a, lambda p: p.silence()),
+    "agent.drop_stream": lambda w, a: _agent(w, a, lambda p: p.drop_streams()),
+    "agent.fail_turn": lambda w, a: _agent(
         w, a, lambda p: p.proc.deliver(lambda: p.fail_turn(a.error or "APIError: fake error"))
     ),
     "agent.refuse_port": _refuse,

@@ -59,7 +59,7 @@ def state_of(world: World) -> bytes:
                 _entry(a) for a in wrapper.core.group._armed.values()
             )
             session["outbox"] = len(wrapper.core.outbox)
-        process = world.kilos[sid].process
+        process = world.agents[sid].process
         if process is not None:
             session["kilo_ids"] = repr(process._event_ids)
         out[sid] = session
