@@ -189,6 +189,12 @@ MIGRATIONS: tuple[tuple[LiteralString, ...], ...] = (
         "CREATE INDEX leases_by_expiry ON leases (expires_at)",
         "INSERT INTO leases (session_id) SELECT id FROM sessions",
     ),
+    # 3: a deleted session has no lease (delete_session drops it); drop those left by earlier
+    # versions, which a replica renewed forever for a session it could not restore.
+    (
+        "DELETE FROM leases USING sessions "
+        "WHERE sessions.id = leases.session_id AND sessions.deleted",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -635,7 +641,9 @@ class PostgresStore:
                     f"could not {what}: the id is already taken in {self.where} "
                     "(ids of deleted sessions are kept with their events)"
                 )
-            if self.replica is None:
+            if row.deleted:
+                pass  # a deleted session has no lease (delete_session)
+            elif self.replica is None:
                 db.execute("INSERT INTO leases (session_id) VALUES (%s)", (row.id,))
             else:
                 db.execute(
@@ -716,15 +724,25 @@ class PostgresStore:
         return [session_row(row) for row in rows]
 
     def delete_session(self, id: str) -> None:
-        """Mark the session deleted; its messages and events stay readable (idempotent)."""
+        """Mark the session deleted and drop its lease, in one transaction; its messages and
+        events stay readable (idempotent). Without the drop, the replica holding the lease
+        would renew it forever for a session nobody can restore, and ``GET /sessions`` would
+        show an owner for it. Deleting again is a no-op, not a fenced write: the lease it
+        would check is gone."""
         what = f"delete session {quote(id)}"
         _text(what, "id", id)
-        with self._write(what, fence=id) as db:
-            cursor = db.execute("UPDATE sessions SET deleted = true WHERE id = %s", (id,))
-            if cursor.rowcount == 0:
+        with self._write(what) as db:
+            found = db.execute("SELECT deleted FROM sessions WHERE id = %s", (id,)).fetchone()
+            if found is None:
                 raise SessionNotFoundError(
                     f"could not {what}: no session with that id in {self.where}"
                 )
+            if found[0]:
+                return
+            if self.replica is not None:
+                self._fence(db, id, what)  # lease row FOR SHARE first, as every fenced write
+            db.execute("UPDATE sessions SET deleted = true WHERE id = %s", (id,))
+            db.execute("DELETE FROM leases WHERE session_id = %s", (id,))
 
     # -- messages ---------------------------------------------------------------------------------
 

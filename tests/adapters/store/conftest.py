@@ -30,6 +30,7 @@ class Backend:
     raw_error: type[Exception]
     """What the database raises when its schema refuses a raw write."""
     _raw: Callable[[str, tuple[Any, ...]], None]
+    _rows: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
     opened: list[Store] = field(default_factory=list)
     cluster: Cluster | None = None
     dsn: str = ""
@@ -42,6 +43,29 @@ class Backend:
     def raw(self, sql: str, params: tuple[Any, ...] = ()) -> None:
         """Run one statement as another writer would (its own connection, autocommit)."""
         self._raw(sql, params)
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read as another connection would: what was committed, nothing of an open batch."""
+        return self._rows(sql, params)
+
+    def session_tables(self) -> list[str]:
+        """Every table whose rows reference ``sessions(id)`` (by foreign key), by name."""
+        if self.kind == "sqlite":
+            tables = [
+                str(r[0]) for r in self.rows("SELECT name FROM sqlite_master WHERE type = 'table'")
+            ]
+            return sorted(
+                t
+                for t in tables
+                if any(fk[2] == "sessions" for fk in self.rows(f"PRAGMA foreign_key_list({t})"))
+            )
+        return sorted(
+            str(r[0])
+            for r in self.rows(
+                "SELECT conrelid::regclass::text FROM pg_constraint "
+                "WHERE contype = 'f' AND confrelid = 'sessions'::regclass"
+            )
+        )
 
     @property
     def holds_nul(self) -> bool:
@@ -60,7 +84,14 @@ def _sqlite(tmp_path: Path) -> Backend:
         finally:
             db.close()
 
-    return Backend("sqlite", lambda **o: SqliteStore(path, **o), sqlite3.IntegrityError, raw)
+    def rows(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        db = sqlite3.connect(path)
+        try:
+            return list(db.execute(sql.replace("%s", "?"), params).fetchall())
+        finally:
+            db.close()
+
+    return Backend("sqlite", lambda **o: SqliteStore(path, **o), sqlite3.IntegrityError, raw, rows)
 
 
 def _postgres(request: pytest.FixtureRequest) -> Backend:
@@ -74,11 +105,16 @@ def _postgres(request: pytest.FixtureRequest) -> Backend:
         with psycopg.connect(dsn, autocommit=True) as db:
             db.execute(sql, params)  # type: ignore[arg-type]
 
+    def rows(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with psycopg.connect(dsn, autocommit=True) as db:
+            return db.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
     backend = Backend(
         "postgres",
         lambda **o: PostgresStore(dsn, **o),
         psycopg.errors.IntegrityError,
         raw,
+        rows,
         cluster=request.getfixturevalue("postgres_cluster"),
         dsn=dsn,
     )

@@ -72,20 +72,27 @@ def test_a_database_of_schema_1_is_upgraded_on_open_and_its_sessions_become_clai
                 (sid, row.token_hash),
             )
         db.execute("INSERT INTO events VALUES ('old1', 1, 1.0, 'event', '{}')")
+        db.execute(  # deleted before the upgrade: version 2 gave it a lease, version 3 drops it
+            "INSERT INTO sessions (id, token_hash, agent_session, user_id, workdir, state, "
+            "created_at, updated_at, deleted) VALUES ('gone', %s, 'a', 'u', '/w', 'stopped', "
+            "1, 1, true)",
+            (session("gone").token_hash,),
+        )
 
     store = open_store(opened, postgres_dsn, replica="r1")
-    assert store.schema_version() == SCHEMA_VERSION == 2
-    assert raw(postgres_dsn, "SELECT version FROM schema_version") == [(2,)]
+    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert raw(postgres_dsn, "SELECT version FROM schema_version") == [(3,)]
     assert ids(store.events("old1")) == [1]
+    assert store.lease("gone") is None and store.lease("old1") is not None
     claimed = store.claim_sessions(now=1000.0)
     assert [(c.session_id, c.owner, c.epoch) for c in claimed] == [
         ("old1", "r1", 1),
         ("old2", "r1", 1),
     ]
     store.close()
-    # Reopening migrates nothing again: the claims made at version 2 are still there.
+    # Reopening migrates nothing again: the claims made at version 3 are still there.
     again = open_store(opened, postgres_dsn, replica="r1")
-    assert again.schema_version() == 2
+    assert again.schema_version() == 3
     assert again.owns("old1", now=1001.0)
 
 
@@ -95,7 +102,8 @@ def test_a_database_of_a_newer_schema_is_refused_with_what_to_do(
     open_store(opened, postgres_dsn).close()
     raw(postgres_dsn, "UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
     with pytest.raises(
-        SchemaTooNewError, match=r"version 3, newer than the 2 .* upgrade fsm-agent"
+        SchemaTooNewError,
+        match=rf"version {SCHEMA_VERSION + 1}, newer than the {SCHEMA_VERSION} .* upgrade",
     ):
         PostgresStore(postgres_dsn)
     assert raw(postgres_dsn, "SELECT version FROM schema_version") == [(SCHEMA_VERSION + 1,)]
@@ -196,7 +204,8 @@ def test_a_released_lease_is_claimable_at_once_and_deleted_sessions_never_are(
     a.create_session(session("s2"))
     a.delete_session("s2")
     assert a.owns("s1") and b.claim_sessions() == []
-    assert a.release_leases(["s1", "s2", "ghost"]) == ["s1", "s2"]
+    assert a.lease("s2") is None  # the delete dropped it
+    assert a.release_leases(["s1", "s2", "ghost"]) == ["s1"]
     assert [c.session_id for c in b.claim_sessions()] == ["s1"]  # not the deleted s2
     assert a.release_leases(["s1"]) == []  # not a's to release any more
 

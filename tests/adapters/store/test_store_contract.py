@@ -158,6 +158,40 @@ def test_soft_delete_hides_the_session_but_keeps_its_log(store: Store) -> None:
         store.create_session(session("s1"))
 
 
+def test_a_deleted_session_keeps_only_its_log_and_its_lease_is_gone(backend: Backend) -> None:
+    # Issue 16: the lease of a deleted session stayed, so its replica renewed it (and tried to
+    # restore the session) at every keeper pass, forever. The delete drops every row that keys
+    # the session (the lease; any deadline or claim row a later schema adds), in its own
+    # transaction; what stays is the session row (marked) and its messages and events.
+    replicated = backend.kind == "postgres"
+    store = backend.open(replica="a", lease_ttl=10) if replicated else backend.open()
+    store.create_session(session("s1"))
+    store.create_session(session("s2", created_at=200.0))
+    store.append_events("s1", events(1, 2))
+    store.delete_session("s1")
+    store.delete_session("s1")  # still idempotent once the lease is gone
+
+    kept = {"sessions", "messages", "events"}
+    for table in sorted(set(backend.session_tables()) - kept):
+        left = backend.rows(f"SELECT count(*) FROM {table} WHERE session_id = %s", ("s1",))
+        assert left == [(0,)], f"{table} keeps a row of the deleted session"
+    assert ids(store.events("s1")) == [1, 2]
+    if not replicated:
+        return
+    from adapters.store.postgres import PostgresStore
+
+    assert isinstance(store, PostgresStore)
+    assert store.lease("s1") is None and store.lease("s2") is not None
+    assert [x.session_id for x in store.renew_leases()] == ["s2"]
+    assert [x.session_id for x in store.held_leases()] == ["s2"]
+    assert store.release_leases(["s1", "s2"]) == ["s2"]
+    other = backend.open(replica="b", lease_ttl=10)
+    assert isinstance(other, PostgresStore)
+    later = 4.0e9  # past every lease: the sweep takes whatever is claimable
+    assert [x.session_id for x in other.claim_sessions(now=later)] == ["s2"]
+    assert other.claim_sessions(now=later + 5) == [] and other.claim_session("s1") is None
+
+
 def test_a_closed_store_says_so(backend: Backend) -> None:
     s = backend.open()
     s.close()
