@@ -63,7 +63,7 @@ def _kilo_hang(tmp: Path, kilo_config: dict[str, object]) -> tuple[float, float]
         with running_wrapper(tmp, ingest.url, kilo_config, SERVE_TIMERS) as wrapper:
             wrapper.wait_ready()
             time.sleep(1.0)
-            pid = wrapper.kilo_pid()
+            pid = wrapper.agent_pid()
             seen = len(_wrapper_states(ingest))
             fault = time.monotonic()
             os.kill(pid, signal.SIGSTOP)

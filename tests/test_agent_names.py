@@ -35,22 +35,15 @@ command-line flag. Anything else (a sentence, a path, a label value) is prose or
 ALIAS = "alias for fsm/sim and fsm/control until they are renamed (issue 17)"
 
 ALIASES: dict[str, set[str]] = {
-    # WrapperCore.kilo_event = agent_event: fsm/sim/container.py calls it.
+    # WrapperCore.kilo_event = agent_event: removed in the working tree, committed with the
+    # other changes of fsm/serve/core.py (fsm/sim calls agent_event now).
     "fsm/serve/core.py": {"kilo_event"},
-    # WrapperSpec.kilo_bin beside agent_bin: fsm/control/host.py builds it so; local reads both.
-    "adapters/runtime/base.py": {"kilo_bin"},
-    "adapters/runtime/local.py": {"kilo_bin"},
-    # ControlSettings(kilo_bin=) and run_control(kilo_bin=) are fsm/control's own names.
-    "fsm/cli/app.py": {"kilo_bin"},
-    "fsm/demo/run.py": {"kilo_bin"},
 }
 """Aliases kept beside their new names for code other engineers are editing now, each marked
 with ``ALIAS`` where it is."""
 KNOWN: dict[str, set[str]] = {
     **ALIASES,
     # Not owned by this change: the lead renames these (the report lists each, old -> new).
-    "fsm/control/host.py": {"kilo_bin"},
-    "fsm/control/main.py": {"kilo_bin"},
     "fsm/machines/timer_relations.py": {"KILO_HEARTBEAT", "kilo_heartbeat"},
 }
 

@@ -84,9 +84,6 @@ class WrapperSpec(msgspec.Struct, frozen=True, kw_only=True):
     workdir: Path
     config: Path | None = None
     agent_bin: str | None = None
-    kilo_bin: str | None = (
-        None  # alias for fsm/sim and fsm/control until they are renamed (issue 17)
-    )
     version: str | None = None
     """Version the wrapper announces in ``hello`` instead of its own (tests of version pinning)."""
     extra_env: dict[str, str] = msgspec.field(default_factory=dict)
@@ -97,7 +94,7 @@ class WrapperSpec(msgspec.Struct, frozen=True, kw_only=True):
             f"WrapperSpec(session_id={self.session_id!r}, agent_session={self.agent_session!r}, "
             f"user_id={self.user_id!r}, ingest_url={self.ingest_url!r}, token='***', "
             f"workdir={str(self.workdir)!r}, config={self.config and str(self.config)!r}, "
-            f"agent_bin={self.agent_bin or self.kilo_bin!r}, version={self.version!r}, "
+            f"agent_bin={self.agent_bin!r}, version={self.version!r}, "
             f"extra_env={sorted(self.extra_env)!r})"
         )
 

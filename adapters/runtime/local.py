@@ -279,8 +279,7 @@ class LocalRuntime:
         ]
         if spec.config is not None:
             args.append(f"--config={spec.config.resolve()}")
-        # spec.kilo_bin: alias for fsm/sim and fsm/control until they are renamed (issue 17)
-        binary = spec.agent_bin or spec.kilo_bin
+        binary = spec.agent_bin
         if binary is not None:
             if os.sep in binary and not os.path.isabs(binary):
                 binary = os.path.abspath(binary)

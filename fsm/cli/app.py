@@ -402,7 +402,7 @@ def control_command(
             base_dir=workspaces or base_dir,
             state_dir=state_dir,
             # alias for fsm/sim and fsm/control until they are renamed (issue 17)
-            kilo_bin=agent_bin,
+            agent_bin=agent_bin,
             runtime=runtime,
             image=image,
             replica_id=replica_id,

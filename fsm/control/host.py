@@ -164,7 +164,7 @@ class ControlSettings:
     listen_port: int = 0
     base_dir: Path = Path(".fsm-agent/sessions")
     config: Path | None = None
-    kilo_bin: str | None = None
+    agent_bin: str | None = None
     wrapper_command: list[str] | None = None
     runtime: Literal["local", "external", "docker"] = "local"
     runtime_settings: RuntimeSettings = field(default_factory=RuntimeSettings)
@@ -696,7 +696,7 @@ class ControlHost:
             token=token,
             workdir=Path(row.workdir),
             config=self.settings.config,
-            kilo_bin=self.settings.kilo_bin,
+            agent_bin=self.settings.agent_bin,
             version=version,
             extra_env={},
         )

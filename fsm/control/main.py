@@ -184,7 +184,7 @@ def run_control(
     api_key: str,
     config: Path | None,
     base_dir: Path | None,
-    kilo_bin: str | None,
+    agent_bin: str | None,
     runtime: str = "local",
     state_dir: Path | None = None,
     image: str | None = None,
@@ -242,7 +242,7 @@ def run_control(
         listen_port=port,
         base_dir=workspaces,
         config=config.resolve() if config else None,
-        kilo_bin=kilo_bin,
+        agent_bin=agent_bin,
         runtime="external"
         if runtime == "external"
         else "docker"

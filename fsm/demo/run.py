@@ -277,7 +277,7 @@ async def _demo(
                 base_dir=root / "workspaces",
                 config=config,
                 # alias for fsm/sim and fsm/control until they are renamed (issue 17)
-                kilo_bin=agent_bin,
+                agent_bin=agent_bin,
                 runtime="docker" if containers is not None else "local",
                 runtime_settings=containers or RuntimeSettings(),
                 # The container runtime's files (Kilo's state, token files) beside the database.
