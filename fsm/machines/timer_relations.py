@@ -31,16 +31,18 @@ import msgspec
 from fsm.engine.durations import format_duration
 from fsm.machines.timers import TABLES
 
-KILO_HEARTBEAT = 10.0
-"""Kilo's ``server.heartbeat`` period on ``/event`` and ``/global/event``, in seconds. Measured
-(``shared/kilo/README.md``, "heartbeat interval"): 10.00 s over 31 samples, median 10.002 s,
-largest 10.057 s, the first beat 10 s after connect; after SIGCONT one beat at once, then every
-10 s again. Kilo has no setting for it, so it is a constant here, not a row of a timer table."""
+AGENT_HEARTBEAT_PERIOD = 10.0
+"""The agent's ``server.heartbeat`` period on ``/event`` and ``/global/event``, in seconds.
+Measured on Kilo (``shared/kilo/README.md``, "heartbeat interval"): 10.00 s over 31 samples,
+median 10.002 s, largest 10.057 s, the first beat 10 s after connect; after SIGCONT one beat at
+once, then every 10 s again. OpenCode, whose API Kilo forked, sends the same event (its period is
+not measured separately). No agent has a setting for it, so it is a constant here, not a row of
+a timer table."""
 
-CONSTANTS: Mapping[str, float] = {"kilo_heartbeat": KILO_HEARTBEAT}
+CONSTANTS: Mapping[str, float] = {"agent_heartbeat": AGENT_HEARTBEAT_PERIOD}
 """Durations of programs we do not configure, by the name a relation uses for them."""
 
-_CONSTANT_LABELS = {"kilo_heartbeat": "Kilo's heartbeat period"}
+_CONSTANT_LABELS = {"agent_heartbeat": "the agent's heartbeat period"}
 
 
 class Relation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -102,13 +104,13 @@ def _describe(terms: tuple[str, ...], values: Mapping[str, float]) -> str:
 RELATIONS: tuple[Relation, ...] = (
     # agent_link: the wrapper's watch over Kilo's event stream
     Relation(
-        "kilo_heartbeat",
+        "agent_heartbeat",
         "stream_silence",
         "the silence watchdog is re-armed by Kilo's heartbeat, so an idle, healthy stream would "
         "go silent every period, be probed and resubscribed",
     ),
     Relation(
-        "kilo_heartbeat",
+        "agent_heartbeat",
         "first_event_grace",
         "a new subscription may carry nothing but heartbeats, the first 10 s after connect; a "
         "shorter grace replaces a healthy stream before it could speak",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from fsm.cli.app import app
 from fsm.engine.durations import parse_duration
 from fsm.machines import ingest_link, timer_relations
-from fsm.machines.timer_relations import CONSTANTS, KILO_HEARTBEAT, RELATIONS, Relation
+from fsm.machines.timer_relations import AGENT_HEARTBEAT_PERIOD, CONSTANTS, RELATIONS, Relation
 from fsm.machines.timers import TABLES
 from fsm.settings.config import ConfigError, timer_values
 
@@ -61,15 +61,15 @@ def test_a_config_that_breaks_a_relation_is_refused_naming_both_keys(
         assert name in message, (name, message)
 
 
-def test_stream_silence_below_kilos_heartbeat_is_refused(tmp_path: Path) -> None:
+def test_stream_silence_below_the_agents_heartbeat_is_refused(tmp_path: Path) -> None:
     """The issue's case: 5 s of allowed silence on a stream whose heartbeat comes every 10 s
     reconnected the idle link every few seconds."""
-    assert KILO_HEARTBEAT == 10.0
+    assert AGENT_HEARTBEAT_PERIOD == 10.0
     with pytest.raises(ConfigError) as caught:
         timer_values(_write(tmp_path, {"stream_silence": "5s"}))
     assert (
-        "timers.stream_silence (5s) must be longer than Kilo's heartbeat period kilo_heartbeat "
-        "(10s)"
+        "timers.stream_silence (5s) must be longer than the agent's heartbeat period "
+        "agent_heartbeat (10s)"
     ) in str(caught.value)
     timer_values(_write(tmp_path, {"stream_silence": "11s"}))  # just above it is fine
 
@@ -83,7 +83,7 @@ def test_stream_silence_below_kilos_heartbeat_is_refused(tmp_path: Path) -> None
         ({"turn_no_progress": "20m"}, ["timers.hung_session", "timers.turn_no_progress"]),
         ({"max_runtime": "30m"}, ["timers.max_runtime", "timers.turn_hard_cap"]),
         ({"max_runtime": "120m"}, ["timers.max_runtime", "timers.turn_hard_cap"]),
-        ({"first_event_grace": "9s"}, ["timers.first_event_grace", "kilo_heartbeat"]),
+        ({"first_event_grace": "9s"}, ["timers.first_event_grace", "agent_heartbeat"]),
         (
             {"ingest_backoff_initial": "1m"},
             ["timers.ingest_backoff_max", "timers.ingest_backoff_initial"],
@@ -155,7 +155,7 @@ def test_fsm_agent_timers_refuses_a_bad_config_with_exit_2(tmp_path: Path) -> No
     result = CliRunner().invoke(app, ["timers", "--config", str(path)])
     assert result.exit_code == 2
     assert result.output.startswith(f"error: {path}: timers.stream_silence (5s) must be longer")
-    assert "kilo_heartbeat" in result.output
+    assert "agent_heartbeat" in result.output
     good = _write(tmp_path, {"stream_silence": "20s"})
     assert CliRunner().invoke(app, ["timers", "--config", str(good)]).exit_code == 0
 
