@@ -24,6 +24,8 @@ figure saying so instead of failing the table.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import signal
 import subprocess
 import tempfile
@@ -87,6 +89,7 @@ def run() -> list[Figure]:
     if bindir is None:
         note = "no PostgreSQL binaries (scripts/setup-postgres.sh installs them)"
         return [Figure("store", "PostgreSQL append", float("nan"), "events/s", note=note)]
+    load_before = os.getloadavg()[0]
     cluster = Cluster(bindir, durable=True)
     held: list[Figure] = []
     try:
@@ -141,12 +144,17 @@ def run() -> list[Figure]:
                 samples=samples[key],
             )
         )
-    return figures
+    # The machine is shared: what else ran shows in its load, so every figure carries it.
+    load = f"load average {load_before:.2f} -> {os.getloadavg()[0]:.2f} (1 min, 2 shared cores)"
+    return [dataclasses.replace(f, note=f"{f.note}; {load}") for f in figures]
 
 
-def _held(root: Path, db: str, replica: str | None, env: dict[str, str]) -> dict[int, float]:
+def _held(
+    root: Path, db: str, replica: str | None, env: dict[str, str], short: dict[int, int]
+) -> dict[int, float]:
     """Control-plane CPU (cores) per step of HELD_STEPS wrappers on the store ``db``; a step
-    whose wrappers did not all connect is left out (and ends the climb)."""
+    whose wrappers did not all connect is left out (and ends the climb), its count of
+    connected wrappers put in ``short``."""
     from bench.control import _create, _step
     from bench.control_load import start_control_plane
 
@@ -157,6 +165,8 @@ def _held(root: Path, db: str, replica: str | None, env: dict[str, str]) -> dict
         for n in HELD_STEPS:
             result: dict[str, Any] = _step(process.pid, sessions[:n])
             if result.get("connected", 0) < n or "cpu_fraction" not in result:
+                # Left out, but said: a missing step must not read as "not tried".
+                short[n] = int(result.get("connected", 0))
                 break
             cpu[n] = float(result["cpu_fraction"])
     finally:
@@ -182,8 +192,15 @@ def _held_figures(cluster: Any) -> list[Figure]:
         root = Path(tmp)
         (root / "sqlite").mkdir()
         (root / "postgres").mkdir()
-        sqlite = _held(root / "sqlite", str(root / "sqlite" / "control.db"), None, {})
-        postgres = _held(root / "postgres", dsn, "bench-r0", {"PGPASSWORD": password})
+        sqlite_short: dict[int, int] = {}
+        postgres_short: dict[int, int] = {}
+        sqlite_db = str(root / "sqlite" / "control.db")
+        sqlite = _held(root / "sqlite", sqlite_db, None, {}, sqlite_short)
+        env = {"PGPASSWORD": password}
+        postgres = _held(root / "postgres", dsn, "bench-r0", env, postgres_short)
+
+    def left_out(short: dict[int, int]) -> str:
+        return "".join(f", {n:,}: only {c:,} connected" for n, c in short.items())
 
     def most(cpu: dict[int, float]) -> int:
         return max((n for n, c in cpu.items() if c < 0.5), default=0)
@@ -220,8 +237,10 @@ def _held_figures(cluster: Any) -> list[Figure]:
             + ", ".join(f"{n:,}" for n in HELD_STEPS)
             + "; PostgreSQL "
             + ", ".join(f"{n:,}: {c:.2f}" for n, c in postgres.items())
+            + left_out(postgres_short)
             + "; SQLite "
-            + ", ".join(f"{n:,}: {c:.2f}" for n, c in sqlite.items()),
+            + ", ".join(f"{n:,}: {c:.2f}" for n, c in sqlite.items())
+            + left_out(sqlite_short),
         )
     )
     return figures
