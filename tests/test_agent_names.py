@@ -15,9 +15,8 @@ docstrings, comments and strings with anything but a name in them (a message, a 
 ``KNOWN`` lists, file by file, the Kilo names still left in shared code, each with the reason
 it stays; ``ALIASES`` are those among them kept beside their new names while other code still
 calls the old one, each marked with ``ALIAS`` where it is. The test fails on a new name *and* on
-a listed one that is gone, so the lists only shrink and say exactly what is left to rename. What
-is left: ``WrapperCore.kilo_event``, whose removal is committed with the other changes of
-``fsm/serve/core.py`` (nothing calls it since ``fsm/sim`` calls ``agent_event``).
+a listed one that is gone, so the lists only shrink and say exactly what is left to rename. Both
+are empty: nothing is left.
 """
 
 from __future__ import annotations
@@ -36,10 +35,7 @@ command-line flag. Anything else (a sentence, a path, a label value) is prose or
 
 ALIAS = "alias for fsm/sim and fsm/control until they are renamed (issue 17)"
 
-ALIASES: dict[str, set[str]] = {
-    # WrapperCore.kilo_event = agent_event: its removal goes with fsm/serve/core.py's other changes.
-    "fsm/serve/core.py": {"kilo_event"},
-}
+ALIASES: dict[str, set[str]] = {}
 """Aliases kept beside their new names for code other engineers are editing now, each marked
 with ``ALIAS`` where it is."""
 KNOWN: dict[str, set[str]] = {**ALIASES}

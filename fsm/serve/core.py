@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import msgspec
@@ -516,8 +516,6 @@ class WrapperCore:
     def _push_event(self, generation: int, event: dict[str, Any]) -> None:
         self.outbox.push(lambda seq: EventFrame(seq=seq, generation=generation, event=event))
 
-    kilo_event = agent_event  # alias for fsm/sim and fsm/control until they are renamed (issue 17)
-
     def _turn_event(self, payload: dict[str, Any]) -> None:
         """One event in Kilo's dialect (the agent's own, or synthesised by its ``Dialect``)."""
         kind = payload.get("type", "")
@@ -573,6 +571,27 @@ class WrapperCore:
             if current is machine and machine.state == _REARM_STATE[machine.definition.name]:
                 self.group.send(machine.machine_id, Event(trigger, data))
 
+    def _catch_up_requests(self, generation: int, pending: Mapping[str, str]) -> None:
+        """The requests the agent lists against the ones its events told us of: each one missed
+        becomes a synthesised ``<kind>.asked``, each one gone a ``<kind>.replied`` (answered
+        meanwhile, e.g. from another client), marked ``synthetic`` as the dialect's are."""
+        mark: dict[str, Any] = {"sessionID": self.translator.session_id, "synthetic": True}
+        missed = [
+            {"type": f"{kind}.asked", "properties": {"id": rid, **mark}}
+            for rid, kind in pending.items()
+            if rid not in self.pending_requests and kind in ("permission", "question")
+        ]
+        gone = [
+            {"type": f"{kind}.replied", "properties": {"requestID": rid, **mark}}
+            for rid, kind in self.pending_requests.items()
+            if rid not in pending
+        ]
+        for event in (*gone, *missed):
+            self._push_event(generation, event)
+            self._turn_event(event)
+        if (gone or missed) and not self._batch:
+            self._flush()
+
     def _track_requests(self, kind: str, props: dict[str, Any]) -> None:
         if kind in ("permission.asked", "question.asked") and isinstance(props.get("id"), str):
             self.pending_requests[props["id"]] = kind.split(".")[0]
@@ -597,10 +616,24 @@ class WrapperCore:
         if generation == self.generation:
             self.group.send("agent_link", Event("probe_ok" if healthy else "probe_failed"))
 
-    def reconciled(self, generation: int, busy: bool, close_reason: str, error: str = "") -> None:
-        """Result of re-reading Kilo after a resubscription: a turn that closed while the stream
-        was down still gets its outcome."""
-        if generation != self.generation or busy:
+    def reconciled(
+        self,
+        generation: int,
+        busy: bool,
+        close_reason: str,
+        error: str = "",
+        pending: Mapping[str, str] | None = None,
+    ) -> None:
+        """Result of re-reading the agent after a resubscription: a turn that closed while the
+        stream was down still gets its outcome. ``pending``: the session's permission requests
+        and questions still waiting (id -> ``permission``/``question``, the agent's ``GET
+        /permission`` and ``GET /question``); one asked or answered while the stream was down is
+        caught up (``_catch_up_requests``), so it can be answered and the turn waits for it."""
+        if generation != self.generation:
+            return
+        if busy:
+            if pending is not None:
+                self._catch_up_requests(generation, pending)
             return
         for machine in self.active_turns():
             if machine.state in ("accepted", "running", "waiting_user"):

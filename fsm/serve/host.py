@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
+import msgspec
 import uvicorn
 from anyio.abc import TaskGroup
 
@@ -522,6 +524,7 @@ class WrapperHost:
             return
         status = await client.session_status()
         busy = session in status
+        pending = await self._pending_requests(client, session) if busy else None
         reason, error = "completed", ""
         if not busy:
             messages = await client.session_messages(session, limit=1)
@@ -534,7 +537,21 @@ class WrapperHost:
                 last.role if last else None, last.parentID if last else None
             ):
                 busy = True  # idle only because the agent has not started on our prompt yet
-        self.core.reconciled(generation, busy, reason, error)
+        self.core.reconciled(generation, busy, reason, error, pending)
+
+    async def _pending_requests(self, client: AgentClient, session: str) -> dict[str, str] | None:
+        """The session's permission requests and questions still waiting, as the agent lists
+        them (id -> kind): what the stream may have missed while it was down. None when the
+        agent cannot say (the core then keeps what its events told it)."""
+        try:
+            permissions = await client.pending_permissions()
+            questions = await client.pending_questions()
+        except (AgentError, httpx.HTTPError, msgspec.DecodeError) as exc:
+            self.log.warning("cannot list pending requests", error=f"{type(exc).__name__}: {exc}")
+            return None
+        pending = {p.id: "permission" for p in permissions if p.sessionID in ("", session)}
+        pending.update({q.id: "question" for q in questions if q.sessionID in ("", session)})
+        return pending
 
     async def _prompt(self, action: PromptAgent) -> None:
         client, session = self.client, self.agent_session_id

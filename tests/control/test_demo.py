@@ -13,8 +13,10 @@ import time
 
 import pytest
 
+from adapters.agents.registry import AGENTS
 from fsm.demo.progress import Progress
 from fsm.demo.scripted_model import last_prompt
+from tests.fakes.agent_binaries import require_agent
 
 PROGRESS = "starting the control plane…"
 
@@ -24,9 +26,15 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.kilo
-def test_the_demo_runs_a_prompt_end_to_end_and_shows_every_machine(kilo_available: None) -> None:
+@pytest.mark.parametrize("agent", list(AGENTS))
+def test_the_demo_runs_a_prompt_end_to_end_and_shows_every_machine(agent: str) -> None:
+    """``fsm-agent demo`` and ``fsm-agent demo --agent opencode`` (the README's promise)."""
+    require_agent(agent)
     done = subprocess.run(
-        [sys.executable, "-m", "fsm", "demo", "--no-color", "--prompt", "write hello.txt"],
+        [
+            *(sys.executable, "-m", "fsm", "demo", "--no-color", "--agent", agent),
+            *("--prompt", "write hello.txt"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from adapters.agents.registry import AGENTS
+
 TOKEN = "test-token"
 
 FAST = {
@@ -115,7 +117,21 @@ class Wrapper:
         assert isinstance(pid, int)
         return pid
 
-    kilo_pid = agent_pid  # bench/detection.py's name until it is renamed (issue 17)
+    def agent_history(self) -> tuple[str, list[dict[str, Any]]]:
+        """The wrapper's agent session id and that session's messages, read from the agent
+        itself (its password is in its ``/proc/<pid>/environ``, readable by the same user)."""
+        agent = self.status()["agent"]
+        spec = AGENTS[agent["name"]]
+        environ = Path(f"/proc/{agent['pid']}/environ").read_bytes().split(b"\0")
+        prefix = f"{spec.password_env}=".encode()
+        password = next(v.split(b"=", 1)[1].decode() for v in environ if v.startswith(prefix))
+        session = str(agent["session"])
+        response = httpx.get(
+            f"{agent['url']}/session/{session}/message", auth=(spec.username, password), timeout=10
+        )
+        response.raise_for_status()
+        messages: list[dict[str, Any]] = response.json()
+        return session, messages
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -142,7 +158,10 @@ def running_wrapper(
     timers: dict[str, str] | None = None,
     *,
     extra_args: list[str] | None = None,
+    agent: str | None = None,
 ) -> Iterator[Wrapper]:
+    """``fsm-agent serve`` as a child process; ``agent``: ``--agent NAME`` (default: the
+    config's, else Kilo)."""
     workdir = git_workspace(tmp / "workspace")
     config = write_config(tmp / "fsm-agent.toml", timers or {}, agent_config)
     log = tmp / "wrapper.log"
@@ -169,7 +188,8 @@ def running_wrapper(
         "--config",
         str(config),
         f"--token-file={token_file}",
-        f"--state-dir={tmp / 'kilo-state'}",  # extra_args may give another: the last one wins
+        f"--state-dir={tmp / 'agent-state'}",  # extra_args may give another: the last one wins
+        *(["--agent", agent] if agent else []),
         *(extra_args or []),
     ]
     env = {k: v for k, v in os.environ.items() if k != "FSM_AGENT_TOKEN"}

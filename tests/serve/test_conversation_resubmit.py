@@ -36,7 +36,7 @@ from fsm.settings.config import timer_values
 from fsm.wire.protocol import PromptCommand
 from tests.fakes.fake_llm import FakeLLM, running_fake_llm
 from tests.fakes.ingest_server import FakeIngest
-from tests.fakes.wrapper_process import FAST, Wrapper, git_workspace, running_wrapper
+from tests.fakes.wrapper_process import FAST, git_workspace, running_wrapper
 
 pytestmark = pytest.mark.anyio
 
@@ -49,8 +49,11 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _host(tmp_path: Path, agent_config: dict[str, object] | None = None) -> WrapperHost:
+def _host(
+    tmp_path: Path, agent_config: dict[str, object] | None = None, agent: str = "kilo"
+) -> WrapperHost:
     settings = ServeSettings(
+        agent=agent,
         agent_session="agent_s_resubmit",
         user_id="user-1",
         session_id="sess-1",
@@ -138,16 +141,17 @@ async def _turns_done(client: AgentClient, session: str, answers: int) -> None:
 
 
 @pytest.fixture
-async def agent_host(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[WrapperHost]:
-    host = _host(tmp_path, fake_llm.provider_config())
+async def agent_host(tmp_path: Path, fake_llm: FakeLLM, agent: str) -> AsyncIterator[WrapperHost]:
+    host = _host(tmp_path, fake_llm.provider_config(), agent)
     server = await start_agent(
         workdir=host.settings.workdir,
         state_dir=host.settings.state_dir,
         config=host.settings.agent_config,
         agent_bin=None,
         startup_timeout=60,
+        spec=host.spec,
     )
-    host.client = AgentClient(server.url, server.password)
+    host.client = AgentClient(server.url, server.password, spec=host.spec)
     try:
         host.agent_session_id = await host._ensure_session(host.client)
         yield host
@@ -157,9 +161,18 @@ async def agent_host(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[Wrapper
 
 
 @pytest.mark.kilo
-async def test_a_resubmitted_prompt_is_once_in_kilos_history(agent_host: WrapperHost) -> None:
+async def test_a_resubmitted_prompt_is_once_in_the_agents_history(
+    agent_host: WrapperHost,
+) -> None:
     host, client, session = agent_host, agent_host.client, agent_host.agent_session_id
     assert client is not None and session is not None
+    if host.spec.name == "opencode":
+        pytest.skip(
+            "OpenCode does not run a turn again for a user message it has already answered (its"
+            " loop stops when the last finished assistant message sorts after the last user"
+            " message); the wrapper resubmits only turns that made no progress, which"
+            " test_a_prompt_resubmitted_after_the_agent_died_is_once_in_its_history covers for both"
+        )
     await host._prompt(PromptAgent(PromptCommand(message_id="msg_before", prompt="hi MODE:text")))
     await _turns_done(client, session, 1)
     command = PromptCommand(message_id="msg_resubmitted", prompt="say it once MODE:text")
@@ -188,29 +201,14 @@ def own_llm(kilo_available: None) -> Iterator[FakeLLM]:
         yield fake
 
 
-def _history(wrapper: Wrapper) -> list[dict[str, object]]:
-    """The wrapper's Kilo session's messages, read from Kilo itself (its password is in its
-    ``/proc/<pid>/environ``, readable by the same user)."""
-    agent = wrapper.status()["agent"]
-    environ = Path(f"/proc/{agent['pid']}/environ").read_bytes().split(b"\0")
-    password = next(
-        v.split(b"=", 1)[1].decode() for v in environ if v.startswith(b"KILO_SERVER_PASSWORD=")
-    )
-    response = httpx.get(
-        f"{agent['url']}/session/{agent['session']}/message", auth=("kilo", password), timeout=10
-    )
-    response.raise_for_status()
-    messages: list[dict[str, object]] = response.json()
-    return messages
-
-
 @pytest.mark.kilo
-def test_a_prompt_resubmitted_after_kilo_died_is_once_in_kilos_history(
-    tmp_path: Path, own_llm: FakeLLM, ingest: FakeIngest
+def test_a_prompt_resubmitted_after_the_agent_died_is_once_in_its_history(
+    tmp_path: Path, own_llm: FakeLLM, ingest: FakeIngest, agent: str
 ) -> None:
-    """Kilo is SIGKILLed while the model has not answered a token (``MODE:hang``): no progress,
-    so the turn is resubmitted once to the restarted Kilo, in the same Kilo session."""
-    with running_wrapper(tmp_path, ingest.url, own_llm.provider_config(), FAST) as wrapper:
+    """The agent is SIGKILLed while the model has not answered a token (``MODE:hang``): no
+    progress, so the turn is resubmitted once to the restarted agent, in the same session."""
+    config = own_llm.provider_config()
+    with running_wrapper(tmp_path, ingest.url, config, FAST, agent=agent) as wrapper:
         wrapper.wait_ready()
         hangs = own_llm.modes.count("hang")
         wrapper.prompt("wait for me MODE:hang")
@@ -223,5 +221,5 @@ def test_a_prompt_resubmitted_after_kilo_died_is_once_in_kilos_history(
         after = wrapper.status()["agent"]
         assert after["pid"] != before["pid"] and after["session"] == before["session"]
         assert ingest.outcomes() == []  # resubmitted, not failed
-        texts = _user_texts(_history(wrapper))
+        texts = _user_texts(wrapper.agent_history()[1])
         assert texts == ["wait for me MODE:hang"], texts
