@@ -597,6 +597,7 @@ class ControlHost:
         entry.core.group.remove(entry.core.machine.machine_id)
         assert self.store is not None
         await self.db.run(self.store.delete_session, session_id)
+        self.lease_until.pop(session_id, None)  # the store dropped the lease with the session
         for sub in entry.subscribers:
             sub.close()
 
