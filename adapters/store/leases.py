@@ -35,6 +35,7 @@ __all__ = [
     "CLAIM",
     "CLAIM_ONE",
     "FENCE",
+    "FENCE_AND_LAST_EVENT",
     "HELD",
     "LEASE",
     "NOW",
@@ -114,6 +115,22 @@ FENCE = f"""
 SELECT owner, expires_at, {NOW} FROM leases WHERE session_id = %(id)s FOR SHARE
 """
 """Taken by every fenced write: the lease row, held until the write's transaction ends."""
+
+FENCE_AND_LAST_EVENT = f"""
+WITH fence AS MATERIALIZED (
+    SELECT true AS present, owner, expires_at, {NOW} AS now FROM leases
+    WHERE session_id = %(id)s FOR SHARE
+)
+SELECT (SELECT COALESCE(MAX(id), 0) FROM events WHERE session_id = s.id),
+    f.present, f.owner, f.expires_at, f.now
+FROM sessions AS s LEFT JOIN fence AS f ON true
+WHERE s.id = %(id)s FOR UPDATE OF s
+"""
+"""``FENCE`` and an append's first statement in one round trip: the session's last event id
+with its row ``FOR UPDATE`` (appends to one session serialize) and the lease row ``FOR SHARE``
+(``present`` NULL: the session has no lease row). The lease row is locked first, as when the
+fence is a statement of its own: the CTE is scanned before the session row is locked above the
+join. No row at all: no such session."""
 
 
 def lease_of(row: tuple[object, ...]) -> Lease:

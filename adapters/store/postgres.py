@@ -18,10 +18,16 @@ one ``batch`` per flush period (every dirty session's writes in one transaction)
 store has the same shape. A synchronous connection keeps one code path for both stores and one
 contract; on a database on the same host or LAN a flush is a few round trips (each write of a
 batch is a savepoint, its statements prepared after first use, an event batch one ``INSERT …
-unnest``). The async API would buy overlap of those round trips with other work of the loop; a
-replica host that needs it can run the store's calls in one worker thread
-(``anyio.to_thread.run_sync`` with a limiter of 1): a psycopg connection is thread-safe and the
-store keeps its state on one connection, so that wrapping needs no change here.
+unnest``). Round trips are most of a replica's store CPU (psycopg's per-statement cost), so a
+session write of the host's flush — a ``savepoint`` block of append_events + save_session — is
+5 statements: the block's SAVEPOINT, the fence and the session row in one statement, the
+INSERT, the UPDATE, RELEASE. Writes inside the caller's ``savepoint`` run bare, without
+savepoints of their own: the block's undoes them, and a write that fails rolls back to it at
+once, voiding the block (``_bare``). The async API would buy overlap of those round trips
+with other work of the loop; a replica host that needs it can run the store's calls in one
+worker thread (``anyio.to_thread.run_sync`` with a limiter of 1): a psycopg connection is
+thread-safe and the store keeps its state on one connection, so that wrapping needs no change
+here.
 
 Connection loss: any call that finds the server gone (restarted, shut down, the network cut)
 raises ``StoreUnavailableError`` and drops the connection; the next call connects again. Nothing
@@ -35,8 +41,10 @@ starting together migrate once); an older one refuses a newer schema (``SchemaTo
 
 Fencing: given ``replica``, every write for a session first checks that this replica holds the
 session's unexpired lease (``LeaseLostError`` otherwise) and holds the lease row until it
-commits; ``create_session`` takes the new session's lease. Without ``replica`` (one control
-plane on PostgreSQL) writes are not fenced and leases are not used.
+commits; ``create_session`` takes the new session's lease. Inside the caller's ``savepoint``
+block the check is made once per session, by its first write (``_fence_due``): the row it locks
+keeps every other replica from claiming the lease until the block commits. Without
+``replica`` (one control plane on PostgreSQL) writes are not fenced and leases are not used.
 
 Hostile values: the checks SQLite's store runs (``checks.py``), plus a NUL character in text,
 which PostgreSQL text cannot hold (SQLite can: the one refusal that differs, and the contract
@@ -47,9 +55,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
-from typing import Any, LiteralString
+from typing import Any, LiteralString, NoReturn
 
 import msgspec
 import psycopg
@@ -214,6 +222,22 @@ def _json(what: str, field: str, data: object) -> str:
     return text
 
 
+class _Frame:
+    """One open savepoint of the batch: its SQL name, what it is for, whether it is the
+    caller's ``savepoint`` block (whose writes run bare in it), the sessions whose lease rows
+    were fenced inside it (locked until the batch ends unless it is rolled back), and why it
+    is void (a bare write in it failed and it was rolled back)."""
+
+    __slots__ = ("caller", "fenced", "name", "void", "what")
+
+    def __init__(self, name: sql.Identifier, what: str, caller: bool) -> None:
+        self.name = name
+        self.what = what
+        self.caller = caller
+        self.fenced: set[str] = set()
+        self.void: str | None = None
+
+
 def describe(dsn: str) -> str:
     """The database as messages name it: ``postgresql://user@host:port/db``, never a password."""
     try:
@@ -263,6 +287,7 @@ class PostgresStore:
         self._batch_what = ""
         self._aborted: str | None = None
         self._savepoints = 0
+        self._frames: list[_Frame] = []
         self._migrate()
 
     # -- connection -------------------------------------------------------------------------------
@@ -403,8 +428,13 @@ class PostgresStore:
             raise self._error(exc, what) from exc
 
     @contextmanager
-    def _nested(self, db: psycopg.Connection[tuple[Any, ...]], what: str) -> Iterator[None]:
-        """A savepoint inside the batch: a failure inside undoes only what was written inside."""
+    def _nested(
+        self, db: psycopg.Connection[tuple[Any, ...]], what: str, *, caller: bool = False
+    ) -> Iterator[None]:
+        """A savepoint inside the batch: a failure inside undoes only what was written inside.
+
+        ``caller``: the caller's ``savepoint`` block, whose writes run bare inside it (see
+        ``_bare``); else a write's or read's own savepoint."""
         self._check_alive(what)
         self._savepoints += 1
         name = sql.Identifier(f"fsm_sp{self._savepoints}")  # ours, never the caller's text
@@ -412,6 +442,65 @@ class PostgresStore:
             db.execute(sql.SQL("SAVEPOINT {}").format(name))
         except Exception as exc:
             raise self._void_if_lost(db, what, exc) from exc
+        frame = _Frame(name, what, caller)
+        self._frames.append(frame)
+        try:
+            yield
+        except BaseException as exc:
+            self._frames.pop()
+            if isinstance(exc, BatchAbortedError):
+                raise
+            if self._lost(db):
+                self._aborted = f"the connection was lost while the batch tried to {what}"
+                if isinstance(exc, Exception):
+                    raise BatchAbortedError(
+                        f"could not {what} in {self.where}: {exc}; the connection was lost, so "
+                        f"the whole batch ({self._batch_what}) is gone and nothing of it was "
+                        "written"
+                    ) from exc
+                raise
+            try:
+                if frame.void is None:  # else a bare write undid the block already
+                    db.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(name))
+                db.execute(sql.SQL("RELEASE SAVEPOINT {}").format(name))
+            except psycopg.Error as rollback:
+                self._aborted = f"undoing a failed write to {what} failed ({rollback})"
+                self._rollback(db)
+                raise BatchAbortedError(
+                    f"could not {what} in {self.where}: {exc}; undoing it failed ({rollback}), "
+                    f"so the whole batch ({self._batch_what}) was rolled back"
+                ) from exc
+            raise
+        self._frames.pop()
+        self._check_alive(what)
+        try:
+            db.execute(sql.SQL("RELEASE SAVEPOINT {}").format(name))
+        except Exception as exc:
+            raise self._void_if_lost(db, what, exc) from exc
+        if frame.void is not None:
+            # The caller caught a bare write's error and ended the block normally: what it
+            # wrote before was undone with it, so the block is not stored, and must say so.
+            raise StoreError(
+                f"could not {what} in {self.where}: {frame.void}; the block was rolled back "
+                "and nothing of it is stored"
+            )
+
+    @contextmanager
+    def _bare(
+        self, db: psycopg.Connection[tuple[Any, ...]], what: str, frame: _Frame
+    ) -> Iterator[None]:
+        """A write run bare inside the caller's ``savepoint`` block ``frame``, without a
+        savepoint of its own: SAVEPOINT and RELEASE are two of a session write's round trips
+        each, and the block's own savepoint already undoes what the write did. On a failure the
+        store rolls back to the block's savepoint at once (so nothing the block wrote can
+        commit, even if the caller catches the error) and the block is void: any later write in
+        it raises, and so does its end."""
+        self._check_alive(what)
+        if frame.void is not None:
+            raise StoreError(
+                f"could not {what} in {self.where}: an earlier write of {frame.what!r} failed "
+                f"({frame.void}), so that block was rolled back and takes no more writes"
+            )
         try:
             yield
         except BaseException as exc:
@@ -426,9 +515,10 @@ class PostgresStore:
                         "written"
                     ) from exc
                 raise
+            frame.void = _first_line(exc) or type(exc).__name__
+            frame.fenced.clear()  # rolling back to the savepoint frees the rows locked since
             try:
-                db.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(name))
-                db.execute(sql.SQL("RELEASE SAVEPOINT {}").format(name))
+                db.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(frame.name))
             except psycopg.Error as rollback:
                 self._aborted = f"undoing a failed write to {what} failed ({rollback})"
                 self._rollback(db)
@@ -437,11 +527,6 @@ class PostgresStore:
                     f"so the whole batch ({self._batch_what}) was rolled back"
                 ) from exc
             raise
-        self._check_alive(what)
-        try:
-            db.execute(sql.SQL("RELEASE SAVEPOINT {}").format(name))
-        except Exception as exc:
-            raise self._void_if_lost(db, what, exc) from exc
 
     def _void_if_lost(
         self, db: psycopg.Connection[tuple[Any, ...]], what: str, exc: Exception
@@ -465,30 +550,75 @@ class PostgresStore:
 
     @contextmanager
     def _write(
-        self, what: str, fence: str | None = None
+        self, what: str, fence: str | None = None, *, inline: bool = False
     ) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-        """One write: its own transaction, or a savepoint of the batch it is in. ``fence``: the
-        session whose lease this replica must hold for the write to go in."""
+        """One write: its own transaction, or a savepoint of the batch it is in, or bare in the
+        caller's ``savepoint`` block (``_bare``). ``fence``: the session whose lease this
+        replica must hold for the write to go in; ``inline``: the write checks it in its own
+        first statement (``_fence_due``, ``_judge_lease``) rather than in a SELECT of its own."""
         db = self._connection(what)
-        scope = self._nested(db, what) if self._batch_depth else self._begin(db, what)
+        frame = self._frames[-1] if self._frames else None
+        scope: AbstractContextManager[None]
+        if frame is not None and frame.caller:
+            scope = self._bare(db, what, frame)
+        elif self._batch_depth:
+            scope = self._nested(db, what)
+        else:
+            scope = self._begin(db, what)
+        if fence is None:
+            self._forget_fences()  # a write that may move leases: fence every session again
         with scope:
             try:
-                if fence is not None and self.replica is not None:
+                if fence is not None and not inline and self._fence_due(fence):
                     self._fence(db, fence, what)
+                    self._fenced(fence)
                 yield db
             except StoreError:
                 raise
             except Exception as exc:
                 raise self._error(exc, what) from exc
 
+    def _fence_due(self, session_id: str) -> bool:
+        """Whether a write for the session must check its lease: always for a replica, except
+        once per session per caller's ``savepoint`` block (one session write of the host's
+        flush). The first fenced write in the block checks the lease and takes its row ``FOR
+        SHARE``, held until the batch ends, so no other replica can claim the lease before the
+        block commits (a claim takes the row ``FOR UPDATE``, skipping locked ones) and the
+        block's later writes for the session are covered by that check, as a write's later
+        statements are by its own. A write that is not fenced (it may release, claim or delete
+        a lease) makes the block check again (``_forget_fences``); a failed write voids the
+        block, and its rollback frees the row (``_bare``)."""
+        if self.replica is None:
+            return False
+        frame = self._frames[-1] if self._frames else None
+        return frame is None or not frame.caller or session_id not in frame.fenced
+
+    def _fenced(self, session_id: str) -> None:
+        """The session's lease was checked and its row locked: ``_fence_due`` says so until the
+        caller's block ends (nothing to record outside one)."""
+        frame = self._frames[-1] if self._frames else None
+        if frame is not None and frame.caller:
+            frame.fenced.add(session_id)
+
+    def _forget_fences(self) -> None:
+        for frame in self._frames:
+            frame.fenced.clear()
+
     def _fence(self, db: psycopg.Connection[tuple[Any, ...]], session_id: str, what: str) -> None:
         row = db.execute(lease_sql.FENCE, {"id": session_id, "now": self._now()}).fetchone()
         if row is None:
             self._require_session(db, session_id, what)
-            raise LeaseLostError(
-                f"could not {what}: replica {self.replica!r} holds no lease on it in {self.where}"
-            )
+            self._no_lease(what)
         owner, expires_at, now = row
+        self._judge_lease(owner, expires_at, now, what)
+
+    def _no_lease(self, what: str) -> NoReturn:
+        raise LeaseLostError(
+            f"could not {what}: replica {self.replica!r} holds no lease on it in {self.where}"
+        )
+
+    def _judge_lease(self, owner: object, expires_at: float, now: float, what: str) -> None:
+        """Refuse the write unless the lease row read says this replica holds it unexpired."""
         if owner != self.replica:
             holder = f"replica {owner!r}" if owner else "nobody (released)"
             raise LeaseLostError(
@@ -526,6 +656,7 @@ class PostgresStore:
         except Exception as exc:
             raise self._error(exc, what) from exc
         self._batch_depth, self._batch_what, self._aborted = 1, what, None
+        self._frames = []
         try:
             try:
                 yield
@@ -545,6 +676,7 @@ class PostgresStore:
                 raise self._error(exc, what) from exc
         finally:
             self._batch_depth, self._batch_what, self._aborted = 0, "", None
+            self._frames = []
 
     @contextmanager
     def savepoint(self, name: str = "write a session") -> Iterator[None]:
@@ -554,7 +686,7 @@ class PostgresStore:
             with self.batch(name):
                 yield
             return
-        with self._nested(self._connection(name), name):
+        with self._nested(self._connection(name), name, caller=True):
             yield
 
     def _query(self, what: str, query: LiteralString, params: Any) -> list[tuple[Any, ...]]:
@@ -830,14 +962,26 @@ class PostgresStore:
             ats.append(float(r.at))
             kinds.append(r.kind)
             datas.append(_json(what, f"event {r.id} data", r.data))
-        with self._write(what, fence=session_id) as db:
-            # One round trip: the session row locked (appends to one session serialize) and
-            # its last event id.
-            found = db.execute(
-                "SELECT (SELECT COALESCE(MAX(id), 0) FROM events WHERE session_id = s.id) "
-                "FROM sessions AS s WHERE s.id = %s FOR UPDATE",
-                (session_id,),
-            ).fetchone()
+        with self._write(what, fence=session_id, inline=True) as db:
+            # One round trip: the session row locked (appends to one session serialize), its
+            # last event id and, when due, the fence (the lease row FOR SHARE, locked first).
+            if self._fence_due(session_id):
+                found = db.execute(
+                    lease_sql.FENCE_AND_LAST_EVENT, {"id": session_id, "now": self._now()}
+                ).fetchone()
+                if found is None:  # no session: the fence says so, or that the lease is lost
+                    self._fence(db, session_id, what)
+                elif found[1] is None:  # the session is there, its lease row is not
+                    self._no_lease(what)
+                else:
+                    self._judge_lease(found[2], found[3], found[4], what)
+                    self._fenced(session_id)
+            else:
+                found = db.execute(
+                    "SELECT (SELECT COALESCE(MAX(id), 0) FROM events WHERE session_id = s.id) "
+                    "FROM sessions AS s WHERE s.id = %s FOR UPDATE",
+                    (session_id,),
+                ).fetchone()
             if found is None:
                 raise SessionNotFoundError(
                     f"could not {what}: no session {quote(session_id)} in {self.where} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,6 +18,7 @@ from freezegun import freeze_time
 from adapters.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
 from adapters.store.rows import (
     BatchAbortedError,
+    EventOrderError,
     LeaseLostError,
     SchemaTooNewError,
     StoreError,
@@ -350,3 +352,122 @@ def _terminate(cluster: Cluster, dsn: str) -> None:
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
         (name,),
     )
+
+
+# -- a session write: the caller's savepoint, one fence --------------------------------------------
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first word(s) of every statement any connection of this process sends."""
+    sent: list[str] = []
+    execute = psycopg.Connection.execute
+
+    def counting(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        text = query.as_string(self) if isinstance(query, psycopg.sql.Composable) else str(query)
+        sent.append(" ".join(text.split()[:3]))
+        return execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", counting)
+    return sent
+
+
+def _save(store: PostgresStore, sid: str, seq: int = 1) -> None:
+    store.save_session(
+        sid, state="running", snapshot=b"{}", wrapper_id="w", last_seq=seq, updated_at=2.0
+    )
+
+
+def test_a_session_write_runs_bare_in_the_callers_savepoint_and_checks_the_lease_once(
+    postgres_dsn: str, opened: list[PostgresStore], statements: list[str]
+) -> None:
+    """The host's flush (fsm.control.host.write_sessions): per session a savepoint holding
+    append_events + save_session. Its writes take no savepoints of their own (the block's
+    undoes them) and the lease is checked once, by append_events' first statement: 5 statements
+    where there were 11."""
+    store = open_store(opened, postgres_dsn, replica="a", lease_ttl=60)
+    store.create_session(session("A"))
+    with store.batch("flush"):
+        statements.clear()
+        with store.savepoint("session"):
+            store.append_events("A", events(1, 2))
+            _save(store, "A")
+        sent = list(statements)
+    assert sent == [
+        'SAVEPOINT "fsm_sp1"',
+        "WITH fence AS",  # the fence and append_events' session row: one statement
+        "INSERT INTO events",
+        "UPDATE sessions SET",  # save_session: no fence of its own, the block holds the row
+        'RELEASE SAVEPOINT "fsm_sp1"',
+    ], sent
+    assert ids(store.events("A")) == [1, 2] and store.get_session("A").state == "running"  # type: ignore[union-attr]
+
+
+def test_a_failed_write_in_a_savepoint_undoes_the_block_and_the_other_sessions_commit(
+    postgres_dsn: str, opened: list[PostgresStore], statements: list[str]
+) -> None:
+    """Without a savepoint of its own, a write that fails after another of its block wrote
+    rolls back to the block's savepoint: nothing of the block stays, the batch goes on."""
+    store = open_store(opened, postgres_dsn, replica="a", lease_ttl=60)
+    for sid in ("A", "B"):
+        store.create_session(session(sid))
+    with store.batch("flush"):
+        with pytest.raises(EventOrderError), store.savepoint("session A"):
+            store.append_events("A", events(1, 2))  # written, inside the block only
+            _save(store, "A")
+            store.append_events("A", events(2, 2))  # refused: id 2 is stored
+        with store.savepoint("session B"):
+            store.append_events("B", events(1, 1))
+    assert sum(s.startswith("ROLLBACK TO") for s in statements) == 1
+    assert store.events("A") == [] and store.get_session("A") == session("A")
+    assert ids(store.events("B")) == [1]
+
+
+def test_an_error_caught_inside_the_savepoint_still_voids_the_block(
+    postgres_dsn: str, opened: list[PostgresStore]
+) -> None:
+    """A caller that swallows a write's error inside the block cannot commit half of it: the
+    block was rolled back when the write failed, later writes in it and its end raise."""
+    store = open_store(opened, postgres_dsn, replica="a", lease_ttl=60)
+    for sid in ("A", "B"):
+        store.create_session(session(sid))
+    with store.batch("flush"):
+        block = pytest.raises(StoreError, match="rolled back and nothing of it is stored")
+        with block, store.savepoint("session A"):
+            store.append_events("A", events(1, 2))
+            with pytest.raises(EventOrderError):
+                store.append_events("A", events(1, 1))
+            with pytest.raises(StoreError, match="takes no more writes"):
+                _save(store, "A")
+        store.append_events("B", events(1, 1))
+    assert store.events("A") == [] and store.get_session("A") == session("A")
+    assert ids(store.events("B")) == [1]
+
+
+def test_a_session_write_holds_the_lease_row_from_its_first_fence_to_the_commit(
+    postgres_dsn: str, opened: list[PostgresStore]
+) -> None:
+    """Why one check per session write keeps the fence: from the first check on, the lease
+    row is locked, so even a lease that expires inside the block cannot be claimed before the
+    block commits; a write that may move a lease (here a release) makes the block check again,
+    and the next write is refused; once committed, the other replica takes the session."""
+    now = {"t": 1000.0}
+    a = open_store(opened, postgres_dsn, replica="a", lease_ttl=10, clock=lambda: now["t"])
+    b = open_store(
+        opened, impatient(postgres_dsn), replica="b", lease_ttl=10, clock=lambda: now["t"]
+    )
+    a.create_session(session("s1"))
+    with a.batch("flush"):
+        with a.savepoint("session"):
+            now["t"] = 1009.0
+            a.append_events("s1", events(1, 1))  # the check, and the row FOR SHARE
+            now["t"] = 1011.0  # expired inside the block...
+            assert b.claim_sessions() == []  # ...but nobody can take it before the commit
+            _save(a, "s1")
+        with pytest.raises(LeaseLostError), a.savepoint("session"):
+            a.release_leases(["s1"])
+            _save(a, "s1", 2)  # the release made the block check again: refused
+    assert ids(b.events("s1")) == [1] and b.get_session("s1").last_seq == 1  # type: ignore[union-attr]
+    assert [c.owner for c in b.claim_sessions()] == ["b"]
+    with pytest.raises(LeaseLostError), a.batch("flush"), a.savepoint("session"):
+        a.append_events("s1", events(2, 2))
