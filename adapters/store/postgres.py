@@ -436,6 +436,12 @@ class PostgresStore:
         ``caller``: the caller's ``savepoint`` block, whose writes run bare inside it (see
         ``_bare``); else a write's or read's own savepoint."""
         self._check_alive(what)
+        if caller and self._frames and self._frames[-1].void is not None:
+            outer = self._frames[-1]
+            raise StoreError(
+                f"could not {what} in {self.where}: an earlier write of {outer.what!r} failed "
+                f"({outer.void}), so that block was rolled back and takes no more writes"
+            )
         self._savepoints += 1
         name = sql.Identifier(f"fsm_sp{self._savepoints}")  # ours, never the caller's text
         try:
@@ -460,8 +466,7 @@ class PostgresStore:
                     ) from exc
                 raise
             try:
-                if frame.void is None:  # else a bare write undid the block already
-                    db.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(name))
+                db.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(name))
                 db.execute(sql.SQL("RELEASE SAVEPOINT {}").format(name))
             except psycopg.Error as rollback:
                 self._aborted = f"undoing a failed write to {what} failed ({rollback})"
@@ -474,6 +479,8 @@ class PostgresStore:
         self._frames.pop()
         self._check_alive(what)
         try:
+            if frame.void is not None:  # again: a savepoint opened in it since may have written
+                db.execute(sql.SQL("ROLLBACK TO SAVEPOINT {}").format(name))
             db.execute(sql.SQL("RELEASE SAVEPOINT {}").format(name))
         except Exception as exc:
             raise self._void_if_lost(db, what, exc) from exc
