@@ -5,12 +5,14 @@ test, each prompt picking its own fate):
 
 text      a short streamed reply
 slow      40 tokens, ``SLOW_DELAY`` apart (time for a test to do something mid-turn)
+crawl     the same 40 tokens, ``CRAWL_DELAY`` apart (many agents' turns overlapping on 2 cores)
 tool      a ``bash`` tool call (``echo hi-from-tool``); after the tool result, "Tool finished."
 run       a ``bash`` tool call of the command written ``RUN[...]`` in the prompt (what an agent
           told to look around would run); its output reaches the model in the next request
 question  a ``question`` tool call; after the answer, "Thanks."
 hang      headers, then nothing (until the client goes away)
 500       HTTP 500
+400       HTTP 400 (an error no agent retries)
 midfail   a few tokens, then the connection drops
 
 Title and summary requests (Kilo's small-model calls) always get a quick text answer so they never
@@ -40,6 +42,7 @@ from starlette.routing import Route
 from fsm.demo.scripted_model import chunk
 
 SLOW_DELAY = 0.25
+CRAWL_DELAY = 1.0
 MODE = re.compile(r"MODE:(\w+)")
 RUN = re.compile(r"RUN\[(.+?)\]", re.DOTALL)
 
@@ -120,6 +123,8 @@ def build_app(fake: FakeLLM) -> Starlette:
         calls += 1
         if mode == "500":
             return JSONResponse({"error": {"message": "fake internal error"}}, status_code=500)
+        if mode == "400":
+            return JSONResponse({"error": {"message": "fake bad request"}}, status_code=400)
 
         async def words(text: str, delay: float = 0.01) -> AsyncIterator[bytes]:
             yield chunk(model, {"role": "assistant", "content": ""})
@@ -163,9 +168,9 @@ def build_app(fake: FakeLLM) -> Starlette:
                 }
                 for piece in _tool_call(model, "question", question, f"call_fake_{calls}"):
                     yield piece
-            elif mode == "slow":
+            elif mode in ("slow", "crawl"):
                 text = " ".join(f"w{i}" for i in range(40))
-                async for piece in words(text, SLOW_DELAY):
+                async for piece in words(text, SLOW_DELAY if mode == "slow" else CRAWL_DELAY):
                     yield piece
             elif mode == "hang":
                 yield chunk(model, {"role": "assistant", "content": ""})
