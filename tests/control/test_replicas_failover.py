@@ -29,7 +29,10 @@ from tests.fakes.wrapper_process import write_config
 from tests.postgres_support import Cluster, postgres_cluster, postgres_dsn  # noqa: F401
 
 LEASE = 3.0
-SESSIONS = 9
+SESSIONS = int(os.environ.get("FSM_AGENT_REPLICA_SESSIONS", "30"))
+"""The issue's 30 sessions across 3 replicas, on protocol-level wrappers (cheap: frames as
+``fsm-agent serve`` sends them, from threads of this process); real agents streaming real turns
+are ``test_replicas_real_agents.py``'s."""
 
 
 @pytest.fixture
