@@ -129,7 +129,7 @@ def _real_agents() -> list[Figure]:
                 "no:randomly",
                 "-o",
                 "addopts=--import-mode=importlib",
-                "--timeout=1200",  # 30 Kilos booting together take minutes
+                "--timeout=1800",  # 30 Kilos: minutes to boot, 240 s turns
                 f"--basetemp={tmp}/t",
                 "tests/control/test_replicas_real_agents.py",
             ],
@@ -137,7 +137,7 @@ def _real_agents() -> list[Figure]:
             env={**os.environ, "FSM_AGENT_REPLICA_AGENTS": str(REAL_AGENTS)},
             capture_output=True,
             text=True,
-            timeout=1200,
+            timeout=1900,
             check=False,
         )
     found = _PRINTED.search(done.stdout)

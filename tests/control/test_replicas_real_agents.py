@@ -54,12 +54,12 @@ together take 30 x 4-8 s of CPU on this 2-core machine, minutes of the suite's 1
 docs/postgresql.md)."""
 WORDS = [f"w{i}" for i in range(40)]
 """What the fake model streams for ``MODE:slow`` (tests/fakes/fake_llm.py), 0.25 s apart, or
-``MODE:crawl``, 1 s apart."""
+``MODE:crawl``, 6 s apart."""
 MODE = "slow" if SESSIONS <= 6 else "crawl"
 """A 10 s turn is time enough to kill a replica while 6 turns stream; 30 agents on 2 cores start
-their turns further apart than that (the first 30-agent run: some had finished before the last
-began, and the kill must land mid-turn for every one), so they stream for 40 s."""
-TURN_WAIT = 90 if SESSIONS <= 6 else 90 + 4 * SESSIONS
+their turns minutes apart (measured: the first began running about 3 minutes after its prompt),
+and the kill must land mid-turn for every one, so they stream for 240 s."""
+TURN_WAIT = 90 if SESSIONS <= 6 else 90 + 8 * SESSIONS
 """How long a wait on every turn may take: 30 agents' turns compete for 2 cores."""
 TIMERS = {
     **FAST,

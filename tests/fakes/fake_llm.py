@@ -42,7 +42,7 @@ from starlette.routing import Route
 from fsm.demo.scripted_model import chunk
 
 SLOW_DELAY = 0.25
-CRAWL_DELAY = 1.0
+CRAWL_DELAY = 6.0
 MODE = re.compile(r"MODE:(\w+)")
 RUN = re.compile(r"RUN\[(.+?)\]", re.DOTALL)
 
