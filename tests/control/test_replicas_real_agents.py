@@ -275,8 +275,22 @@ def test_kill_9_of_a_replica_mid_turn_with_real_agents(world: dict[str, Any]) ->
             timeout=TURN_WAIT,
             tail=lambda sid=sid: "\n".join(r.tail() for r in live) + wrappers.tail(sid),
         )
-    with psycopg.connect(dsn, autocommit=True) as db:
-        last_seq = dict(db.execute("SELECT id, last_seq FROM sessions").fetchall())
+
+    def settled() -> bool:
+        """The stored ``last_seq`` (written at each flush) has caught up with the log a replica
+        serves (the last frames after an outcome may still be in a flush period): a log holding
+        a frame twice never settles."""
+        with psycopg.connect(dsn, autocommit=True) as db:
+            stored_seq = dict(db.execute("SELECT id, last_seq FROM sessions").fetchall())
+        for sid in sids:
+            got = live[0].http.get(f"/sessions/{sid}/events", params={"follow": "0"})
+            last_seq[sid] = stored_seq[sid]
+            if sum(e.kind in SEQ_KINDS for e in parse_sse(got.text)) != stored_seq[sid]:
+                return False
+        return True
+
+    last_seq: dict[str, int] = {}
+    wait_for("every session's stored last_seq to match its log", settled, timeout=30)
     for sid in sids:
         before = seen.get(sid, [])
         after = before[-1].id if before else 0
